@@ -1,0 +1,62 @@
+"""Atomic file writes: write ``name.<random>.partial``, then ``os.replace``.
+
+A killed process leaves at most a ``*.partial`` file, never a half-written
+file under the final name (the pattern of zarr and TFDS).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PARTIAL_SUFFIX = ".partial"
+
+
+def _partial_path(path: Path) -> Path:
+    return path.with_name(f"{path.name}.{uuid.uuid4().hex[:12]}{PARTIAL_SUFFIX}")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = False) -> None:
+    """Write ``data`` to ``path`` atomically.
+
+    Args:
+        path: Final file path; its folder must exist.
+        data: The bytes to write.
+        fsync: Also flush to disk before the rename, so that the file
+            survives a power loss, not only a killed process. Defaults to
+            `False` (one fsync per sample costs more than the write).
+
+    Raises:
+        OSError: If the file cannot be written (the partial file is removed).
+    """
+    path = Path(path)
+    tmp = _partial_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Save one array as ``.npy`` (``allow_pickle=False``) atomically."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented UTF-8 JSON atomically."""
+    text = json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
+    atomic_write_bytes(path, text.encode("utf-8"), fsync=True)

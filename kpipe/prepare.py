@@ -1,0 +1,250 @@
+"""``kpipe prepare``: raw samples -> per-sample ``.npy`` files + ``manifest.json``."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from joblib import Parallel, delayed
+
+from kpipe.errors import InputError, OutputExistsError
+from kpipe.ingest import COLOR_MODES, ImageOptions, RawSample, infer_image_options, load_sample, scan
+from kpipe.manifest import MANIFEST_NAME, Manifest
+from kpipe.split import parse_split, stratified_split
+from kpipe.storage.npy import write_npy_sample
+
+FORMATS = ("npy",)
+_CHUNK = 64  # samples per joblib task: amortizes dispatch over many small files
+
+
+@dataclasses.dataclass
+class PrepareResult:
+    """What `prepare` produced.
+
+    Attributes:
+        manifest: The written `Manifest` (``manifest.path`` is set).
+        num_skipped: Number of raw inputs skipped (listed in ``manifest.skipped``).
+    """
+
+    manifest: Manifest
+    num_skipped: int
+
+    def summary(self) -> str:
+        """One line for people, e.g. ``Prepared 1797 samples in 10 classes: ...``."""
+        m = self.manifest
+        parts = ", ".join(f"{p} {len(ids)}" for p, ids in m.partition.items())
+        line = f"Prepared {m.num_samples} samples in {m.num_classes} classes: {parts} -> {m.path}"
+        if self.num_skipped:
+            line += f" ({self.num_skipped} input{'s' if self.num_skipped != 1 else ''} skipped, see `skipped` in the manifest)"
+        return line
+
+
+def parse_image_size(text: str | Sequence[int] | None) -> tuple[int, int] | None:
+    """Parse ``"64x48"`` (height x width) into ``(64, 48)``; `None` stays `None`.
+
+    Raises:
+        InputError: If the text is not two positive integers joined by ``x``.
+    """
+    if text is None:
+        return None
+    try:
+        parts = [int(p) for p in text.lower().split("x")] if isinstance(text, str) else [int(p) for p in text]
+    except ValueError:
+        parts = []
+    if len(parts) != 2 or min(parts) <= 0:
+        raise InputError(f"`image_size` must be HEIGHTxWIDTH in pixels, e.g. 64x64. Received: image_size={text!r}")
+    return parts[0], parts[1]
+
+
+def _convert_chunk(samples: Sequence[RawSample], layout: str, image_options: ImageOptions | None,
+                   shape: tuple[int, ...], dtype: str, data_dir: str) -> list[tuple[str, str | None]]:
+    """Load, check and write a chunk of samples; returns ``(id, error or None)`` each."""
+    results = []
+    for s in samples:
+        try:
+            arr = load_sample(s, layout, image_options)
+            if arr.shape != shape or arr.dtype != np.dtype(dtype):
+                raise ValueError(f"array is {arr.dtype}{list(arr.shape)}, the others {dtype}{list(shape)}")
+            write_npy_sample(data_dir, s.id, arr)
+            results.append((s.id, None))
+        except (OSError, ValueError, SyntaxError, EOFError) as e:  # PIL raises SyntaxError on some corrupt files
+            results.append((s.id, f"unreadable: {e}" if not isinstance(e, ValueError) else str(e)))
+        except Exception as e:  # noqa: BLE001 - a bad file must never crash the run
+            results.append((s.id, f"unreadable: {type(e).__name__}: {e}"))
+    return results
+
+
+def prepare(
+    raw: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    layout: str = "auto",
+    split: str | Sequence[float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    image_size: str | Sequence[int] | None = None,
+    color_mode: str | None = None,
+    label_column: str = "label",
+    id_column: str | None = None,
+    format: str = "npy",  # noqa: A002 - the field's term
+    n_jobs: int = -1,
+    overwrite: bool = False,
+    progress: Callable[[int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> PrepareResult:
+    """Convert raw samples into a prepared dataset.
+
+    Writes ``OUT/data/<ID>.npy`` (one file per sample) and ``OUT/manifest.json``.
+    Everything is built in a sibling staging folder (``.OUT.partial-*``) and
+    moved into place at the end, so a killed run leaves ``OUT`` untouched, and
+    every file is written under a temporary name and then renamed.
+
+    Args:
+        raw: A folder of class sub-folders (images or ``.npy``), or a ``.csv`` file.
+        out: Output folder.
+        layout: ``"auto"``, ``"images"``, ``"npy"`` or ``"csv"``.
+        split: Train, validation, test fractions, e.g. ``"0.8,0.1,0.1"``.
+        seed: Seed of the stratified split.
+        image_size: ``"HxW"`` or ``(height, width)`` to resize images to;
+            default keeps the size (images of another size are skipped).
+        color_mode: ``"grayscale"``, ``"rgb"`` or ``"rgba"``; default
+            inferred from the first image.
+        label_column: CSV column of the class. Defaults to ``"label"``.
+        id_column: CSV column of sample IDs; row numbers if `None`.
+        format: Storage format; ``"npy"``.
+        n_jobs: Parallel workers, as joblib (``-1``: all cores).
+        overwrite: Replace ``out`` if it exists.
+        progress: Called with the number of samples done since the last call.
+        on_start: Called once with the number of samples to convert.
+
+    Returns:
+        A `PrepareResult` with the manifest and the number of skipped inputs.
+
+    Raises:
+        InputError: If ``raw`` is missing, empty, has no usable sample, or an
+            option is invalid.
+        SplitError: If a class is too small to stratify.
+        OutputExistsError: If ``out`` exists and ``overwrite`` is False.
+
+    Example:
+        >>> result = prepare("sample_data/digits", "prepared")
+        >>> print(result.summary())
+        Prepared 1797 samples in 10 classes: train 1437, validation 180, test 180 -> ...
+    """
+    raw, out = Path(raw), Path(out)
+    fractions = parse_split(split)
+    size = parse_image_size(image_size)
+    if color_mode is not None and color_mode not in COLOR_MODES:
+        raise InputError(f"`color_mode` must be one of {', '.join(COLOR_MODES)}. Received: color_mode={color_mode!r}")
+    if format not in FORMATS:
+        raise InputError(f"`format` must be one of {', '.join(FORMATS)}. Received: format={format!r}")
+    if not isinstance(n_jobs, int) or n_jobs == 0:
+        raise InputError(f"`n_jobs` must be a non-zero integer (-1 for all cores). Received: n_jobs={n_jobs!r}")
+    if out.exists() and not overwrite and (out.is_file() or any(out.iterdir())):
+        raise OutputExistsError(
+            f"Output {out} exists already. Pass --overwrite to replace it, or choose another --out."
+        )
+    if out.resolve() == raw.resolve() or out.resolve() in raw.resolve().parents:
+        raise InputError(f"Output {out} would replace the input {raw}; choose another --out.")
+
+    found = scan(raw, layout, label_column=label_column, id_column=id_column)
+    skipped = list(found.skipped)
+    samples = found.samples
+
+    # Fix the sample shape and dtype from the first sample that loads.
+    image_options: ImageOptions | None = None
+    shape: tuple[int, ...] | None = None
+    dtype = ""
+    for s in samples:
+        try:
+            if found.layout == "images":
+                assert s.path is not None
+                image_options = infer_image_options(s.path, size, color_mode)
+            arr = load_sample(s, found.layout, image_options)
+        except Exception:  # noqa: BLE001 - reported when the sample is converted
+            continue
+        shape, dtype = tuple(arr.shape), np.dtype(arr.dtype).name
+        break
+    if shape is None:
+        raise InputError(f"None of the {len(samples)} inputs in {raw} could be read; see the files' formats.")
+
+    staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    data_dir = staging / "data"
+    data_dir.mkdir(parents=True)
+    try:
+        if on_start:
+            on_start(len(samples))
+        chunks = [samples[i : i + _CHUNK] for i in range(0, len(samples), _CHUNK)]
+        runner = Parallel(n_jobs=n_jobs if len(chunks) > 1 else 1, return_as="generator")
+        errors: dict[str, str] = {}
+        for res in runner(
+            delayed(_convert_chunk)(c, found.layout, image_options, shape, dtype, str(data_dir)) for c in chunks
+        ):
+            for sid, err in res:
+                if err is not None:
+                    errors[sid] = err
+            if progress:
+                progress(len(res))
+        kept = [s for s in samples if s.id not in errors]
+        skipped.extend({"path": s.source, "reason": errors[s.id]} for s in samples if s.id in errors)
+        if not kept:
+            raise InputError(f"None of the {len(samples)} inputs in {raw} could be converted; see the reasons above.")
+
+        # Drop classes left without any sample, keeping label order.
+        present = sorted({s.label for s in kept})
+        remap = {old: new for new, old in enumerate(present)}
+        for old, name in enumerate(found.classes):
+            if old not in remap:
+                skipped.append({"path": name, "reason": "class dropped: none of its inputs could be converted"})
+        classes = [found.classes[i] for i in present]
+        labels = np.array([remap[s.label] for s in kept], dtype=np.int64)
+        parts = stratified_split(labels, fractions, seed=seed, class_names=classes)
+
+        params: dict[str, Any] = {
+            "source": str(raw.resolve()),
+            "layout": found.layout,
+            "seed": seed,
+            "split": {"train": fractions[0], "validation": fractions[1], "test": fractions[2]},
+            "format": format,
+        }
+        if image_options is not None:
+            params["image_size"] = list(image_options.image_size or ())
+            params["color_mode"] = image_options.color_mode
+            params["resized"] = image_options.resize
+        params.update(found.details)
+        manifest = Manifest(
+            classes=classes,
+            labels={s.id: int(label) for s, label in zip(kept, labels)},
+            partition={p: [kept[i].id for i in pos] for p, pos in parts.items()},
+            sample_shape=shape,
+            sample_dtype=dtype,
+            storage={"format": "npy", "root": "data"},
+            prepare=params,
+            skipped=skipped,
+        )
+        manifest.save(staging / MANIFEST_NAME)
+        _swap_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    manifest.path = (out / MANIFEST_NAME).resolve()
+    return PrepareResult(manifest=manifest, num_skipped=len(skipped))
+
+
+def _swap_into_place(staging: Path, out: Path) -> None:
+    """Move the finished staging folder to ``out``, replacing an old one last."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(out, old)
+    os.replace(staging, out)
+    if old is not None:
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)

@@ -1,0 +1,83 @@
+"""The store interface: one API over every storage format.
+
+A store maps sample IDs to arrays of one shape and dtype. Stores that hold
+file handles open them lazily in whichever process reads, and pickle as their
+*recipe* (constructor arguments), never as open handles, so they are safe to
+send to `fork`, `spawn` and `forkserver` worker processes.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+
+import numpy as np
+
+
+class Store(abc.ABC):
+    """Read-only access to the samples of a prepared dataset.
+
+    Subclasses implement `read_into`; `read` and `read_many` are built on it.
+
+    Attributes:
+        sample_shape: Shape of one sample.
+        dtype: NumPy dtype of stored samples.
+    """
+
+    format: str = ""
+
+    def __init__(self, sample_shape: Sequence[int], dtype: str | np.dtype) -> None:
+        self.sample_shape = tuple(int(d) for d in sample_shape)
+        self.dtype = np.dtype(dtype)
+
+    @property
+    @abc.abstractmethod
+    def ids(self) -> Sequence[str]:
+        """IDs of the samples this store holds (when known), else empty."""
+
+    @abc.abstractmethod
+    def read_into(self, ids: Sequence[str], out: np.ndarray) -> np.ndarray:
+        """Read ``ids`` into ``out[: len(ids)]``, in order, duplicates allowed.
+
+        Args:
+            ids: Sample IDs; may repeat (bootstrap batches repeat IDs).
+            out: Array of shape ``(>= len(ids), *sample_shape)`` and the
+                store's dtype.
+
+        Returns:
+            ``out``.
+
+        Raises:
+            SampleNotFoundError: If an ID is not in the store.
+            StoreError: If a file is unreadable, truncated or corrupt (the
+                message names the file and the ID).
+        """
+
+    def read(self, sample_id: str) -> np.ndarray:
+        """Read one sample: array of shape `sample_shape` and dtype `dtype`."""
+        out = np.empty((1, *self.sample_shape), dtype=self.dtype)
+        return self.read_into([sample_id], out)[0]
+
+    def read_many(self, ids: Sequence[str], out: np.ndarray | None = None) -> np.ndarray:
+        """Read several samples into one array of shape ``(len(ids), *sample_shape)``.
+
+        Args:
+            ids: Sample IDs, in the order wanted; duplicates allowed.
+            out: Optional preallocated array to fill (see `read_into`).
+
+        Returns:
+            The filled array (``out`` itself, or a view of its first rows).
+        """
+        if out is None:
+            out = np.empty((len(ids), *self.sample_shape), dtype=self.dtype)
+        self.read_into(ids, out)
+        return out[: len(ids)]
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release open files and threads; the store reopens them on the next read."""
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

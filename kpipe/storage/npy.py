@@ -1,0 +1,171 @@
+"""Per-ID ``.npy`` files: ``ROOT/<ID>.npy``, one file per sample.
+
+This is the layout of the classic Keras ``DataGenerator``
+(``np.load(root / (ID + ".npy"))``). Reads are sped up two ways, both exact:
+
+* all samples share shape and dtype, so every file has the same ``.npy``
+  header; a read checks the header bytes and then reads the data straight
+  into the caller's batch array (no intermediate array, no header parse);
+  a file whose header differs falls back to ``np.load`` and is checked;
+* batches are read by a thread pool (file I/O releases the GIL).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from kpipe._io import atomic_save_npy
+from kpipe.errors import SampleNotFoundError, StoreError
+from kpipe.storage.base import Store
+
+_THREADS_MIN_BATCH = 8
+
+
+def expected_header(sample_shape: Sequence[int], dtype: np.dtype) -> bytes:
+    """The exact header bytes ``np.save`` writes for this shape and dtype."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+              "shape": tuple(sample_shape)}
+    )
+    return buf.getvalue()
+
+
+class NpyStore(Store):
+    """Samples stored as ``ROOT/<ID>.npy``.
+
+    Args:
+        root: Folder of the ``.npy`` files.
+        sample_shape: Shape of one sample, e.g. ``(8, 8, 1)``.
+        dtype: Dtype of stored samples, e.g. ``"uint8"``.
+        ids: IDs held, if known (used only by `ids`; reads go to disk).
+        num_threads: Threads reading one batch; ``0`` reads in the calling
+            thread. Defaults to ``min(8, os.cpu_count())``.
+
+    Example:
+        >>> store = NpyStore("prepared/data", (8, 8, 1), "uint8")
+        >>> store.read_many(["3_digit_0003", "3_digit_0013"]).shape
+        (2, 8, 8, 1)
+    """
+
+    format = "npy"
+
+    def __init__(self, root: str | os.PathLike, sample_shape: Sequence[int], dtype: str | np.dtype,
+                 ids: Sequence[str] | None = None, *, num_threads: int | None = None) -> None:
+        super().__init__(sample_shape, dtype)
+        self.root = Path(root)
+        self._ids = list(ids) if ids is not None else []
+        self.num_threads = min(8, os.cpu_count() or 1) if num_threads is None else int(num_threads)
+        self._header = expected_header(self.sample_shape, self.dtype)
+        self._nbytes = int(np.prod(self.sample_shape, dtype=np.int64)) * self.dtype.itemsize
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid: int | None = None
+        self._lock = threading.Lock()
+
+    # Pickle as the recipe: never ship a thread pool or a lock.
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_pool"] = None
+        state["_pool_pid"] = None
+        state["_lock"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    @property
+    def ids(self) -> Sequence[str]:
+        return self._ids
+
+    def path(self, sample_id: str) -> Path:
+        """File of one sample: ``root / (ID + ".npy")``."""
+        return self.root / f"{sample_id}.npy"
+
+    def _executor(self) -> ThreadPoolExecutor:
+        pid = os.getpid()
+        if self._pool is None or self._pool_pid != pid:  # a forked child gets its own pool
+            with self._lock:
+                if self._pool is None or self._pool_pid != pid:
+                    self._pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="kpipe-npy")
+                    self._pool_pid = pid
+        return self._pool
+
+    def _read_one(self, sample_id: str, out_row: np.ndarray) -> None:
+        path = self.path(sample_id)
+        try:
+            with open(path, "rb", buffering=0) as f:
+                header = f.read(len(self._header))
+                if header == self._header:
+                    view = memoryview(out_row.reshape(-1).view(np.uint8))
+                    n = f.readinto(view)
+                    if n != self._nbytes or f.read(1):
+                        size = os.fstat(f.fileno()).st_size - len(self._header)
+                        raise StoreError(
+                            f"Sample {sample_id!r}: file {path} holds {size} data bytes, expected "
+                            f"{self._nbytes}; it is truncated or corrupt. Run `kpipe prepare` again."
+                        )
+                    return
+        except FileNotFoundError:
+            raise SampleNotFoundError(
+                f"Sample {sample_id!r} has no file {path}. Check the ID, or run `kpipe prepare` again."
+            ) from None
+        except StoreError:
+            raise
+        except OSError as e:
+            raise StoreError(f"Sample {sample_id!r}: cannot read {path}: {e}") from e
+        # Header differs (another numpy version, Fortran order...): load and check.
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise StoreError(f"Sample {sample_id!r}: file {path} is not a readable .npy file: {e}") from e
+        if arr.shape != self.sample_shape or arr.dtype != self.dtype:
+            raise StoreError(
+                f"Sample {sample_id!r}: file {path} holds {arr.dtype}{list(arr.shape)}, the manifest says "
+                f"{self.dtype}{list(self.sample_shape)}."
+            )
+        out_row[...] = arr
+
+    def read_into(self, ids: Sequence[str], out: np.ndarray) -> np.ndarray:
+        if out.shape[1:] != self.sample_shape or out.dtype != self.dtype or len(out) < len(ids):
+            raise ValueError(
+                f"`out` must have shape (>= {len(ids)}, *{self.sample_shape}) and dtype {self.dtype}. "
+                f"Received: out.shape={out.shape}, out.dtype={out.dtype}"
+            )
+        if self.num_threads <= 1 or len(ids) < _THREADS_MIN_BATCH:
+            for i, sid in enumerate(ids):
+                self._read_one(sid, out[i])
+            return out
+        # Contiguous chunks per thread: fewer futures, same exact result.
+        n = len(ids)
+        k = min(self.num_threads, n)
+        bounds = np.linspace(0, n, k + 1).astype(int)
+
+        def work(lo: int, hi: int) -> None:
+            for i in range(lo, hi):
+                self._read_one(ids[i], out[i])
+
+        futures = [self._executor().submit(work, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        for fut in futures:
+            fut.result()  # re-raises the first error
+        return out
+
+    def close(self) -> None:
+        if self._pool is not None and self._pool_pid == os.getpid():
+            self._pool.shutdown(wait=True)
+        self._pool = None
+        self._pool_pid = None
+
+
+def write_npy_sample(root: str | os.PathLike, sample_id: str, array: np.ndarray) -> Path:
+    """Write one sample atomically as ``root/<ID>.npy`` and return its path."""
+    path = Path(root) / f"{sample_id}.npy"
+    atomic_save_npy(path, array)
+    return path
