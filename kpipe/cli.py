@@ -100,9 +100,7 @@ def main() -> None:
 @click.option("--n-jobs", default=-1, show_default=True, type=int, help="Parallel workers, as joblib (-1: all cores).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @_handle_errors
-def prepare(raw: Path, out: Path, layout: str, split: str, seed: int, image_size: str | None,
-            color_mode: str | None, label_column: str, id_column: str | None, n_jobs: int,
-            overwrite: bool) -> None:
+def prepare(raw: Path, out: Path, **options) -> None:
     """Convert RAW (class folders of images or .npy files, or a .csv) into a prepared dataset.
 
     Writes OUT/data/<ID>.npy, one file per sample, and OUT/manifest.json.
@@ -120,9 +118,7 @@ def prepare(raw: Path, out: Path, layout: str, split: str, seed: int, image_size
         def progress(n: int) -> None:
             state["bar"].update(n)
 
-        result = run_prepare(raw, out, layout=layout, split=split, seed=seed, image_size=image_size,
-                             color_mode=color_mode, label_column=label_column, id_column=id_column,
-                             n_jobs=n_jobs, overwrite=overwrite, progress=progress, on_start=on_start)
+        result = run_prepare(raw, out, **options, progress=progress, on_start=on_start)
     click.echo(result.summary())
 
 
@@ -152,9 +148,7 @@ def prepare(raw: Path, out: Path, layout: str, split: str, seed: int, image_size
 @click.option("--verbose", type=click.IntRange(0, 2), default=None,
               help="Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch (default: 1 on a terminal).")
 @_handle_errors
-def train(manifest: Path, out: Path | None, model: str, loss: str, label_mode: str | None, optimizer: str,
-          learning_rate: float, epochs: int, batch_size: int, seed: int, rescale: float | None, workers: int,
-          use_multiprocessing: bool, max_queue_size: int, verbose: int | None) -> None:
+def train(manifest: Path, out: Path | None, **options) -> None:
     """Train a model on MANIFEST's train partition, validate each epoch, evaluate on test.
 
     Writes the run folder: model.keras, history.json, metrics.json, config.json.
@@ -166,11 +160,9 @@ def train(manifest: Path, out: Path | None, model: str, loss: str, label_mode: s
     from kpipe.training import TrainConfig
     from kpipe.training import train as run_train
 
-    config = TrainConfig(model=model, loss=loss, label_mode=label_mode, optimizer=optimizer,
-                         learning_rate=learning_rate, epochs=epochs, batch_size=batch_size, seed=seed,
-                         rescale=rescale, workers=workers, use_multiprocessing=use_multiprocessing,
-                         max_queue_size=max_queue_size,
-                         verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2))
+    if options.get("verbose") is None:
+        options["verbose"] = 1 if sys.stdout.isatty() else 2
+    config = TrainConfig.from_options(options)
     result = run_train(loaded, config, out=out)
     click.echo(result.summary())
 

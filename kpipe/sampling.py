@@ -8,6 +8,7 @@ same order for the same epoch.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 
 import numpy as np
@@ -23,7 +24,7 @@ def epoch_rng(seed: int, epoch: int, *stream: int) -> np.random.Generator:
 
 
 @dataclasses.dataclass(frozen=True)
-class Sampler:
+class Sampler(abc.ABC):
     """Base sampler over ``num_samples`` positions of a partition.
 
     Attributes:
@@ -43,9 +44,9 @@ class Sampler:
         """Number of positions one epoch visits."""
         return self.num_samples
 
+    @abc.abstractmethod
     def indices(self, epoch: int) -> np.ndarray:
         """Positions visited in ``epoch``: int64 array of shape ``(epoch_size,)``."""
-        raise NotImplementedError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,6 +19,7 @@ from kpipe._io import atomic_write_json
 from kpipe.errors import KpipeError
 from kpipe.generator import DataGenerator
 from kpipe.manifest import Manifest, load_manifest
+from kpipe.training.data import make_generators
 from kpipe.training.losses import label_mode_for_loss, resolve_loss
 from kpipe.training.models import build_model
 
@@ -58,6 +59,12 @@ class TrainConfig:
     use_multiprocessing: bool = False
     max_queue_size: int = 10
     verbose: int | str = "auto"
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> TrainConfig:
+        """Build from CLI options: keys that are fields are taken, `None` values left at the default."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in options.items() if k in names and v is not None})
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "workers", "max_queue_size"):
@@ -201,14 +208,7 @@ def train(
     uint8 = manifest.sample_dtype == "uint8"
     if rescale is None and uint8:
         rescale = 1.0 / 255.0
-    common = dict(batch_size=config.batch_size, seed=config.seed, label_mode=label_mode, rescale=rescale)
-    loader = dict(workers=config.workers, use_multiprocessing=config.use_multiprocessing,
-                  max_queue_size=config.max_queue_size)
-    train_data = DataGenerator(manifest, "train", shuffle=True, **common, **loader)
-    val_data = (DataGenerator(manifest, "validation", shuffle=False, **common, **loader)
-                if manifest.partition.get("validation") else None)
-    test_data = (DataGenerator(manifest, "test", shuffle=False, **common)
-                 if manifest.partition.get("test") else None)
+    train_data, val_data, test_data = make_generators(manifest, config, label_mode=label_mode, rescale=rescale)
 
     if isinstance(model, keras.Model):
         net = model
@@ -247,8 +247,9 @@ def train(
     elif val_data is not None:
         metrics = {"partition": "validation"} | evaluate_on(net, val_data, manifest.classes)
     else:
-        metrics = {"partition": "train"} | evaluate_on(net, DataGenerator(manifest, "train", shuffle=False, **common),
-                                                       manifest.classes)
+        train_eval = DataGenerator(manifest, "train", shuffle=False, batch_size=config.batch_size,
+                                   label_mode=label_mode, rescale=rescale)
+        metrics = {"partition": "train"} | evaluate_on(net, train_eval, manifest.classes)
     seconds = time.perf_counter() - started
     metrics["train_seconds"] = round(seconds, 2)
     atomic_write_json(run_dir / "metrics.json", metrics)
