@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -201,7 +202,15 @@ class DataGenerator(keras.utils.PyDataset):
         return y.astype(np.float32)[:, None]  # binary
 
     def on_epoch_end(self) -> None:
-        """Move to the next epoch's order (called by Keras after each epoch)."""
+        """Move to the next epoch's order (called by Keras after each epoch).
+
+        Keras 3's `fit` also calls this once *before* the first epoch (its
+        ``EpochIterator.reset()`` after reading batches 0 and 1 to infer
+        shapes); that call is ignored, so that epoch ``e`` of `fit` is epoch
+        ``e`` of the generator, as in a hand-written loop.
+        """
+        if _called_by_keras_reset():
+            return
         self.epoch += 1
 
     # ------------------------------------------------------------- pickling
@@ -216,6 +225,19 @@ class DataGenerator(keras.utils.PyDataset):
             f"batch_size={self.batch_size}, num_batches={self.num_batches}, shuffle={self.shuffle}, "
             f"seed={self.seed}, epoch={self.epoch})"
         )
+
+
+def _called_by_keras_reset(max_depth: int = 8) -> bool:
+    """True if the current `on_epoch_end` call comes from Keras' ``EpochIterator.reset``."""
+    frame = sys._getframe(2)
+    for _ in range(max_depth):
+        if frame is None:
+            return False
+        code = frame.f_code
+        if code.co_name == "reset" and code.co_filename.endswith("epoch_iterator.py"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _manifest_from_ids(list_IDs, labels, data_dir, num_classes, partition) -> Manifest:  # noqa: N803

@@ -1,0 +1,86 @@
+"""The CLI end to end: prepare a small raw folder, train one epoch, and the error paths."""
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from conftest import make_image_folder
+from kpipe.cli import main
+
+
+def test_prepare_then_train_end_to_end(tmp_path: Path):
+    raw = make_image_folder(tmp_path / "raw", {"cat": 12, "dog": 12, "owl": 12}, size=(8, 8))
+    (raw / "cat" / "README.txt").write_text("stray")
+    runner = CliRunner()
+    out = tmp_path / "prepared"
+    result = runner.invoke(main, ["prepare", str(raw), "--out", str(out), "--n-jobs", "1"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1].startswith(
+        "Prepared 36 samples in 3 classes: train 28, validation 4, test 4 -> "
+    )
+    assert "(1 input skipped" in result.output
+    manifest = out / "manifest.json"
+    run = tmp_path / "run"
+    result = runner.invoke(main, ["train", str(manifest), "--epochs", "1", "--batch-size", "8", "--out", str(run),
+                                  "--verbose", "0"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1].startswith("Test accuracy: ")
+    for name in ("model.keras", "history.json", "metrics.json", "config.json"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["num_samples"] == 4 and 0 <= metrics["accuracy"] <= 1
+    assert set(metrics["classification_report"]) >= {"cat", "dog", "owl", "macro avg"}
+    history = json.loads((run / "history.json").read_text())
+    assert len(history["loss"]) == 1 and "val_loss" in history
+
+    import keras
+
+    model = keras.models.load_model(run / "model.keras")
+    assert model.output_shape == (None, 3)
+
+
+def test_cli_errors_are_plain_messages(tmp_path: Path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["train", str(tmp_path / "missing.json")])
+    assert result.exit_code == 1
+    assert "No manifest at" in result.output and "kpipe prepare" in result.output
+    assert "Traceback" not in result.output
+
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(main, ["prepare", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "Found no samples" in result.output
+
+    raw = make_image_folder(tmp_path / "raw", {"a": 10, "b": 10})
+    result = runner.invoke(main, ["prepare", str(raw), "--out", str(tmp_path / "o"), "--split", "0.5,0.6"])
+    assert result.exit_code == 1 and "`split` must be three" in result.output
+
+    result = runner.invoke(main, ["prepare", str(raw), "--out", str(tmp_path / "o2"), "--n-jobs", "1"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["prepare", str(raw), "--out", str(tmp_path / "o2")])
+    assert result.exit_code == 1 and "--overwrite" in result.output
+
+    result = runner.invoke(main, ["prepare", str(tmp_path / "nope"), "--out", str(tmp_path / "o3")])
+    assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_cli_help_and_version():
+    runner = CliRunner()
+    assert runner.invoke(main, ["--version"]).output.startswith("kpipe, version ")
+    result = runner.invoke(main, ["--help"])
+    assert result.exit_code == 0 and "prepare" in result.output and "train" in result.output
+
+
+def test_prepare_does_not_import_tensorflow(tmp_path: Path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from click.testing import CliRunner; from kpipe.cli import main; "
+        f"r = CliRunner().invoke(main, ['prepare', {str(tmp_path / 'raw')!r}, '--out', {str(tmp_path / 'o')!r}, "
+        "'--n-jobs', '1']); assert r.exit_code == 0, r.output; "
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    )
+    make_image_folder(tmp_path / "raw", {"a": 10, "b": 10})
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False False"
