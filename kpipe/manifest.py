@@ -44,7 +44,12 @@ class Manifest:
         sample_shape: Shape of one sample, e.g. ``(8, 8, 1)``.
         sample_dtype: NumPy dtype name of stored samples, e.g. ``"uint8"``.
         storage: How samples are stored: ``{"format": "npy", "root": "data"}``
-            with ``root`` relative to the manifest's folder.
+            with ``root`` relative to the manifest's folder; for HDF5 shards
+            ``{"format": "hdf5", "root": "shards", "compression": "none",
+            "shard_size": int, "num_shards": int, "shards": [{"file":
+            "shard-00000.h5", "num_samples": int, "num_bytes": int,
+            "sha256": str, "ids": [...]}, ...]}`` (row ``r`` of a shard holds
+            ``ids[r]``). See `kpipe.storage`.
         sample_weights: Optional sample ID -> per-sample weight (float >= 0).
         prepare: The parameters ``kpipe prepare`` ran with (provenance).
         skipped: Raw inputs that were skipped: ``[{"path": ..., "reason": ...}]``.

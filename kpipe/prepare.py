@@ -1,4 +1,4 @@
-"""``kpipe prepare``: raw samples -> per-sample ``.npy`` files + ``manifest.json``."""
+"""``kpipe prepare``: raw samples -> per-sample ``.npy`` files or HDF5 shards + ``manifest.json``."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ from kpipe.errors import InputError, OutputExistsError
 from kpipe.ingest import COLOR_MODES, ImageOptions, RawSample, infer_image_options, load_sample, scan
 from kpipe.manifest import MANIFEST_NAME, Manifest
 from kpipe.split import parse_split, stratified_split
+from kpipe.storage import FORMATS, check_format, make_writer  # noqa: F401 - FORMATS re-exported
+from kpipe.storage.hdf5 import check_compression
 from kpipe.storage.npy import write_npy_sample
+from kpipe.weights import read_weights_file, weights_for_samples
 
-FORMATS = ("npy",)
 _CHUNK = 64  # samples per joblib task: amortizes dispatch over many small files
 
 
@@ -63,14 +65,23 @@ def parse_image_size(text: str | Sequence[int] | None) -> tuple[int, int] | None
 
 
 def _convert_chunk(samples: Sequence[RawSample], layout: str, image_options: ImageOptions | None,
-                   shape: tuple[int, ...], dtype: str, data_dir: str) -> list[tuple[str, str | None]]:
-    """Load, check and write a chunk of samples; returns ``(id, error or None)`` each."""
-    results = []
+                   shape: tuple[int, ...], dtype: str, data_dir: str | None) -> list[tuple[str, Any]]:
+    """Load and check a chunk of samples; returns ``(id, result)`` each.
+
+    With ``data_dir`` each sample is written there as ``<ID>.npy`` and the
+    result is `None`; without, the result is the array (for a writer in the
+    main process, e.g. HDF5 shards). A sample that fails gives its error
+    message (a `str`) as result.
+    """
+    results: list[tuple[str, Any]] = []
     for s in samples:
         try:
             arr = load_sample(s, layout, image_options)
             if arr.shape != shape or arr.dtype != np.dtype(dtype):
                 raise ValueError(f"array is {arr.dtype}{list(arr.shape)}, the others {dtype}{list(shape)}")
+            if data_dir is None:
+                results.append((s.id, arr))
+                continue
             write_npy_sample(data_dir, s.id, arr)
             results.append((s.id, None))
         except (OSError, ValueError, SyntaxError, EOFError) as e:  # PIL raises SyntaxError on some corrupt files
@@ -91,7 +102,11 @@ def prepare(
     color_mode: str | None = None,
     label_column: str = "label",
     id_column: str | None = None,
+    weight_column: str | None = None,
+    weights: str | os.PathLike | None = None,
     format: str = "npy",  # noqa: A002 - the field's term
+    shard_size: int | None = None,
+    compression: str | None = "none",
     n_jobs: int = -1,
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
@@ -99,7 +114,8 @@ def prepare(
 ) -> PrepareResult:
     """Convert raw samples into a prepared dataset.
 
-    Writes ``OUT/data/<ID>.npy`` (one file per sample) and ``OUT/manifest.json``.
+    Writes ``OUT/data/<ID>.npy`` (one file per sample; ``format="npy"``) or
+    ``OUT/shards/shard-00000.h5``, ... (``format="hdf5"``), and ``OUT/manifest.json``.
     Everything is built in a sibling staging folder (``.OUT.partial-*``) and
     moved into place at the end, so a killed run leaves ``OUT`` untouched, and
     every file is written under a temporary name and then renamed.
@@ -116,7 +132,18 @@ def prepare(
             inferred from the first image.
         label_column: CSV column of the class. Defaults to ``"label"``.
         id_column: CSV column of sample IDs; row numbers if `None`.
-        format: Storage format; ``"npy"``.
+        weight_column: CSV column of per-sample weights (finite, >= 0), kept
+            out of the features and stored as ``manifest.sample_weights``.
+        weights: A file of per-sample weights, CSV rows ``ID,weight``
+            (header optional) or a JSON object; every sample needs one.
+        format: Storage format: ``"npy"`` (one file per sample) or ``"hdf5"``
+            (shards laid out partition by partition). Defaults to ``"npy"``.
+        shard_size: Samples per HDF5 shard. Defaults to about 1 GiB of
+            sample data per shard.
+        compression: HDF5 compression: ``"none"`` (contiguous, read by memory
+            map or ``preadv`` at the dataset's file offset: the fastest),
+            ``"gzip"`` or ``"lzf"`` (chunked per sample, read through h5py).
+            Defaults to ``"none"``.
         n_jobs: Parallel workers, as joblib (``-1``: all cores).
         overwrite: Replace ``out`` if it exists.
         progress: Called with the number of samples done since the last call.
@@ -141,8 +168,13 @@ def prepare(
     size = parse_image_size(image_size)
     if color_mode is not None and color_mode not in COLOR_MODES:
         raise InputError(f"`color_mode` must be one of {', '.join(COLOR_MODES)}. Received: color_mode={color_mode!r}")
-    if format not in FORMATS:
-        raise InputError(f"`format` must be one of {', '.join(FORMATS)}. Received: format={format!r}")
+    check_format(format)
+    compression = check_compression(compression)
+    if format != "hdf5" and (compression != "none" or shard_size is not None):
+        raise InputError(
+            "`shard_size` and `compression` apply to --format hdf5 only. "
+            f"Received: format={format!r}, shard_size={shard_size!r}, compression={compression!r}"
+        )
     if not isinstance(n_jobs, int) or n_jobs == 0:
         raise InputError(f"`n_jobs` must be a non-zero integer (-1 for all cores). Received: n_jobs={n_jobs!r}")
     if out.exists() and not overwrite and (out.is_file() or any(out.iterdir())):
@@ -152,7 +184,9 @@ def prepare(
     if out.resolve() == raw.resolve() or out.resolve() in raw.resolve().parents:
         raise InputError(f"Output {out} would replace the input {raw}; choose another --out.")
 
-    found = scan(raw, layout, label_column=label_column, id_column=id_column)
+    found = scan(raw, layout, label_column=label_column, id_column=id_column, weight_column=weight_column)
+    file_weights = read_weights_file(weights) if weights is not None else None  # per-sample weights (issue 4)
+    weights_for_samples([], all_ids=[s.id for s in found.samples], column=found.weights, file=file_weights)
     skipped = list(found.skipped)
     samples = found.samples
 
@@ -174,8 +208,10 @@ def prepare(
         raise InputError(f"None of the {len(samples)} inputs in {raw} could be read; see the files' formats.")
 
     staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    data_dir = staging / "data"
-    data_dir.mkdir(parents=True)
+    staging.mkdir(parents=True)
+    # npy: workers write the files; hdf5: workers return arrays to the writer here.
+    writer = make_writer(format, staging, shape, dtype, shard_size=shard_size, compression=compression)
+    data_dir = str(writer.root) if format == "npy" else None
     try:
         if on_start:
             on_start(len(samples))
@@ -183,11 +219,17 @@ def prepare(
         runner = Parallel(n_jobs=n_jobs if len(chunks) > 1 else 1, return_as="generator")
         errors: dict[str, str] = {}
         for res in runner(
-            delayed(_convert_chunk)(c, found.layout, image_options, shape, dtype, str(data_dir)) for c in chunks
+            delayed(_convert_chunk)(c, found.layout, image_options, shape, dtype, data_dir) for c in chunks
         ):
-            for sid, err in res:
-                if err is not None:
-                    errors[sid] = err
+            good_ids, good_arrays = [], []
+            for sid, value in res:
+                if isinstance(value, str):
+                    errors[sid] = value
+                elif value is not None:
+                    good_ids.append(sid)
+                    good_arrays.append(value)
+            if good_ids:
+                writer.add_many(good_ids, np.stack(good_arrays))
             if progress:
                 progress(len(res))
         kept = [s for s in samples if s.id not in errors]
@@ -212,24 +254,36 @@ def prepare(
             "split": {"train": fractions[0], "validation": fractions[1], "test": fractions[2]},
             "format": format,
         }
+        if format == "hdf5":
+            params["compression"] = compression
         if image_options is not None:
             params["image_size"] = list(image_options.image_size or ())
             params["color_mode"] = image_options.color_mode
             params["resized"] = image_options.resize
         params.update(found.details)
+        if weights is not None:
+            params["weights_file"] = str(Path(weights).resolve())
+        label_of = {s.id: int(label) for s, label in zip(kept, labels)}
+        partition = {p: [kept[i].id for i in pos] for p, pos in parts.items()}
+        # Shards hold the samples partition by partition, each in input order.
+        order = [kept[i].id for p in partition for i in sorted(parts[p])]
+        storage = writer.finish(label_of, order)
         manifest = Manifest(
             classes=classes,
-            labels={s.id: int(label) for s, label in zip(kept, labels)},
-            partition={p: [kept[i].id for i in pos] for p, pos in parts.items()},
+            labels=label_of,
+            partition=partition,
             sample_shape=shape,
             sample_dtype=dtype,
-            storage={"format": "npy", "root": "data"},
+            storage=storage,
+            sample_weights=weights_for_samples([s.id for s in kept], all_ids=[s.id for s in samples],
+                                               column=found.weights, file=file_weights),
             prepare=params,
             skipped=skipped,
         )
         manifest.save(staging / MANIFEST_NAME)
         _swap_into_place(staging, out)
     except BaseException:
+        writer.abort()
         shutil.rmtree(staging, ignore_errors=True)
         raise
     manifest.path = (out / MANIFEST_NAME).resolve()

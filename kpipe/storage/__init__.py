@@ -1,13 +1,24 @@
-"""Storage backends behind one `Store` interface, chosen from the manifest."""
+"""Storage backends behind one `Store` interface, chosen from the manifest.
+
+* ``npy``: ``OUT/data/<ID>.npy``, one file per sample (`NpyStore`, `NpyWriter`);
+* ``hdf5``: ``OUT/shards/shard-00000.h5``, ... (`Hdf5Store`, `Hdf5Writer`).
+
+`open_store` picks the backend from ``manifest.storage["format"]`` through
+`STORE_OPENERS`; `make_writer` picks a writer through `STORE_WRITERS`.
+``cache="memory"`` wraps any store in a `MemoryStore`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from kpipe.errors import ManifestError
+from kpipe.errors import InputError, ManifestError
 from kpipe.manifest import Manifest
-from kpipe.storage.base import Store
-from kpipe.storage.npy import NpyStore
+from kpipe.storage.base import Store, StoreWriter
+from kpipe.storage.hdf5 import COMPRESSIONS, Hdf5Store, Hdf5Writer, open_hdf5
+from kpipe.storage.memory import MemoryStore
+from kpipe.storage.npy import NpyStore, NpyWriter
 
 
 def _open_npy(manifest: Manifest, **kwargs) -> Store:
@@ -15,30 +26,110 @@ def _open_npy(manifest: Manifest, **kwargs) -> Store:
                     ids=list(manifest.labels), **kwargs)
 
 
-STORE_OPENERS: dict[str, Callable[..., Store]] = {"npy": _open_npy}
-"""Storage format name (``manifest.storage["format"]``) -> opener."""
+STORE_OPENERS: dict[str, Callable[..., Store]] = {"npy": _open_npy, "hdf5": open_hdf5}
+"""Storage format name (``manifest.storage["format"]``) -> opener ``(manifest, **kwargs) -> Store``."""
+
+FORMATS = tuple(STORE_OPENERS)
+"""Storage formats kpipe reads and writes."""
+
+STORAGE_ROOTS = {"npy": "data", "hdf5": "shards"}
+"""Format -> folder (under the dataset folder) that holds its files."""
+
+CACHE_MODES = (None, "memory")
 
 
-def open_store(manifest: Manifest, **kwargs) -> Store:
+def _npy_writer(root: Path, sample_shape, dtype, **options) -> StoreWriter:
+    if options.get("compression") not in (None, "none"):
+        raise InputError(
+            f"`compression` applies to --format hdf5 only. Received: compression={options['compression']!r} "
+            "with format='npy'"
+        )
+    return NpyWriter(root)
+
+
+def _hdf5_writer(root: Path, sample_shape, dtype, **options) -> StoreWriter:
+    return Hdf5Writer(root, sample_shape, dtype, shard_size=options.get("shard_size"),
+                      compression=options.get("compression"), progress=options.get("progress"))
+
+
+STORE_WRITERS: dict[str, Callable[..., StoreWriter]] = {"npy": _npy_writer, "hdf5": _hdf5_writer}
+"""Format -> writer factory ``(root, sample_shape, dtype, **options) -> StoreWriter``."""
+
+
+def check_format(format: str) -> str:  # noqa: A002 - the field's term
+    """Validate a storage format name.
+
+    Raises:
+        InputError: If it is not one of `FORMATS`.
+    """
+    if format not in STORE_WRITERS:
+        raise InputError(f"`format` must be one of {', '.join(STORE_WRITERS)}. Received: format={format!r}")
+    return format
+
+
+def make_writer(format: str, dataset_dir: str | Path, sample_shape, dtype, **options) -> StoreWriter:  # noqa: A002
+    """A writer of ``format`` whose files go under ``dataset_dir / STORAGE_ROOTS[format]``.
+
+    Args:
+        format: ``"npy"`` or ``"hdf5"``.
+        dataset_dir: The (staging) dataset folder, next to ``manifest.json``.
+        sample_shape: Shape of one sample.
+        dtype: Dtype of the samples.
+        **options: ``shard_size`` and ``compression`` (hdf5), ``progress``.
+
+    Raises:
+        InputError: If the format or an option is invalid.
+    """
+    check_format(format)
+    return STORE_WRITERS[format](Path(dataset_dir) / STORAGE_ROOTS[format], sample_shape, dtype, **options)
+
+
+def open_store(manifest: Manifest, *, cache: str | None = None, ids: Sequence[str] | None = None,
+               **kwargs) -> Store:
     """Open the store a manifest describes (lazily: no file is opened yet).
 
     Args:
         manifest: A loaded `Manifest`.
-        **kwargs: Passed to the backend (e.g. ``num_threads`` for npy).
+        cache: `None` (read from disk every time) or ``"memory"``: load the
+            samples ``ids`` into RAM now, once (a `MemoryStore`).
+        ids: With ``cache="memory"``, the IDs to load (e.g. one partition).
+            Defaults to every sample.
+        **kwargs: Passed to the backend (``num_threads`` for npy; ``mmap``,
+            ``verify`` for hdf5).
 
     Returns:
         A `Store` for ``manifest.storage["format"]``.
 
     Raises:
         ManifestError: If the storage format is unknown.
+        ValueError: If ``cache`` is not `None` or ``"memory"``.
     """
+    if cache not in CACHE_MODES:
+        raise ValueError(f"`cache` must be None or 'memory'. Received: cache={cache!r}")
     fmt = manifest.storage.get("format")
     if fmt not in STORE_OPENERS:
         raise ManifestError(
             f"Unknown storage format {fmt!r} in {manifest.path}. This kpipe reads: "
             f"{', '.join(STORE_OPENERS)}."
         )
-    return STORE_OPENERS[fmt](manifest, **kwargs)
+    store = STORE_OPENERS[fmt](manifest, **kwargs)
+    if cache == "memory":
+        store = MemoryStore(store, list(manifest.labels) if ids is None else ids)
+    return store
 
 
-__all__ = ["NpyStore", "STORE_OPENERS", "Store", "open_store"]
+__all__ = [
+    "COMPRESSIONS",
+    "FORMATS",
+    "Hdf5Store",
+    "Hdf5Writer",
+    "MemoryStore",
+    "NpyStore",
+    "NpyWriter",
+    "STORE_OPENERS",
+    "STORE_WRITERS",
+    "Store",
+    "StoreWriter",
+    "make_writer",
+    "open_store",
+]

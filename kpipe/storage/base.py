@@ -81,3 +81,40 @@ class Store(abc.ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class StoreWriter(abc.ABC):
+    """Writes samples in one storage format; `finish` returns ``manifest.storage``.
+
+    Samples are added in any order; `finish` receives the final labels and the
+    order in which a sharded format should lay samples out (e.g. partition by
+    partition), so that formats whose files hold labels can be written once,
+    with the final label of every sample.
+    """
+
+    format: str = ""
+
+    @abc.abstractmethod
+    def add(self, sample_id: str, array: np.ndarray) -> None:
+        """Add one sample (an array of the writer's shape and dtype)."""
+
+    def add_many(self, ids: Sequence[str], arrays: np.ndarray) -> None:
+        """Add ``len(ids)`` samples: ``arrays`` has shape ``(len(ids), *sample_shape)``."""
+        for sid, arr in zip(ids, arrays):
+            self.add(sid, arr)
+
+    @abc.abstractmethod
+    def finish(self, labels: dict[str, int], order: Sequence[str] | None = None) -> dict:
+        """Write what is left and return the ``storage`` dict of the manifest.
+
+        Args:
+            labels: Final sample ID -> class index, for every added sample.
+            order: The added IDs in the order to lay them out (sharded
+                formats); default: the order they were added.
+
+        Returns:
+            A JSON-ready dict with at least ``"format"`` and ``"root"``.
+        """
+
+    def abort(self) -> None:  # noqa: B027 - optional hook
+        """Remove temporary files after a failure (the staging folder is removed anyway)."""

@@ -1,0 +1,167 @@
+"""``kpipe convert``: a prepared dataset -> the same dataset in another storage format."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from kpipe.errors import InputError, OutputExistsError
+from kpipe.manifest import MANIFEST_NAME, Manifest, load_manifest
+from kpipe.prepare import _swap_into_place
+from kpipe.storage import check_format, make_writer, open_store
+from kpipe.storage.hdf5 import check_compression
+
+_BLOCK_BYTES = 32 << 20  # samples read and written per step
+
+
+@dataclasses.dataclass
+class ConvertResult:
+    """What `convert` produced.
+
+    Attributes:
+        manifest: The new `Manifest` (``manifest.path`` is set).
+        source_format: Storage format of the input dataset.
+        seconds: Wall time of the conversion.
+    """
+
+    manifest: Manifest
+    source_format: str
+    seconds: float
+
+    def summary(self) -> str:
+        """One line for people, e.g. ``Converted 1797 samples from npy to hdf5 (2 shards): ...``."""
+        m = self.manifest
+        what = f"{m.storage['format']}"
+        if m.storage.get("shards") is not None:
+            n = len(m.storage["shards"])
+            what += f" ({n} shard{'s' if n != 1 else ''}, compression {m.storage.get('compression', 'none')})"
+        return (f"Converted {m.num_samples} samples from {self.source_format} to {what} "
+                f"in {self.seconds:.1f}s -> {m.path}")
+
+
+def convert(
+    manifest: Manifest | str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    to: str,
+    shard_size: int | None = None,
+    compression: str | None = "none",
+    overwrite: bool = False,
+    verify: bool = True,
+    progress: Callable[[int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> ConvertResult:
+    """Write a prepared dataset in another storage format.
+
+    The new dataset has the same classes, IDs, labels, partition, sample
+    weights, provenance and skipped list; every sample is bit-identical. As
+    `prepare`, it is built in a staging folder next to ``out`` and moved into
+    place at the end. HDF5 shards are laid out partition by partition.
+
+    Args:
+        manifest: The source `Manifest`, or the path of its ``manifest.json``.
+        out: Output folder (it gets ``manifest.json`` and ``data/`` or ``shards/``).
+        to: Target format: ``"npy"`` or ``"hdf5"``.
+        shard_size: Samples per HDF5 shard. Defaults to about 1 GiB of data.
+        compression: HDF5 compression ``"none"``, ``"gzip"`` or ``"lzf"``.
+            Defaults to ``"none"``.
+        overwrite: Replace ``out`` if it exists. Defaults to `False`.
+        verify: Check the sha256 of HDF5 source shards before reading them.
+            Defaults to `True`.
+        progress: Called with the number of samples done since the last call.
+        on_start: Called once with the number of samples to convert.
+
+    Returns:
+        A `ConvertResult` with the new manifest.
+
+    Raises:
+        ManifestError: If the source manifest cannot be read.
+        InputError: If an option is invalid or ``out`` is the source folder.
+        OutputExistsError: If ``out`` exists and ``overwrite`` is False.
+        StoreError: If a source file is missing, truncated or corrupt.
+        SampleNotFoundError: If a sample of the manifest has no data.
+
+    Example:
+        >>> result = convert("prepared/manifest.json", "prepared_h5", to="hdf5")
+        >>> print(result.summary())
+        Converted 1797 samples from npy to hdf5 (1 shard, compression none) in 0.4s -> ...
+    """
+    start = time.perf_counter()
+    source = load_manifest(manifest)
+    check_format(to)
+    compression = check_compression(compression)
+    out = Path(out)
+    if to != "hdf5" and (compression != "none" or shard_size is not None):
+        raise InputError(
+            "`shard_size` and `compression` apply to --to hdf5 only. "
+            f"Received: to={to!r}, shard_size={shard_size!r}, compression={compression!r}"
+        )
+    if source.path is None:
+        raise InputError("`convert` needs a manifest loaded from (or saved to) a file.")
+    src_dir = source.path.parent
+    if out.resolve() == src_dir.resolve() or out.resolve() in src_dir.resolve().parents:
+        raise InputError(f"Output {out} would replace the source dataset {src_dir}; choose another --out.")
+    if out.exists() and not overwrite and (out.is_file() or any(out.iterdir())):
+        raise OutputExistsError(
+            f"Output {out} exists already. Pass --overwrite to replace it, or choose another --out."
+        )
+
+    store = open_store(source)
+    if verify and hasattr(store, "verify"):
+        store.verify()
+    # Partition by partition (as prepare lays out shards), then any unpartitioned IDs.
+    order = [sid for ids in source.partition.values() for sid in ids]
+    seen = set(order)
+    order += [sid for sid in source.labels if sid not in seen]
+
+    staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True)
+    writer = None
+    try:
+        writer = make_writer(to, staging, source.sample_shape, source.sample_dtype,
+                             shard_size=shard_size, compression=compression)
+        if on_start:
+            on_start(len(order))
+        step = max(1, _BLOCK_BYTES // max(1, store.dtype.itemsize * math.prod(store.sample_shape)))
+        for lo in range(0, len(order), step):
+            block = order[lo : lo + step]
+            writer.add_many(block, store.read_many(block))
+            if progress:
+                progress(len(block))
+        storage = writer.finish(dict(source.labels), order)
+        params = dict(source.prepare)
+        params["format"] = to
+        if to == "hdf5":
+            params["compression"] = compression
+        else:
+            params.pop("compression", None)
+        params["converted_from"] = {"path": str(source.path), "format": source.storage.get("format")}
+        new = Manifest(
+            classes=list(source.classes),
+            labels=dict(source.labels),
+            partition={p: list(ids) for p, ids in source.partition.items()},
+            sample_shape=source.sample_shape,
+            sample_dtype=source.sample_dtype,
+            storage=storage,
+            sample_weights=dict(source.sample_weights) if source.sample_weights is not None else None,
+            prepare=params,
+            skipped=list(source.skipped),
+        )
+        new.save(staging / MANIFEST_NAME)
+        _swap_into_place(staging, out)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        store.close()
+    new.path = (out / MANIFEST_NAME).resolve()
+    return ConvertResult(manifest=new, source_format=str(source.storage.get("format")),
+                         seconds=time.perf_counter() - start)

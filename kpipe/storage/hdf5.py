@@ -1,0 +1,588 @@
+"""HDF5 shards: ``ROOT/shard-00000.h5``, ``shard-00001.h5``, ... many samples per file.
+
+Each shard holds three datasets:
+
+* ``x``: the samples, shape ``(n, *sample_shape)``, the manifest's dtype;
+* ``y``: their class indices, int64 ``(n,)``;
+* ``ids``: their IDs, UTF-8 strings ``(n,)``.
+
+The manifest lists every shard (file, IDs, byte size, sha256) in
+``manifest.storage["shards"]``, so ``ID -> (shard, row)`` is known without
+opening a file.
+
+Layout and reads:
+
+* uncompressed shards store ``x`` *contiguously*: a sample is a fixed-size
+  run of bytes at ``offset + row * sample_nbytes``. The store asks h5py once
+  for the dataset's file offset (``dset.id.get_offset()``) and closes the
+  file; no HDF5 call, lock or handle is on the read path. Then either
+  - it memory-maps that byte range with NumPy: a batch read is one
+    ``np.take`` (fancy indexing) on the map, straight into the batch array
+    (the fastest; used when the store's data is at most `MMAP_LIMIT_BYTES`,
+    because mapped pages count in the process' RSS and the kernel maps
+    whole page-cache folios, megabytes, around each touched sample), or
+  - it reads each row with one ``os.preadv`` straight into its row of the
+    batch array (larger stores: RSS stays flat whatever the data size, the
+    OS page cache still serves warm data; the GIL is released while reading);
+* compressed shards (``gzip``, ``lzf``) are chunked along the sample axis,
+  one sample per chunk (or as many as make 4 KiB for tiny samples), so a
+  random read decompresses only what it needs, with the shuffle filter and
+  fletcher32 checksums (a corrupted chunk is detected, not returned). They
+  are read with h5py: each shard's rows once, in increasing order, then put
+  back in the requested order, duplicates included.
+
+Fork- and spawn-safety: no file is opened until a process reads; handles are
+tagged with the process id and reopened when it changes (an inherited h5py
+handle is never used, nor closed, in a child); a store pickles as its recipe
+(root, shard list, shape, dtype and plain-integer layout facts).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kpipe.errors import InputError, SampleNotFoundError, StoreError
+from kpipe.storage.base import Store, StoreWriter
+
+COMPRESSIONS = ("none", "gzip", "lzf")
+"""Values of ``--compression``."""
+
+SHARD_NAME = "shard-{:05d}.h5"
+DEFAULT_SHARD_BYTES = 1 << 30
+"""Default shard size: about 1 GiB of sample data per shard."""
+
+_GZIP_LEVEL = 4
+_MIN_CHUNK_BYTES = 4096
+_COPY_BLOCK_BYTES = 64 << 20
+MMAP_LIMIT_BYTES = 256 << 20
+"""``mmap="auto"`` maps a store's shards when all their samples take at most this many bytes."""
+_HAS_PREADV = hasattr(os, "preadv")
+
+# h5py handles inherited through fork: kept referenced, so that a child never
+# closes (and so never calls into HDF5 for) a handle its parent opened.
+_INHERITED: list[Any] = []
+_FORK_LOCK = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _FORK_LOCK
+    _FORK_LOCK = threading.Lock()  # the parent's may have been held by another thread at fork time
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def default_shard_size(sample_shape: Sequence[int], dtype: str | np.dtype) -> int:
+    """Samples per shard for about `DEFAULT_SHARD_BYTES` of data (at least 1)."""
+    nbytes = int(np.prod(sample_shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    return max(1, DEFAULT_SHARD_BYTES // max(1, nbytes))
+
+
+def check_compression(compression: str | None) -> str:
+    """Validate and normalize ``compression`` (`None` -> ``"none"``).
+
+    Raises:
+        InputError: If it is not one of `COMPRESSIONS`.
+    """
+    value = "none" if compression is None else str(compression).lower()
+    if value not in COMPRESSIONS:
+        raise InputError(
+            f"`compression` must be one of {', '.join(COMPRESSIONS)}. Received: compression={compression!r}"
+        )
+    return value
+
+
+def file_sha256(path: str | os.PathLike, block: int = 8 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class _Reader:
+    """The open state of one shard in one process: a memory map, a file descriptor + offset, or h5py."""
+
+    __slots__ = ("file", "dset", "mmap", "fd", "offset")
+
+    def __init__(self, file=None, dset=None, mmap: np.ndarray | None = None, fd: int | None = None,
+                 offset: int = 0) -> None:
+        self.file, self.dset, self.mmap, self.fd, self.offset = file, dset, mmap, fd, offset
+
+
+class Hdf5Store(Store):
+    """Samples stored in HDF5 shards (see the module docstring for the layout).
+
+    Args:
+        root: Folder of the shard files.
+        shards: One dict per shard, in order: ``{"file": "shard-00000.h5",
+            "ids": [...], "num_bytes": int, "sha256": str}`` (``num_bytes`` and
+            ``sha256`` optional); the ``manifest.storage["shards"]`` list.
+        sample_shape: Shape of one sample, e.g. ``(32, 32, 3)``.
+        dtype: Dtype of stored samples, e.g. ``"float32"``.
+        mmap: How to read contiguous, uncompressed shards: ``"auto"`` maps
+            them when all samples take at most `MMAP_LIMIT_BYTES` (256 MiB)
+            and reads rows with ``os.preadv`` otherwise; `True` always maps
+            (fastest, but the mapped file counts in RSS); ``"pread"`` never
+            maps; `False` reads everything through h5py (slow; a reference).
+            Defaults to ``"auto"``.
+        verify: Check each shard's sha256 against the manifest when a process
+            first opens it (reads the whole file once). Defaults to `False`;
+            the byte size is always checked.
+
+    Raises:
+        StoreError: On reads, if a shard is missing, truncated, corrupt or does
+            not match the manifest (the message names the file and the ID).
+        SampleNotFoundError: On reads, if an ID is in no shard.
+
+    Example:
+        >>> store = open_store(Manifest.load("prepared/manifest.json"))  # an hdf5 dataset
+        >>> store.read_many(["cat_001", "dog_007", "cat_001"]).shape
+        (3, 64, 64, 3)
+    """
+
+    format = "hdf5"
+
+    def __init__(self, root: str | os.PathLike, shards: Sequence[Mapping[str, Any]],
+                 sample_shape: Sequence[int], dtype: str | np.dtype, *, mmap: bool | str = "auto",
+                 verify: bool = False) -> None:
+        super().__init__(sample_shape, dtype)
+        self.root = Path(root)
+        self.shards = [
+            {"file": str(s["file"]), "ids": [str(i) for i in s["ids"]],
+             "num_bytes": s.get("num_bytes"), "sha256": s.get("sha256")}
+            for s in shards
+        ]
+        if mmap not in (True, False, "auto", "pread"):
+            raise ValueError(f"`mmap` must be 'auto', True, False or 'pread'. Received: mmap={mmap!r}")
+        self.verify_on_open = bool(verify)
+        self._sample_nbytes = int(np.prod(self.sample_shape, dtype=np.int64)) * self.dtype.itemsize
+        self._starts = np.cumsum([0] + [len(s["ids"]) for s in self.shards]).astype(np.int64)
+        if mmap == "auto":
+            small = int(self._starts[-1]) * self._sample_nbytes <= MMAP_LIMIT_BYTES
+            mmap = True if small or not _HAS_PREADV else "pread"
+        self.mmap = mmap
+        self.read_mode = "h5py" if mmap is False else "mmap" if mmap is True else "pread"
+        """``"mmap"``, ``"pread"`` or ``"h5py"``: how contiguous shards are read."""
+        # Plain-integer layout facts (picklable): shard -> file offset of `x`, or -1 for h5py reads.
+        self._offsets: dict[int, int] = {}
+        self._init_process_state()
+
+    def _init_process_state(self) -> None:
+        self._index: dict[str, int] | None = None
+        self._all_ids: list[str] | None = None
+        self._readers: dict[int, _Reader] = {}
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    # -------------------------------------------------------------- pickling
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        for key in ("_index", "_all_ids", "_readers", "_pid", "_lock"):
+            state.pop(key)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._init_process_state()
+
+    # ----------------------------------------------------------------- index
+    @property
+    def ids(self) -> list[str]:
+        if self._all_ids is None:
+            self._all_ids = [i for s in self.shards for i in s["ids"]]
+        return self._all_ids
+
+    @property
+    def num_samples(self) -> int:
+        """Number of samples over all shards."""
+        return int(self._starts[-1])
+
+    def _positions(self, ids: Sequence[str]) -> np.ndarray:
+        index = self._index
+        if index is None:
+            index = {sid: g for g, sid in enumerate(self.ids)}
+            self._index = index
+        try:
+            return np.fromiter(map(index.__getitem__, ids), dtype=np.int64, count=len(ids))
+        except KeyError as e:
+            raise SampleNotFoundError(
+                f"Sample {e.args[0]!r} is in none of the {len(self.shards)} shards under {self.root}. "
+                "Check the ID against the manifest's `labels`."
+            ) from None
+
+    def locate(self, sample_id: str) -> tuple[str, int]:
+        """``(shard file name, row)`` of one sample.
+
+        Raises:
+            SampleNotFoundError: If the ID is in no shard.
+        """
+        g = int(self._positions([sample_id])[0])
+        s = int(np.searchsorted(self._starts, g, side="right")) - 1
+        return self.shards[s]["file"], g - int(self._starts[s])
+
+    # ------------------------------------------------------------ open files
+    def _shard_path(self, s: int) -> Path:
+        return self.root / self.shards[s]["file"]
+
+    def _reader(self, s: int, sample_id: str) -> _Reader:
+        if self._pid != os.getpid():  # forked: never touch the parent's handles (nor its lock)
+            with _FORK_LOCK:
+                if self._pid != os.getpid():
+                    _INHERITED.extend(r.file for r in self._readers.values() if r.file is not None)
+                    for r in self._readers.values():
+                        if r.fd is not None:  # the child's copy of the descriptor
+                            os.close(r.fd)
+                    self._readers = {}
+                    self._lock = threading.Lock()
+                    self._pid = os.getpid()
+        reader = self._readers.get(s)
+        if reader is None:
+            with self._lock:
+                reader = self._readers.get(s)
+                if reader is None:
+                    reader = self._open(s, sample_id)
+                    self._readers[s] = reader
+        return reader
+
+    def _open(self, s: int, sample_id: str) -> _Reader:
+        path = self._shard_path(s)
+        shard = self.shards[s]
+        n = len(shard["ids"])
+        where = f"Sample {sample_id!r} (shard {path})"
+        try:
+            size = os.stat(path).st_size
+        except FileNotFoundError:
+            raise StoreError(f"{where}: the shard file does not exist. Run `kpipe prepare` again.") from None
+        expected = shard.get("num_bytes")
+        if expected is not None and size != int(expected):
+            raise StoreError(
+                f"{where}: the file has {size} bytes, the manifest says {expected}; it is truncated or was "
+                "modified. Run `kpipe prepare` (or `kpipe convert` from a good copy) again."
+            )
+        if self.verify_on_open and shard.get("sha256"):
+            digest = file_sha256(path)
+            if digest != shard["sha256"]:
+                raise StoreError(
+                    f"{where}: the file's sha256 is {digest}, the manifest says {shard['sha256']}; it is "
+                    "corrupt. Run `kpipe prepare` (or `kpipe convert` from a good copy) again."
+                )
+        offset = self._offsets.get(s)
+        if self.read_mode != "h5py" and offset is not None and offset >= 0:  # layout known: no HDF5 call
+            return self._map(path, offset, n, size, where)
+        import h5py
+
+        try:
+            f = h5py.File(path, "r")
+        except OSError as e:
+            raise StoreError(f"{where}: not a readable HDF5 file ({e}); it is truncated or corrupt.") from None
+        try:
+            dset = f["x"]
+            if dset.shape != (n, *self.sample_shape) or dset.dtype != self.dtype:
+                raise StoreError(
+                    f"{where}: dataset `x` is {dset.dtype}{list(dset.shape)}, the manifest says "
+                    f"{self.dtype}{[n, *self.sample_shape]}. The shard does not belong to this manifest."
+                )
+            plain = (dset.chunks is None and dset.compression is None and not dset.shuffle
+                     and not dset.fletcher32 and dset.scaleoffset is None)
+            file_offset = dset.id.get_offset() if plain and n > 0 else None
+        except StoreError:
+            f.close()
+            raise
+        except (KeyError, OSError, RuntimeError, ValueError) as e:
+            f.close()
+            raise StoreError(f"{where}: cannot read dataset `x` ({e}); the shard is corrupt.") from None
+        self._offsets[s] = -1 if file_offset is None else int(file_offset)
+        if self.read_mode == "h5py" or file_offset is None:
+            return _Reader(file=f, dset=dset)
+        f.close()
+        return self._map(path, int(file_offset), n, size, where)
+
+    def _map(self, path: Path, offset: int, n: int, size: int, where: str) -> _Reader:
+        if offset + n * self._sample_nbytes > size:
+            raise StoreError(f"{where}: the file is too short for its {n} samples; it is truncated.")
+        if self.read_mode == "pread":
+            return _Reader(fd=os.open(path, os.O_RDONLY), offset=offset)
+        mm = np.memmap(path, dtype=self.dtype, mode="r", offset=offset, shape=(n, *self.sample_shape))
+        return _Reader(mmap=mm)
+
+    # ----------------------------------------------------------------- reads
+    def read_into(self, ids: Sequence[str], out: np.ndarray) -> np.ndarray:
+        n = len(ids)
+        if out.shape[1:] != self.sample_shape or out.dtype != self.dtype or len(out) < n:
+            raise ValueError(
+                f"`out` must have shape (>= {n}, *{self.sample_shape}) and dtype {self.dtype}. "
+                f"Received: out.shape={out.shape}, out.dtype={out.dtype}"
+            )
+        if n == 0:
+            return out
+        g = self._positions(ids)
+        if len(self.shards) == 1:
+            self._read_rows(0, g, None, ids, out)
+            return out
+        shard_of = np.searchsorted(self._starts, g, side="right") - 1
+        first = shard_of[0]
+        if (shard_of == first).all():
+            self._read_rows(int(first), g - self._starts[first], None, ids, out)
+            return out
+        for s in np.unique(shard_of):
+            where = np.flatnonzero(shard_of == s)
+            self._read_rows(int(s), g[where] - self._starts[s], where, ids, out)
+        return out
+
+    def _read_rows(self, s: int, rows: np.ndarray, where: np.ndarray | None, ids: Sequence[str],
+                   out: np.ndarray) -> None:
+        """Read ``rows`` of shard ``s`` into ``out[where]`` (or ``out[:len(rows)]``)."""
+        first_id = ids[0] if where is None else ids[int(where[0])]
+        reader = self._reader(s, first_id)
+        if reader.mmap is not None:
+            if where is None:
+                # mode="clip": rows are valid, and mode="raise" would copy through a buffer.
+                np.take(reader.mmap, rows, axis=0, out=out[: len(rows)], mode="clip")
+            else:
+                out[where] = reader.mmap[rows]
+            return
+        if reader.fd is not None:
+            if out.flags.c_contiguous:
+                self._pread_rows(s, reader, rows, where, ids, out)
+            else:  # preadv needs contiguous destination rows
+                tmp = np.empty((len(rows), *self.sample_shape), self.dtype)
+                self._pread_rows(s, reader, rows, None, ids, tmp)
+                out[np.arange(len(rows)) if where is None else where] = tmp
+            return
+        # h5py: strictly increasing rows, no duplicates; then back to the requested order.
+        # One read per row: h5py's fancy (point-list) selection is ~100x slower on chunked data.
+        uniq, inverse = np.unique(rows, return_inverse=True)
+        data = np.empty((len(uniq), *self.sample_shape), dtype=self.dtype)
+        dset = reader.dset
+        try:
+            for k, r in enumerate(uniq.tolist()):
+                data[k] = dset[r]
+        except (OSError, RuntimeError, ValueError) as e:
+            bad = self._find_bad_row(reader, uniq)
+            sid = self.shards[s]["ids"][bad] if bad is not None else first_id
+            raise StoreError(
+                f"Sample {sid!r} (row {bad if bad is not None else '?'} of shard {self._shard_path(s)}): "
+                f"cannot read it ({e}); the shard is corrupt. Run `kpipe prepare` again."
+            ) from None
+        if where is None:
+            np.take(data, inverse, axis=0, out=out[: len(rows)], mode="clip")
+        else:
+            out[where] = data[inverse]
+
+    def _pread_rows(self, s: int, reader: _Reader, rows: np.ndarray, where: np.ndarray | None,
+                    ids: Sequence[str], out: np.ndarray) -> None:
+        """One ``preadv`` per row, straight into ``out``'s rows, in increasing file order."""
+        nb = self._sample_nbytes
+        dest = np.arange(len(rows)) if where is None else where
+        order = np.argsort(rows, kind="stable")
+        fd, base = reader.fd, reader.offset
+        flat = out.reshape(len(out), -1).view(np.uint8)
+        for i, r in zip(dest[order].tolist(), rows[order].tolist()):
+            try:
+                got = os.preadv(fd, [flat[i]], base + r * nb)
+            except OSError as e:
+                got = e
+            if got != nb:
+                sid = self.shards[s]["ids"][r]
+                raise StoreError(
+                    f"Sample {sid!r} (row {r} of shard {self._shard_path(s)}): read "
+                    f"{got if isinstance(got, OSError) else f'{got} of {nb} bytes'}; the file is truncated or "
+                    "unreadable. Run `kpipe prepare` again."
+                )
+
+    @staticmethod
+    def _find_bad_row(reader: _Reader, rows: np.ndarray) -> int | None:
+        for r in rows:
+            try:
+                reader.dset[int(r)]
+            except Exception:  # noqa: BLE001 - looking for the failing row
+                return int(r)
+        return None
+
+    def verify(self) -> None:
+        """Check every shard's byte size and sha256 against the manifest.
+
+        Raises:
+            StoreError: Naming the first shard that differs (and its first ID).
+        """
+        for s, shard in enumerate(self.shards):
+            path = self._shard_path(s)
+            first = shard["ids"][0] if shard["ids"] else "?"
+            where = f"Shard {path} (first sample {first!r})"
+            try:
+                size = os.stat(path).st_size
+            except FileNotFoundError:
+                raise StoreError(f"{where} does not exist. Run `kpipe prepare` again.") from None
+            if shard.get("num_bytes") is not None and size != int(shard["num_bytes"]):
+                raise StoreError(f"{where} has {size} bytes, the manifest says {shard['num_bytes']}; "
+                                 "it is truncated or was modified.")
+            if shard.get("sha256") and file_sha256(path) != shard["sha256"]:
+                raise StoreError(f"{where} does not match its sha256 in the manifest; it is corrupt.")
+
+    def close(self) -> None:
+        if self._pid == os.getpid():
+            for r in self._readers.values():
+                if r.file is not None:
+                    r.file.close()
+                if r.fd is not None:
+                    os.close(r.fd)
+        self._readers = {}
+
+
+class Hdf5Writer(StoreWriter):
+    """Writes samples into HDF5 shards under ``root``.
+
+    Samples are appended to a raw temporary file as they come; `finish`
+    writes the shards in the requested order with their final labels, each
+    under a temporary name renamed into place, and returns the
+    ``manifest.storage`` dict with the shard list.
+
+    Args:
+        root: Folder for the shards (created).
+        sample_shape: Shape of one sample.
+        dtype: Dtype of the samples.
+        shard_size: Samples per shard. Defaults to about 1 GiB of data per
+            shard (`default_shard_size`).
+        compression: ``"none"`` (contiguous, memory-mappable), ``"gzip"`` or
+            ``"lzf"`` (chunked per sample). Defaults to ``"none"``.
+        progress: Called with the number of samples written to shards, as
+            `finish` goes.
+
+    Raises:
+        InputError: If ``shard_size`` or ``compression`` is invalid.
+    """
+
+    format = "hdf5"
+
+    def __init__(self, root: str | os.PathLike, sample_shape: Sequence[int], dtype: str | np.dtype, *,
+                 shard_size: int | None = None, compression: str | None = "none",
+                 progress=None) -> None:
+        self.root = Path(root)
+        self.sample_shape = tuple(int(d) for d in sample_shape)
+        self.dtype = np.dtype(dtype)
+        self.compression = check_compression(compression)
+        if shard_size is None:
+            shard_size = default_shard_size(self.sample_shape, self.dtype)
+        if isinstance(shard_size, bool) or not isinstance(shard_size, (int, np.integer)) or shard_size <= 0:
+            raise InputError(f"`shard_size` must be a positive number of samples. Received: shard_size={shard_size!r}")
+        self.shard_size = int(shard_size)
+        self.progress = progress
+        self._nbytes = int(np.prod(self.sample_shape, dtype=np.int64)) * self.dtype.itemsize
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._raw_path = self.root / f".samples.{uuid.uuid4().hex[:8]}.partial"
+        self._raw = open(self._raw_path, "wb")  # noqa: SIM115 - closed in finish / abort
+        self._ids: list[str] = []
+        self._row: dict[str, int] = {}
+
+    def add(self, sample_id: str, array: np.ndarray) -> None:
+        self.add_many([sample_id], np.asarray(array)[None])
+
+    def add_many(self, ids: Sequence[str], arrays: np.ndarray) -> None:
+        arrays = np.asarray(arrays)
+        if arrays.shape != (len(ids), *self.sample_shape) or arrays.dtype != self.dtype:
+            raise InputError(
+                f"Samples must be {self.dtype}{list(self.sample_shape)}. Received: "
+                f"{arrays.dtype}{list(arrays.shape[1:])} for {ids[0] if len(ids) else '?'!r}"
+            )
+        for sid in ids:
+            if sid in self._row:
+                raise InputError(f"Sample ID {sid!r} was added twice; IDs must be unique.")
+            self._row[sid] = len(self._ids)
+            self._ids.append(sid)
+        self._raw.write(np.ascontiguousarray(arrays).data)
+
+    def finish(self, labels: dict[str, int], order: Sequence[str] | None = None) -> dict:
+        import h5py
+
+        self._raw.close()
+        try:
+            order = list(self._ids if order is None else order)
+            if sorted(order) != sorted(self._ids):
+                raise InputError("`order` must list every added sample ID exactly once.")
+            n = len(order)
+            rows = np.fromiter((self._row[i] for i in order), dtype=np.int64, count=n)
+            raw = (np.memmap(self._raw_path, dtype=self.dtype, mode="r", shape=(len(self._ids), *self.sample_shape))
+                   if self._ids else np.empty((0, *self.sample_shape), self.dtype))
+            shards = []
+            for k, lo in enumerate(range(0, n, self.shard_size)):
+                hi = min(n, lo + self.shard_size)
+                shards.append(self._write_shard(h5py, k, order[lo:hi], rows[lo:hi], raw, labels))
+            del raw
+        finally:
+            self._raw_path.unlink(missing_ok=True)
+        storage: dict[str, Any] = {
+            "format": "hdf5",
+            "root": self.root.name,
+            "compression": self.compression,
+            "shard_size": self.shard_size,
+            "num_shards": len(shards),
+            "shards": shards,
+        }
+        return storage
+
+    def _write_shard(self, h5py, k: int, ids: list[str], rows: np.ndarray, raw: np.ndarray,
+                     labels: Mapping[str, int]) -> dict:
+        name = SHARD_NAME.format(k)
+        final = self.root / name
+        tmp = self.root / f"{name}.{uuid.uuid4().hex[:8]}.partial"
+        n = len(ids)
+        kwargs: dict[str, Any] = {}
+        if self.compression != "none":
+            per_chunk = max(1, math.ceil(_MIN_CHUNK_BYTES / max(1, self._nbytes)))
+            kwargs = {"chunks": (min(n, per_chunk), *self.sample_shape), "fletcher32": True,
+                      "shuffle": self.dtype.itemsize > 1, "compression": self.compression}
+            if self.compression == "gzip":
+                kwargs["compression_opts"] = _GZIP_LEVEL
+        try:
+            with h5py.File(tmp, "w") as f:
+                x = f.create_dataset("x", shape=(n, *self.sample_shape), dtype=self.dtype, **kwargs)
+                step = max(1, _COPY_BLOCK_BYTES // max(1, self._nbytes))
+                for lo in range(0, n, step):
+                    hi = min(n, lo + step)
+                    x[lo:hi] = raw[rows[lo:hi]]
+                    if self.progress:
+                        self.progress(hi - lo)
+                f.create_dataset("y", data=np.array([int(labels[i]) for i in ids], dtype=np.int64))
+                f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
+                f.attrs["kpipe_shard"] = k
+                f.attrs["sample_shape"] = list(self.sample_shape)
+            digest = file_sha256(tmp)
+            size = tmp.stat().st_size
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return {"file": name, "num_samples": n, "num_bytes": size, "sha256": digest, "ids": list(ids)}
+
+    def abort(self) -> None:
+        if not self._raw.closed:
+            self._raw.close()
+        self._raw_path.unlink(missing_ok=True)
+
+
+def open_hdf5(manifest, **kwargs) -> Hdf5Store:
+    """Opener of `STORE_OPENERS`: the `Hdf5Store` a manifest describes.
+
+    Raises:
+        ManifestError: If ``manifest.storage`` has no valid shard list.
+    """
+    from kpipe.errors import ManifestError
+
+    shards = manifest.storage.get("shards")
+    if not isinstance(shards, list) or not all(isinstance(s, dict) and "file" in s and "ids" in s for s in shards):
+        raise ManifestError(
+            f"Manifest {manifest.path} has storage format 'hdf5' but no valid `storage.shards` list "
+            "(file, ids per shard). Run `kpipe prepare --format hdf5` again."
+        )
+    return Hdf5Store(manifest.root, shards, manifest.sample_shape, manifest.sample_dtype, **kwargs)

@@ -1,0 +1,107 @@
+"""``cache="memory"``: a store wrapper that holds a set of samples in RAM.
+
+The samples (typically one partition) are read once, through the wrapped
+store, into one array; batch reads are then NumPy fancy indexing on it. The
+wrapper pickles as its recipe (the wrapped store and the IDs), not the array:
+a process that receives it by pickling (``spawn``, ``forkserver``) loads its
+own copy on its first read, while a ``fork`` child shares the parent's pages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from kpipe.storage.base import Store
+
+_LOAD_BLOCK_BYTES = 64 << 20
+
+
+class MemoryStore(Store):
+    """A `Store` whose samples ``ids`` are loaded into memory.
+
+    Args:
+        store: The store to load from (IDs it holds beyond ``ids`` are still
+            read from it, uncached).
+        ids: IDs to hold in memory. Defaults to ``store.ids``.
+        lazy: Load on the first read instead of now. Defaults to `False`.
+
+    Attributes:
+        nbytes: Bytes held (0 before loading).
+
+    Example:
+        >>> cached = MemoryStore(open_store(manifest), manifest.ids("train"))
+        >>> cached.read_many(manifest.ids("train")[:64]).shape
+    """
+
+    def __init__(self, store: Store, ids: Sequence[str] | None = None, *, lazy: bool = False) -> None:
+        super().__init__(store.sample_shape, store.dtype)
+        self.store = store
+        self.format = store.format
+        self._ids = list(store.ids if ids is None else dict.fromkeys(ids))
+        self._data: np.ndarray | None = None
+        self._index: dict[str, int] | None = None
+        if not lazy:
+            self.load()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_data"] = None
+        state["_index"] = None
+        return state
+
+    @property
+    def ids(self) -> Sequence[str]:
+        """Every ID readable: the wrapped store's."""
+        return self.store.ids
+
+    @property
+    def cached_ids(self) -> Sequence[str]:
+        """The IDs held in memory."""
+        return self._ids
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self._data is None else int(self._data.nbytes)
+
+    def load(self) -> None:
+        """Read the samples into memory (no-op when loaded)."""
+        if self._data is not None:
+            return
+        data = np.empty((len(self._ids), *self.sample_shape), dtype=self.dtype)
+        step = max(1, _LOAD_BLOCK_BYTES // max(1, data[:1].nbytes))
+        for lo in range(0, len(self._ids), step):
+            self.store.read_into(self._ids[lo : lo + step], data[lo : lo + step])
+        self._index = {sid: i for i, sid in enumerate(self._ids)}
+        self._data = data
+
+    def read_into(self, ids: Sequence[str], out: np.ndarray) -> np.ndarray:
+        if self._data is None:
+            self.load()
+        index = self._index
+        try:
+            rows = np.fromiter(map(index.__getitem__, ids), dtype=np.int64, count=len(ids))
+        except KeyError:
+            return self._read_mixed(ids, out)
+        if out.shape[1:] != self.sample_shape or out.dtype != self.dtype or len(out) < len(ids):
+            raise ValueError(
+                f"`out` must have shape (>= {len(ids)}, *{self.sample_shape}) and dtype {self.dtype}. "
+                f"Received: out.shape={out.shape}, out.dtype={out.dtype}"
+            )
+        np.take(self._data, rows, axis=0, out=out[: len(ids)], mode="clip")  # "raise" would buffer a copy
+        return out
+
+    def _read_mixed(self, ids: Sequence[str], out: np.ndarray) -> np.ndarray:
+        """IDs not all cached: read the uncached ones from the wrapped store."""
+        missing = [i for i, sid in enumerate(ids) if sid not in self._index]
+        out[missing] = self.store.read_many([ids[i] for i in missing])  # SampleNotFoundError if unknown
+        for i, sid in enumerate(ids):
+            row = self._index.get(sid)
+            if row is not None:
+                out[i] = self._data[row]
+        return out
+
+    def close(self) -> None:
+        self.store.close()
+

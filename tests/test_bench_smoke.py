@@ -1,0 +1,25 @@
+"""tools/bench.py runs end to end at a tiny size and writes its JSON with ratios."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "tools" / "bench.py"
+
+
+def test_bench_tiny(tmp_path):
+    spec = importlib.util.spec_from_file_location("kpipe_bench", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--num-samples", "256", "--epochs", "1", "--sizes", "32x32x3 float32",
+                       "--json", str(out), "--tmp", str(tmp_path)]) == 0
+    report = json.loads(out.read_text())
+    results = report["sizes"]["32x32x3 float32"]["results"]
+    for name in ("numpy", "classic", "tf.data mem", "tf.data files", "kpipe npy", "kpipe hdf5"):
+        assert results[name]["samples_per_s"] > 0 and "vs_numpy" in results[name] and "vs_tf_mem" in results[name]
+    assert set(report["sizes"]["32x32x3 float32"]["targets"]) == {
+        "hdf5 >= 1.5x tf.data mem", "hdf5 >= 0.3x numpy", "npy >= 3x classic", "npy >= 1.0x tf.data files"}
+    assert list(tmp_path.iterdir()) == [out]  # temporary data removed

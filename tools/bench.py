@@ -1,0 +1,552 @@
+#!/usr/bin/env python
+"""Input-pipeline benchmark: kpipe against what users would pick instead, side by side.
+
+One run measures samples/s for one shuffled epoch at batch size 64 (median of
+several epochs after a warm-up epoch, so the page cache is warm), in one
+process, for each method:
+
+1. ``numpy``: fancy indexing on the whole array in memory (the ceiling);
+2. ``classic``: the Keras ``DataGenerator`` of the Stanford blog post
+   (https://stanford.edu/~shervine/blog/keras-how-to-generate-data-on-the-fly):
+   a loop of ``np.load`` per ID into a preallocated batch (here of the stored
+   dtype and with int labels, which only makes it faster);
+3. ``tf.data mem``: ``from_tensor_slices -> shuffle -> batch -> prefetch(AUTOTUNE)``;
+4. ``tf.data files``: per-ID ``.npy`` files, ``tf.io.read_file`` +
+   ``tf.io.decode_raw`` skipping the header, parallel map, prefetch;
+5. ``kpipe npy``: `kpipe.DataGenerator` over per-ID ``.npy`` files;
+6. ``kpipe hdf5``: `kpipe.DataGenerator` over HDF5 shards (memory-mapped, as
+   ``mmap="auto"`` does for stores up to 256 MiB); ``kpipe hdf5 pread``: the
+   same with one ``preadv`` per sample, the path of larger stores;
+7. ``... workers=2``: the same fed through Keras' own `PyDataset` adapter
+   with 2 worker threads;
+
+plus references: ``h5py naive`` (h5py sorted fancy indexing per batch),
+``kpipe hdf5 lzf`` (compressed shards) and ``kpipe cache=memory``.
+
+Every figure gets its ratio to (1) and to (3). Two data sets: 20,000 samples
+of 32x32x3 float32 and 5,000 of 128x128x3 uint8 (``--quick``: 4,000 and 1,000).
+Optional checks: ``--memory`` (RSS over HDF5 epochs of a ~2 GB data set) and
+``--training`` (``model.fit`` epoch time, generator over hdf5 vs arrays in memory).
+
+Usage::
+
+    python tools/bench.py                     # full sizes, table + bench.json
+    python tools/bench.py --quick --epochs 3  # a quick look
+    python tools/bench.py --memory --training --json bench.json
+
+Data is written under ``--tmp`` (default: a fresh folder in /tmp) and deleted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import numpy as np  # noqa: E402
+
+BATCH = 64
+SIZES = {
+    "32x32x3 float32": {"n": 20_000, "quick": 4_000, "shape": (32, 32, 3), "dtype": "float32"},
+    "128x128x3 uint8": {"n": 5_000, "quick": 1_000, "shape": (128, 128, 3), "dtype": "uint8"},
+}
+NUM_CLASSES = 10
+
+
+# ------------------------------------------------------------------ data
+def make_arrays(n: int, shape, dtype: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    if np.dtype(dtype).kind == "f":
+        x = rng.standard_normal((n, *shape), dtype=np.float32).astype(dtype, copy=False)
+    else:
+        x = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+    y = rng.integers(0, NUM_CLASSES, n).astype(np.int64)
+    return x, y
+
+
+def write_dataset(folder: Path, x: np.ndarray, y: np.ndarray, fmt: str, **options):
+    """A prepared dataset (all samples in ``train``) written through kpipe's own writers."""
+    from kpipe.manifest import Manifest
+    from kpipe.storage import make_writer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = [f"s{i:07d}" for i in range(len(x))]
+    writer = make_writer(fmt, folder, x.shape[1:], x.dtype, **options)
+    step = max(1, (32 << 20) // max(1, x[:1].nbytes))
+    for lo in range(0, len(x), step):
+        writer.add_many(ids[lo : lo + step], x[lo : lo + step])
+    labels = {sid: int(v) for sid, v in zip(ids, y)}
+    storage = writer.finish(labels, ids)
+    m = Manifest(classes=[str(c) for c in range(NUM_CLASSES)], labels=labels, partition={"train": ids},
+                 sample_shape=x.shape[1:], sample_dtype=x.dtype.name, storage=storage)
+    m.save(folder / "manifest.json")
+    return m
+
+
+# --------------------------------------------------------------- methods
+def epochs_numpy(x, y, epochs):
+    n = len(x)
+    for e in range(epochs):
+        perm = np.random.default_rng(e).permutation(n)
+
+        def run(perm=perm):
+            for lo in range(0, n, BATCH):
+                idx = perm[lo : lo + BATCH]
+                xb, yb = x[idx], y[idx]
+        yield run
+
+
+class ClassicGenerator:
+    """The Stanford-blog generator: ``np.load('data/' + ID + '.npy')`` per sample."""
+
+    def __init__(self, list_IDs, labels, data_dir, batch_size, dim, dtype, shuffle=True):  # noqa: N803
+        self.list_IDs, self.labels, self.data_dir = list_IDs, labels, data_dir
+        self.batch_size, self.dim, self.dtype, self.shuffle = batch_size, dim, dtype, shuffle
+        self.on_epoch_end()
+
+    def __len__(self):
+        return int(np.ceil(len(self.list_IDs) / self.batch_size))
+
+    def __getitem__(self, index):
+        indexes = self.indexes[index * self.batch_size : (index + 1) * self.batch_size]
+        list_IDs_temp = [self.list_IDs[k] for k in indexes]  # noqa: N806
+        X = np.empty((len(list_IDs_temp), *self.dim), dtype=self.dtype)  # noqa: N806
+        y = np.empty((len(list_IDs_temp)), dtype=int)
+        for i, ID in enumerate(list_IDs_temp):  # noqa: N806
+            X[i,] = np.load(self.data_dir + "/" + ID + ".npy")
+            y[i] = self.labels[ID]
+        return X, y
+
+    def on_epoch_end(self):
+        self.indexes = np.arange(len(self.list_IDs))
+        if self.shuffle:
+            np.random.shuffle(self.indexes)
+
+
+def epochs_generator(gen, epochs):
+    for _ in range(epochs):
+        def run():
+            for i in range(len(gen)):
+                gen[i]
+            gen.on_epoch_end()
+        yield run
+
+
+def epochs_keras_adapter(gen, epochs):
+    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+
+    adapter = PyDatasetAdapter(gen, shuffle=False)
+    for _ in range(epochs):
+        def run():
+            adapter.on_epoch_begin()
+            for _batch in adapter.get_numpy_iterator():
+                pass
+            adapter.on_epoch_end()
+        yield run
+
+
+def epochs_tf_memory(x, y, epochs):
+    import tensorflow as tf
+
+    ds = (tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), reshuffle_each_iteration=True)
+          .batch(BATCH).prefetch(tf.data.AUTOTUNE))
+    for _ in range(epochs):
+        def run():
+            for _batch in ds:
+                pass
+        yield run
+
+
+def epochs_tf_files(manifest, y, epochs):
+    import tensorflow as tf
+
+    from kpipe.storage.npy import expected_header
+
+    ids = manifest.ids("train")
+    root = str(manifest.root)
+    paths = [f"{root}/{i}.npy" for i in ids]
+    header = len(expected_header(manifest.sample_shape, np.dtype(manifest.sample_dtype)))
+    tf_dtype = tf.as_dtype(np.dtype(manifest.sample_dtype))
+    shape = manifest.sample_shape
+
+    def load(path, label):
+        raw = tf.io.read_file(path)
+        data = tf.io.decode_raw(tf.strings.substr(raw, header, -1), tf_dtype)
+        return tf.reshape(data, shape), label
+
+    ds = (tf.data.Dataset.from_tensor_slices((paths, y)).shuffle(len(paths), reshuffle_each_iteration=True)
+          .map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(BATCH).prefetch(tf.data.AUTOTUNE))
+    for _ in range(epochs):
+        def run():
+            for _batch in ds:
+                pass
+        yield run
+
+
+def epochs_h5py_naive(manifest, epochs):
+    import h5py
+
+    shard = manifest.storage["shards"][0]
+    f = h5py.File(manifest.root / shard["file"], "r")
+    dset = f["x"]
+    n = dset.shape[0]
+    for e in range(epochs):
+        perm = np.random.default_rng(e).permutation(n)
+
+        def run(perm=perm):
+            for lo in range(0, n, BATCH):
+                dset[np.sort(perm[lo : lo + BATCH])]
+        yield run
+    f.close()
+
+
+def measure(epoch_runs, n: int, epochs: int) -> dict:
+    """Run a warm-up epoch then ``epochs`` timed ones; samples/s per epoch and median."""
+    rates = []
+    for k, run in enumerate(epoch_runs):
+        t = time.perf_counter()
+        run()
+        dt = time.perf_counter() - t
+        if k > 0:
+            rates.append(n / dt)
+    return {"samples_per_s": statistics.median(rates), "epochs": [round(r) for r in rates]}
+
+
+def bench_size(name: str, spec: dict, args, tmp: Path) -> dict:
+    import keras  # noqa: F401 - imported before timing
+
+    from kpipe import DataGenerator
+    from kpipe.convert import convert
+    from kpipe.storage import open_store
+
+    n = args.num_samples or (spec["quick"] if args.quick else spec["n"])
+    shape, dtype = spec["shape"], spec["dtype"]
+    print(f"\n== {name}: {n} samples ({n * np.prod(shape) * np.dtype(dtype).itemsize / 2**20:.0f} MiB) ==",
+          flush=True)
+    x, y = make_arrays(n, shape, dtype)
+    folder = tmp / name.replace(" ", "_")
+    m_npy = write_dataset(folder / "npy", x, y, "npy")
+    m_h5 = convert(m_npy, folder / "hdf5", to="hdf5").manifest
+    m_lzf = convert(m_npy, folder / "lzf", to="hdf5", compression="lzf").manifest
+    E = args.epochs + 1  # noqa: N806 - + warm-up
+    ids = m_npy.ids("train")
+    labels = dict(m_npy.labels)
+
+    def gen(manifest, **kw):
+        return DataGenerator(manifest, "train", batch_size=BATCH, shuffle=True, dtype=dtype, **kw)
+
+    def gen_pread(manifest):
+        """The read path of stores over MMAP_LIMIT_BYTES (256 MiB): one preadv per sample."""
+        g = gen(manifest)
+        g.store = open_store(g.manifest, mmap="pread")
+        return g
+
+    methods = {
+        "numpy": lambda: epochs_numpy(x, y, E),
+        "classic": lambda: epochs_generator(
+            ClassicGenerator(ids, labels, str(m_npy.root), BATCH, shape, dtype), E),
+        "tf.data mem": lambda: epochs_tf_memory(x, y, E),
+        "tf.data files": lambda: epochs_tf_files(m_npy, y, E),
+        "kpipe npy": lambda: epochs_generator(gen(m_npy), E),
+        "kpipe hdf5": lambda: epochs_generator(gen(m_h5), E),
+        "kpipe hdf5 pread": lambda: epochs_generator(gen_pread(m_h5), E),
+        "kpipe npy workers=2": lambda: epochs_keras_adapter(gen(m_npy, workers=2), E),
+        "kpipe hdf5 workers=2": lambda: epochs_keras_adapter(gen(m_h5, workers=2), E),
+        "h5py naive": lambda: epochs_h5py_naive(m_h5, E),
+        "kpipe hdf5 lzf": lambda: epochs_generator(gen(m_lzf), E),
+        "kpipe cache=memory": lambda: epochs_generator(gen(m_h5, cache="memory"), E),
+    }
+    if args.only:
+        methods = {k: v for k, v in methods.items() if k in args.only or k in ("numpy", "tf.data mem")}
+    results = {}
+    for label, make in methods.items():
+        gc.collect()
+        results[label] = measure(make(), n, args.epochs)
+        print(f"  {label:<22} {results[label]['samples_per_s']:>10,.0f} samples/s", flush=True)
+    ceiling = results["numpy"]["samples_per_s"]
+    tf_mem = results["tf.data mem"]["samples_per_s"]
+    for r in results.values():
+        r["vs_numpy"] = r["samples_per_s"] / ceiling
+        r["vs_tf_mem"] = r["samples_per_s"] / tf_mem
+    targets = {}
+    if "kpipe hdf5" in results:
+        h = results["kpipe hdf5"]["samples_per_s"]
+        targets["hdf5 >= 1.5x tf.data mem"] = h / tf_mem
+        targets["hdf5 >= 0.3x numpy"] = h / ceiling
+    if "kpipe npy" in results:
+        k = results["kpipe npy"]["samples_per_s"]
+        if "classic" in results:
+            targets["npy >= 3x classic"] = k / results["classic"]["samples_per_s"]
+        if "tf.data files" in results:
+            targets["npy >= 1.0x tf.data files"] = k / results["tf.data files"]["samples_per_s"]
+    thresholds = {"hdf5 >= 1.5x tf.data mem": 1.5, "hdf5 >= 0.3x numpy": 0.3, "npy >= 3x classic": 3.0,
+                  "npy >= 1.0x tf.data files": 1.0}
+    return {"num_samples": n, "shape": list(shape), "dtype": dtype, "batch_size": BATCH, "results": results,
+            "targets": {k: {"ratio": v, "met": v >= thresholds[k]} for k, v in targets.items()}}
+
+
+def print_table(report: dict) -> None:
+    for name, size in report["sizes"].items():
+        print(f"\n{name}, {size['num_samples']} samples, batch {BATCH}, median of {report['epochs']} epochs")
+        print(f"| {'method':<22} | {'samples/s':>10} | {'vs numpy (1)':>12} | {'vs tf.data mem (3)':>18} |")
+        print(f"|{'-' * 24}|{'-' * 12}:|{'-' * 13}:|{'-' * 19}:|")
+        for label, r in size["results"].items():
+            print(f"| {label:<22} | {r['samples_per_s']:>10,.0f} | {r['vs_numpy']:>12.2f} | {r['vs_tf_mem']:>18.2f} |")
+        for k, t in size["targets"].items():
+            print(f"  target {k:<28} {t['ratio']:6.2f}  {'met' if t['met'] else 'NOT met'}")
+
+
+# ---------------------------------------------------------------- memory
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _memory_child(manifest_path: str, epochs: int, cache: str | None) -> None:
+    """Runs in a fresh interpreter: RSS before / during / after HDF5 epochs, as JSON on stdout."""
+    import threading
+
+    import keras  # noqa: F401 - part of the baseline
+
+    from kpipe import DataGenerator
+
+    baseline = _rss_mb()
+    peak = [baseline]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_mb())
+            time.sleep(0.005)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    gen = DataGenerator(manifest_path, "train", batch_size=BATCH, shuffle=True, cache=cache)
+    after_epoch = []
+    for _ in range(epochs):
+        for i in range(len(gen)):
+            gen[i]
+        gen.on_epoch_end()
+        after_epoch.append(_rss_mb())
+    stop.set()
+    t.join()
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"baseline_mb": baseline, "peak_mb": max(peak[0], *after_epoch), "maxrss_mb": maxrss,
+                      "after_epoch_mb": after_epoch}))
+
+
+def memory_check(args, tmp: Path) -> dict:
+    from kpipe.storage.hdf5 import Hdf5Writer
+
+    n, shape = (2_000, (128, 128, 3)) if args.quick else (42_000, (128, 128, 3))  # 42,000 x 48 KiB = 2.06 GB
+    folder = tmp / "memory"
+    print(f"\n== memory: {n} x {shape} uint8 ({n * np.prod(shape) / 1e9:.2f} GB) in hdf5 ==", flush=True)
+    from kpipe.manifest import Manifest
+
+    ids = [f"s{i:07d}" for i in range(n)]
+    writer = Hdf5Writer(folder / "shards", shape, "uint8")
+    rng = np.random.default_rng(0)
+    step = 1000
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        writer.add_many(ids[lo:hi], rng.integers(0, 256, (hi - lo, *shape), dtype=np.uint8))
+    labels = {sid: i % NUM_CLASSES for i, sid in enumerate(ids)}
+    m = Manifest(classes=[str(c) for c in range(NUM_CLASSES)], labels=labels, partition={"train": ids},
+                 sample_shape=shape, sample_dtype="uint8", storage=writer.finish(labels, ids))
+    path = m.save(folder / "manifest.json")
+    out = {}
+    for cache in (None, "memory"):
+        epochs = args.memory_epochs if cache is None else 2
+        cmd = [sys.executable, __file__, "--_memory-child", str(path), str(epochs), str(cache)]
+        proc = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        res["peak_above_baseline_mb"] = res["peak_mb"] - res["baseline_mb"]
+        first = res["after_epoch_mb"][0]
+        res["growth_over_epochs"] = (res["after_epoch_mb"][-1] - first) / first
+        key = "cache=memory" if cache else "hdf5"
+        out[key] = res
+        print(f"  {key:<13} baseline {res['baseline_mb']:.0f} MB, peak +{res['peak_above_baseline_mb']:.0f} MB, "
+              f"RSS after epochs {[round(v) for v in res['after_epoch_mb']]} MB "
+              f"(growth {100 * res['growth_over_epochs']:+.1f}%)", flush=True)
+    h = out["hdf5"]
+    out["targets"] = {
+        "peak RSS < 300 MB above baseline": {"value_mb": h["peak_above_baseline_mb"],
+                                             "met": h["peak_above_baseline_mb"] < 300},
+        "RSS growth over epochs <= 5%": {"value": h["growth_over_epochs"], "met": h["growth_over_epochs"] <= 0.05},
+    }
+    out["dataset_gb"] = n * int(np.prod(shape)) / 1e9
+    shutil.rmtree(folder, ignore_errors=True)
+    return out
+
+
+# -------------------------------------------------------------- training
+def training_check(args, tmp: Path) -> dict:
+    import keras
+
+    from kpipe import DataGenerator
+
+    n = 4_000 if args.quick else 20_000
+    shape = (32, 32, 3)
+    print(f"\n== training: small CNN, {n} x {shape} float32, batch {BATCH} ==", flush=True)
+    x, y = make_arrays(n, shape, "float32")
+    m = write_dataset(tmp / "training" / "npy", x, y, "npy")
+    from kpipe.convert import convert
+
+    m_h5 = convert(m, tmp / "training" / "hdf5", to="hdf5").manifest
+
+    def model():
+        keras.utils.set_random_seed(0)
+        net = keras.Sequential([  # the classic small CIFAR-10 CNN of the Keras examples
+            keras.Input(shape),
+            keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+            keras.layers.Conv2D(32, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
+            keras.layers.Conv2D(64, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(128, activation="relu"),
+            keras.layers.Dense(NUM_CLASSES, activation="softmax"),
+        ])
+        net.compile("adam", "sparse_categorical_crossentropy")
+        return net
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.times.append(time.perf_counter() - self.t)
+
+    class ConstantBatches(keras.utils.PyDataset):
+        """The floor of any Keras PyDataset: the same ready-made batch every step."""
+
+        def __init__(self):
+            super().__init__()
+            self.batch = (x[:BATCH].copy(), y[:BATCH].astype(np.int32))
+
+        def __len__(self):
+            return -(-n // BATCH)
+
+        def __getitem__(self, index):
+            return self.batch
+
+    # Epochs of the variants are interleaved (one epoch of each per round), so that a load change on a
+    # shared machine hits all of them alike; the first round (tracing, warm-up) is not counted.
+    variants = {
+        "arrays in memory": lambda net, e, t: net.fit(x, y, batch_size=BATCH, epochs=e + 1, initial_epoch=e,
+                                                      shuffle=True, verbose=0, callbacks=[t]),
+        "DataGenerator hdf5": lambda net, e, t: net.fit(gens["hdf5"], epochs=e + 1, initial_epoch=e,
+                                                        shuffle=False, verbose=0, callbacks=[t]),
+        "DataGenerator hdf5 workers=2": lambda net, e, t: net.fit(gens["workers"], epochs=e + 1, initial_epoch=e,
+                                                                  shuffle=False, verbose=0, callbacks=[t]),
+        "constant PyDataset (floor)": lambda net, e, t: net.fit(gens["constant"], epochs=e + 1, initial_epoch=e,
+                                                                shuffle=False, verbose=0, callbacks=[t]),
+    }
+    gens = {"hdf5": DataGenerator(m_h5, "train", batch_size=BATCH),
+            "workers": DataGenerator(m_h5, "train", batch_size=BATCH, workers=2),
+            "constant": ConstantBatches()}
+    nets = {label: model() for label in variants}
+    timers = {label: Timer() for label in variants}
+    for t in timers.values():
+        t.times = []
+    for e in range(args.train_epochs + 1):
+        for label, fit in variants.items():
+            fit(nets[label], e, timers[label])
+    out = {}
+    for label, t in timers.items():
+        out[label] = {"epoch_s": statistics.median(t.times[1:]), "epochs_s": [round(v, 3) for v in t.times]}
+        print(f"  {label:<30} {out[label]['epoch_s']:.2f} s/epoch  {out[label]['epochs_s']}", flush=True)
+    base = out["arrays in memory"]["epoch_s"]
+    for r in out.values():
+        r["vs_memory"] = r["epoch_s"] / base
+    # Paired per round (same load): median of (generator epoch / arrays epoch).
+    ratio = statistics.median(g / a for g, a in zip(timers["DataGenerator hdf5"].times[1:],
+                                                    timers["arrays in memory"].times[1:]))
+    floor = out["DataGenerator hdf5"]["epoch_s"] / out["constant PyDataset (floor)"]["epoch_s"]
+    out["targets"] = {"fit epoch time within 1.1x of arrays": {"ratio": ratio, "met": ratio <= 1.1},
+                      "vs constant PyDataset": {"ratio": floor}}
+    print(f"  target fit within 1.1x of in-memory arrays: {ratio:.3f}  {'met' if ratio <= 1.1 else 'NOT met'}"
+          f" (DataGenerator / constant PyDataset: {floor:.3f})")
+    return out
+
+
+# ------------------------------------------------------------------ main
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import h5py
+    import tensorflow as tf
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE")
+            * os.sysconf("SC_PHYS_PAGES") / 2**30, 1), "platform": platform.platform(),
+            "python": platform.python_version(), "numpy": np.__version__, "tensorflow": tf.__version__,
+            "h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", "--small", action="store_true", help="Small sizes (4,000 and 1,000 samples).")
+    p.add_argument("--epochs", type=int, default=5, help="Timed epochs per method (after one warm-up).")
+    p.add_argument("--num-samples", type=int, default=None, help="Override the number of samples of every size.")
+    p.add_argument("--sizes", default=",".join(SIZES), help="Comma-separated subset of: " + ", ".join(SIZES))
+    p.add_argument("--only", default=None, help="Comma-separated methods (numpy and tf.data mem always run).")
+    p.add_argument("--no-speed", action="store_true", help="Skip the speed table.")
+    p.add_argument("--memory", action="store_true", help="Also run the RSS check over a ~2 GB HDF5 dataset.")
+    p.add_argument("--memory-epochs", type=int, default=10)
+    p.add_argument("--training", action="store_true", help="Also run the model.fit epoch-time check.")
+    p.add_argument("--train-epochs", type=int, default=4, help="Timed fit epochs (after one warm-up).")
+    p.add_argument("--json", default="bench.json", help="Where to write the results.")
+    p.add_argument("--tmp", default=None, help="Parent folder of the temporary data (default: /tmp).")
+    p.add_argument("--_memory-child", nargs=3, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args._memory_child:
+        path, epochs, cache = args._memory_child
+        _memory_child(path, int(epochs), None if cache == "None" else cache)
+        return 0
+    args.only = set(args.only.split(",")) if args.only else None
+
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
+    tmp = Path(tempfile.mkdtemp(prefix="kpipe-bench-", dir=args.tmp))
+    report = {"machine": machine(), "epochs": args.epochs, "batch_size": BATCH, "quick": args.quick,
+              "command": " ".join([Path(sys.executable).name, *sys.argv]), "sizes": {}}
+    try:
+        if not args.no_speed:
+            for name in args.sizes.split(","):
+                report["sizes"][name] = bench_size(name, SIZES[name], args, tmp)
+                shutil.rmtree(tmp / name.replace(" ", "_"), ignore_errors=True)
+            print_table(report)
+        if args.memory:
+            report["memory"] = memory_check(args, tmp)
+        if args.training:
+            report["training"] = training_check(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
