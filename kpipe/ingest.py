@@ -67,6 +67,7 @@ class ScanResult:
     samples: list[RawSample]
     skipped: list[dict[str, str]]
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    weights: dict[str, float] | None = None  # sample ID -> weight (CSV --weight-column)
 
 
 # --------------------------------------------------------------------- IDs
@@ -154,7 +155,7 @@ def detect_layout(raw: str | os.PathLike) -> str:
 
 
 def scan(raw: str | os.PathLike, layout: str = "auto", *, label_column: str = "label",
-         id_column: str | None = None) -> ScanResult:
+         id_column: str | None = None, weight_column: str | None = None) -> ScanResult:
     """List the samples of ``raw`` without loading them (CSV rows are parsed).
 
     Args:
@@ -162,12 +163,15 @@ def scan(raw: str | os.PathLike, layout: str = "auto", *, label_column: str = "l
         layout: ``"auto"`` (see `detect_layout`), ``"images"``, ``"npy"`` or ``"csv"``.
         label_column: CSV column holding the class. Defaults to ``"label"``.
         id_column: CSV column holding sample IDs; row numbers if `None`.
+        weight_column: CSV column holding per-sample weights (finite, >= 0),
+            kept out of the features; `None` for no weights.
 
     Returns:
         A `ScanResult`; samples in a deterministic order (class, then file name).
 
     Raises:
-        InputError: If the input is missing or empty, or ``layout`` is unknown.
+        InputError: If the input is missing or empty, ``layout`` is unknown,
+            or a weight is not a finite number >= 0 (file and line named).
     """
     raw = Path(raw)
     if layout == "auto":
@@ -175,7 +179,12 @@ def scan(raw: str | os.PathLike, layout: str = "auto", *, label_column: str = "l
     elif layout not in LAYOUTS:
         raise InputError(f"`layout` must be one of auto, {', '.join(LAYOUTS)}. Received: layout={layout!r}")
     if layout == "csv":
-        return _scan_csv(raw, label_column=label_column, id_column=id_column)
+        return _scan_csv(raw, label_column=label_column, id_column=id_column, weight_column=weight_column)
+    if weight_column is not None:
+        raise InputError(
+            f"`weight_column` applies to CSV input; {raw} is a {layout} folder. Pass per-sample weights "
+            f"with --weights FILE (rows ID,weight). Received: weight_column={weight_column!r}"
+        )
     return _scan_folders(raw, layout)
 
 
@@ -229,7 +238,8 @@ def _class_sort_key(names: Sequence[str]):
     return lambda n: n
 
 
-def _scan_csv(raw: Path, *, label_column: str, id_column: str | None) -> ScanResult:
+def _scan_csv(raw: Path, *, label_column: str, id_column: str | None,
+              weight_column: str | None = None) -> ScanResult:
     if not raw.is_file():
         raise InputError(f"Layout 'csv' needs a .csv file; {raw} is not a file.")
     try:
@@ -250,10 +260,15 @@ def _scan_csv(raw: Path, *, label_column: str, id_column: str | None) -> ScanRes
         raise InputError(
             f"CSV {raw} has no ID column {id_column!r}. Its columns are: {', '.join(header)}."
         )
+    if weight_column is not None and weight_column not in header:
+        raise InputError(
+            f"CSV {raw} has no weight column {weight_column!r}. Its columns are: {', '.join(header)}."
+        )
+    w_idx = header.index(weight_column) if weight_column is not None else None
     data = rows[1:]
     label_idx = header.index(label_column)
     id_idx = header.index(id_column) if id_column is not None else None
-    other = [j for j in range(len(header)) if j not in (label_idx, id_idx)]
+    other = [j for j in range(len(header)) if j not in (label_idx, id_idx, w_idx)]
     # A column is a feature if most of its non-empty cells are numbers.
     feature_cols, dropped = [], []
     for j in other:
@@ -264,6 +279,7 @@ def _scan_csv(raw: Path, *, label_column: str, id_column: str | None) -> ScanRes
         raise InputError(f"CSV {raw} has no numeric feature columns besides {label_column!r}.")
     skipped: list[dict[str, str]] = []
     kept: list[tuple[int, str, str, np.ndarray]] = []
+    row_weight: dict[int, float] = {}
     for n, r in enumerate(data, start=2):  # line 1 is the header
         where = f"{raw}:{n}"
         if len(r) != len(header):
@@ -283,6 +299,8 @@ def _scan_csv(raw: Path, *, label_column: str, id_column: str | None) -> ScanRes
         if bad is not None:
             skipped.append({"path": where, "reason": f"value {r[bad]!r} in column {header[bad]!r} is not a finite number"})
             continue
+        if w_idx is not None:
+            row_weight[n] = _parse_weight(r[w_idx], where, weight_column)
         sid = r[id_idx].strip() if id_idx is not None else f"row{n - 1:06d}"
         kept.append((n, label, safe_id(sid), np.asarray(values, dtype=np.float32)))
     if not kept:
@@ -300,7 +318,22 @@ def _scan_csv(raw: Path, *, label_column: str, id_column: str | None) -> ScanRes
         "label_column": label_column,
         "id_column": id_column,
     }
-    return ScanResult(layout="csv", classes=names, samples=samples, skipped=skipped, details=details)
+    weights = None
+    if w_idx is not None:
+        details["weight_column"] = weight_column
+        weights = {i: row_weight[n] for (n, *_), i in zip(kept, ids)}
+    return ScanResult(layout="csv", classes=names, samples=samples, skipped=skipped, details=details,
+                      weights=weights)
+
+
+def _parse_weight(cell: str, where: str, column: str) -> float:
+    w = _parse_float(cell.strip())
+    if w is None or not math.isfinite(w) or w < 0:
+        raise InputError(
+            f"{where}: the weight {cell!r} in column {column!r} is not a finite number >= 0. "
+            "Fix the row or drop the weight column."
+        )
+    return w
 
 
 # ------------------------------------------------------------------ loading

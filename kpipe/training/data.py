@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kpipe.generator import DataGenerator
 from kpipe.manifest import Manifest
@@ -10,21 +10,46 @@ from kpipe.manifest import Manifest
 if TYPE_CHECKING:
     from kpipe.training.run import TrainConfig
 
+SAMPLING_FIELDS = ("sampling", "balance", "samples_per_epoch", "target_distribution", "class_weight",
+                   "condition_weights", "use_sample_weights")
+"""`TrainConfig` fields (issue 4) passed to the train generator under the same names."""
+
+
+def sampling_options(config: Any) -> dict[str, Any]:
+    """The sampling and weight options of ``config`` as `DataGenerator` keyword arguments.
+
+    Fields a config lacks, or leaves at `None`, are not passed (the
+    generator's defaults apply); ``use_sample_weights`` is passed when true.
+    """
+    options = {name: getattr(config, name, None) for name in SAMPLING_FIELDS}
+    return {k: v for k, v in options.items() if v is not None and v is not False}
+
 
 def make_generators(manifest: Manifest, config: TrainConfig, *, label_mode: str, rescale: float | None
                     ) -> tuple[DataGenerator, DataGenerator | None, DataGenerator | None]:
     """Build the ``train``, ``validation`` and ``test`` generators of a run.
 
-    Train shuffles; validation and test are sequential. A partition with no
+    Train follows the config's sampling (default ``"shuffle"``) and weights
+    (``class_weight``, ``condition_weights``, ``use_sample_weights``: its
+    batches are then ``(x, y, sample_weight)``, so do not pass
+    ``class_weight`` to `fit`); validation and test are sequential and
+    unweighted, so their metrics are the plain ones. A partition with no
     sample gives `None`. Only train and validation use workers (test is read once).
 
     Returns:
         ``(train, validation or None, test or None)``.
+
+    Raises:
+        SamplingError: On an invalid sampling option (see `kpipe.sampling`).
+        WeightError: On an invalid weight option (see `kpipe.weights`).
     """
     common = dict(batch_size=config.batch_size, seed=config.seed, label_mode=label_mode, rescale=rescale)
     loader = dict(workers=config.workers, use_multiprocessing=config.use_multiprocessing,
                   max_queue_size=config.max_queue_size)
-    train = DataGenerator(manifest, "train", shuffle=True, **common, **loader)
+    options = sampling_options(config)
+    if "sampling" not in options:
+        options["sampling"] = "shuffle"
+    train = DataGenerator(manifest, "train", **common, **loader, **options)
     val = (DataGenerator(manifest, "validation", shuffle=False, **common, **loader)
            if manifest.partition.get("validation") else None)
     test = DataGenerator(manifest, "test", shuffle=False, **common) if manifest.partition.get("test") else None

@@ -1,0 +1,207 @@
+"""Samplers: property tests (hypothesis) and hand-checkable cases."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kpipe.sampling import (
+    BalancedSampler,
+    BootstrapSampler,
+    SamplingError,
+    SequentialSampler,
+    ShuffleSampler,
+    check_balance,
+    check_target_distribution,
+    make_sampler,
+)
+
+PROPS = settings(max_examples=40, deadline=None)
+
+class_counts = st.lists(st.integers(min_value=1, max_value=40), min_size=2, max_size=5)
+
+
+def labels_of(counts) -> np.ndarray:
+    return np.repeat(np.arange(len(counts)), counts)
+
+
+def batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+# ------------------------------------------------------------- shuffle / sequential
+@PROPS
+@given(n=st.integers(1, 300), seed=st.integers(0, 2**32 - 1), epoch=st.integers(0, 1000))
+def test_shuffle_and_sequential_serve_every_position_once(n, seed, epoch):
+    for sampler in (ShuffleSampler(n, seed), SequentialSampler(n, seed)):
+        order = sampler.indices(epoch)
+        assert order.dtype == np.int64 and len(order) == sampler.epoch_size == n
+        np.testing.assert_array_equal(np.sort(order), np.arange(n))
+        np.testing.assert_array_equal(order, sampler.indices(epoch))  # pure
+    np.testing.assert_array_equal(SequentialSampler(n, seed).indices(epoch), np.arange(n))
+
+
+@PROPS
+@given(n=st.integers(8, 300), seed=st.integers(0, 2**32 - 1), epoch=st.integers(0, 1000))
+def test_shuffle_same_seed_epoch_same_order_new_epoch_new_order(n, seed, epoch):
+    a, b = ShuffleSampler(n, seed), ShuffleSampler(n, seed)
+    np.testing.assert_array_equal(a.indices(epoch), b.indices(epoch))
+    assert not np.array_equal(a.indices(epoch), a.indices(epoch + 1))  # 1/8! chance of equality at n=8
+
+
+# ------------------------------------------------------------------- balanced
+@PROPS
+@given(counts=class_counts, batch_size=st.integers(1, 24), seed=st.integers(0, 2**31),
+       balance=st.sampled_from(["undersample", "oversample"]), epoch=st.integers(0, 50))
+def test_balanced_batches_hold_exact_class_counts(counts, batch_size, seed, balance, epoch):
+    y = labels_of(counts)
+    k = len(counts)
+    s = BalancedSampler(labels=y, batch_size=batch_size, seed=seed, balance=balance)
+    expected_size = k * (min(counts) if balance == "undersample" else max(counts))
+    assert s.epoch_size == expected_size
+    order = s.indices(epoch)
+    assert len(order) == expected_size
+    np.testing.assert_array_equal(np.bincount(y[order], minlength=k), np.full(k, expected_size // k))
+    got = np.array([np.bincount(y[b], minlength=k) for b in batches(order, batch_size)])
+    np.testing.assert_array_equal(got, s.batch_counts)  # the planned composition, every epoch
+    full = got[: expected_size // batch_size]
+    if len(full):
+        # batch_size // k of each class, the remainder in rotation: no class favoured over the epoch
+        assert set(np.unique(full)) <= {batch_size // k, batch_size // k + 1}
+        assert np.ptp(full.sum(axis=0)) <= 1
+    np.testing.assert_array_equal(order, s.indices(epoch))  # pure function of (seed, epoch)
+    # oversampling repeats each sample of a class floor or ceil of (per-epoch count / count) times
+    per_class = expected_size // k
+    for c, n_c in enumerate(counts):
+        times = np.bincount(order[y[order] == c], minlength=len(y))[y == c]
+        assert times.min() >= per_class // n_c and times.max() <= -(-per_class // n_c)
+
+
+@PROPS
+@given(counts=class_counts, batch_size=st.integers(1, 24), seed=st.integers(0, 2**31))
+def test_undersample_no_repeats_and_covers_large_classes_over_epochs(counts, batch_size, seed):
+    y = labels_of(counts)
+    s = BalancedSampler(labels=y, batch_size=batch_size, seed=seed, balance="undersample")
+    m = min(counts)
+    seen = np.zeros(len(y), dtype=bool)
+    num_epochs = -(-max(counts) // m) + 1  # ceil(count / per-epoch count) + 1
+    orders = []
+    for epoch in range(num_epochs):
+        order = s.indices(epoch)
+        assert len(np.unique(order)) == len(order)  # no repeat within an epoch
+        seen[order] = True
+        orders.append(order)
+    assert seen.all()  # every sample of every class served over the epochs
+    if max(counts) > m and max(counts) * 2 > 8:  # a different subset of the large classes
+        big = int(np.argmax(counts))
+        subsets = {tuple(sorted(o[y[o] == big])) for o in orders}
+        assert len(subsets) > 1
+
+
+@PROPS
+@given(counts=class_counts, batch_size=st.integers(1, 16), seed=st.integers(0, 2**31),
+       n=st.integers(1, 200))
+def test_samples_per_epoch_fixes_the_epoch_size(counts, batch_size, seed, n):
+    y = labels_of(counts)
+    s = BalancedSampler(labels=y, batch_size=batch_size, seed=seed, samples_per_epoch=n)
+    order = s.indices(3)
+    assert s.epoch_size == len(order) == n
+    totals = np.bincount(y[order], minlength=len(counts))
+    assert np.ptp(totals) <= 1  # uniform up to one sample
+
+
+def test_balanced_hand_computed_case():
+    y = np.array([0] * 50 + [1] * 100 + [2] * 25)
+    s = BalancedSampler(labels=y, batch_size=7, seed=0)
+    assert s.epoch_size == 75 and len(s.batch_counts) == 11
+    # 7 // 3 = 2 each, the extra one in rotation: class 0, 1, 2, 0, ...
+    assert s.batch_counts[:4].tolist() == [[3, 2, 2], [2, 3, 2], [2, 2, 3], [3, 2, 2]]
+    assert s.batch_counts[-1].tolist() == [1, 2, 2]  # 75 = 10 * 7 + 5
+    assert s.class_totals.tolist() == [25, 25, 25]
+    over = BalancedSampler(labels=y, batch_size=7, balance="oversample")
+    assert over.epoch_size == 300
+
+
+def test_target_distribution():
+    y = np.array([0] * 50 + [1] * 100 + [2] * 25)
+    p = check_target_distribution({"cat": 0.5, "dog": 0.25, "bird": 0.25}, ["cat", "dog", "bird"])
+    np.testing.assert_allclose(p, [0.5, 0.25, 0.25])
+    s = BalancedSampler(labels=y, batch_size=8, target_distribution=p, seed=0)
+    assert s.batch_counts[0].tolist() == [4, 2, 2]
+    assert s.epoch_size == 100  # the largest epoch without repeats: bird 25 / 0.25
+    order = s.indices(0)
+    assert len(np.unique(order)) == len(order)
+    np.testing.assert_array_equal(np.bincount(y[order]), [50, 25, 25])
+    # shares are normalized; a class left out is never served
+    np.testing.assert_allclose(check_target_distribution({"0": 2, 1: 2}, ["0", "1", "2"]), [0.5, 0.5, 0])
+    s0 = BalancedSampler(labels=np.array([0, 0, 1, 1]), num_classes=3, batch_size=2,
+                         target_distribution=np.array([0.5, 0.5, 0.0]))
+    assert s0.epoch_size == 4
+
+
+def test_balanced_names_a_class_without_samples():
+    y = np.array([0, 0, 2, 2])
+    with pytest.raises(SamplingError, match=r"Class 'bird' has no sample in this partition"):
+        BalancedSampler(labels=y, num_classes=3, batch_size=2, class_names=("cat", "bird", "dog"))
+
+
+# ------------------------------------------------------------------ bootstrap
+@PROPS
+@given(counts=class_counts, seed=st.integers(0, 2**31), epoch=st.integers(0, 100),
+       kind=st.sampled_from(["none", "stratified", "balanced"]))
+def test_bootstrap_drawn_and_oob_partition_the_positions(counts, seed, epoch, kind):
+    y = labels_of(counts)
+    n, k = len(y), len(counts)
+    s = BootstrapSampler(labels=y, seed=seed, stratified=kind == "stratified", balanced=kind == "balanced")
+    drawn = s.indices(epoch)
+    assert len(drawn) == s.epoch_size == n
+    oob = s.oob(epoch)
+    assert set(drawn.tolist()) | set(oob.tolist()) == set(range(n))
+    assert not set(drawn.tolist()) & set(oob.tolist())
+    np.testing.assert_array_equal(drawn, s.indices(epoch))  # pure
+    got = np.bincount(y[drawn], minlength=k)
+    if kind == "stratified":
+        np.testing.assert_array_equal(got, counts)
+    elif kind == "balanced":
+        assert np.ptp(got) <= 1 and got.sum() == n
+
+
+def test_bootstrap_redraws_every_epoch():
+    s = BootstrapSampler(labels=np.arange(100) % 3, seed=0)
+    assert not np.array_equal(s.indices(0), s.indices(1))
+    assert 0.2 < len(s.oob(0)) / 100 < 0.5  # about 1/e out of bag
+
+
+# ------------------------------------------------------------------- validation
+def test_make_sampler_and_validators():
+    y = np.array([0, 0, 1, 1, 1])
+    classes = ["a", "b"]
+    assert isinstance(make_sampler("shuffle", labels=y, classes=classes, batch_size=2), ShuffleSampler)
+    b = make_sampler("bootstrap", labels=y, classes=classes, batch_size=2, balance="stratified")
+    assert b.stratified and not b.balanced
+    assert check_balance("balanced", None) == "undersample"
+    assert check_balance("bootstrap", None) == "none"
+    with pytest.raises(SamplingError, match=r"`sampling` must be one of .* Received: sampling='random'"):
+        make_sampler("random", labels=y, classes=classes, batch_size=2)
+    with pytest.raises(SamplingError, match=r"Received: balance='oversample' with sampling='shuffle'"):
+        make_sampler("shuffle", labels=y, classes=classes, batch_size=2, balance="oversample")
+    with pytest.raises(SamplingError, match=r"balance='stratified'"):
+        make_sampler("balanced", labels=y, classes=classes, batch_size=2, balance="stratified")
+    with pytest.raises(SamplingError, match=r"key that is not a class: 'zebra'"):
+        check_target_distribution({"zebra": 1.0}, classes)
+    with pytest.raises(SamplingError, match=r"finite numbers >= 0"):
+        check_target_distribution('{"a": -1}', classes)
+    with pytest.raises(SamplingError, match=r"must be a JSON object"):
+        check_target_distribution("{a: 1", classes)
+    with pytest.raises(SamplingError, match=r"`samples_per_epoch` must be a positive integer"):
+        make_sampler("balanced", labels=y, classes=classes, batch_size=2, samples_per_epoch=0)
+
+
+def test_samplers_pickle():
+    s = BalancedSampler(labels=np.array([0, 1, 1, 2]), batch_size=3, seed=4)
+    clone = pickle.loads(pickle.dumps(s))
+    np.testing.assert_array_equal(clone.indices(5), s.indices(5))
