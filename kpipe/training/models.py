@@ -11,7 +11,7 @@ from kpipe.training.loading import load_object
 
 
 def default_model(input_shape: Sequence[int], num_classes: int, *,
-                  normalizer: keras.layers.Layer | None = None) -> keras.Model:
+                  normalizer: keras.layers.Layer | None = None, binary: bool = False) -> keras.Model:
     """A small model suited to the sample shape; outputs softmax probabilities.
 
     * ``(H, W, C)`` or ``(H, W)``: a CNN of up to three blocks
@@ -21,14 +21,19 @@ def default_model(input_shape: Sequence[int], num_classes: int, *,
     * anything else: an MLP, Flatten-Dense(128)-Dropout(0.2)-Dense(64) and
       the softmax layer.
 
-    The last layer is ``Dense(num_classes, activation="softmax")``, so losses
-    take ``from_logits=False`` (``model.kpipe_outputs == "probabilities"``).
+    The last layer is ``Dense(num_classes, activation="softmax")`` (with
+    ``binary=True``: ``Dense(1, activation="sigmoid")``), so losses take
+    ``from_logits=False`` (``model.kpipe_outputs == "probabilities"``). It
+    computes in float32 whatever the dtype policy (as Keras recommends for
+    mixed precision: a float16 softmax loses precision).
 
     Args:
         input_shape: Shape of one sample, e.g. ``(8, 8, 1)``.
         num_classes: Number of classes (>= 2).
         normalizer: Optional preprocessing layer applied to the input first
             (e.g. an adapted `keras.layers.Normalization`).
+        binary: One sigmoid output (for ``label_mode="binary"``, 2 classes)
+            instead of ``num_classes`` softmax outputs. Defaults to `False`.
 
     Returns:
         An uncompiled `keras.Model`.
@@ -57,7 +62,10 @@ def default_model(input_shape: Sequence[int], num_classes: int, *,
         x = keras.layers.Dropout(0.2)(x)
         x = keras.layers.Dense(64, activation="relu")(x)
         name = "kpipe_mlp"
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    if binary:
+        outputs = keras.layers.Dense(1, activation="sigmoid", name="probabilities", dtype="float32")(x)
+    else:
+        outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities", dtype="float32")(x)
     model = keras.Model(inputs, outputs, name=name)
     model.kpipe_outputs = "probabilities"
     return model

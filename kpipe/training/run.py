@@ -6,8 +6,10 @@ import dataclasses
 import datetime as _dt
 import json
 import os
+import shutil
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,12 @@ from kpipe.errors import KpipeError
 from kpipe.generator import DataGenerator
 from kpipe.manifest import Manifest, load_manifest
 from kpipe.training.data import make_generators
-from kpipe.training.losses import label_mode_for_loss, resolve_loss
+from kpipe.training.losses import build_loss, label_mode_for_loss
 from kpipe.training.models import build_model
+from kpipe.training.step import KpipeModel
+
+LOOPS = ("fit", "step", "tape")
+"""The training loops of `train` (``TrainConfig.loop``)."""
 
 
 @dataclasses.dataclass
@@ -44,6 +50,30 @@ class TrainConfig:
         use_multiprocessing: Processes instead of threads.
         max_queue_size: Batches kept ready ahead.
         verbose: Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch.
+        loss_args: Arguments of a Keras (or custom) loss class, a dict or a
+            JSON object, e.g. ``{"gamma": 3.0}`` (see `build_loss`).
+        loop: ``"fit"`` (`model.fit`), ``"step"`` (`KpipeModel`, a custom
+            `train_step` under `fit`) or ``"tape"`` (`TapeLoop`, an explicit
+            `tf.GradientTape` loop).
+        step_model: With ``loop="step"``: a `KpipeModel` subclass
+            ``module:Class`` / ``path.py:Class``. Defaults to `KpipeModel`.
+        clip_norm: Clip gradients by global norm (`None`: no clipping).
+        accumulation_steps: Average the gradients of this many batches per
+            optimizer update (1: none).
+        log_every: Append the training loss to ``steps.csv`` every this many
+            steps (0: never); the tape loop logs each step's own loss.
+        monitor: Logged value that picks the best model and drives early
+            stopping, e.g. ``"val_loss"`` (minimized) or ``"val_accuracy"``
+            (maximized).
+        patience: Stop after this many epochs without improvement of
+            ``monitor`` (`None` or 0: never).
+        tensorboard: Write TensorBoard logs to ``<run>/tensorboard``. `None`
+            (default): when the ``tensorboard`` package is installed (TensorFlow
+            does not install it; ``pip install tensorboard``).
+        mixed_precision: Train with the ``mixed_float16`` policy (with loss scaling).
+        distribute: ``"auto"``, ``"none"`` or ``"mirrored"`` (see `get_strategy`).
+        resume: A run folder to continue from its last checkpoint.
+        out: The run folder (`train(out=...)` overrides it).
     """
 
     model: str = "default"
@@ -59,12 +89,59 @@ class TrainConfig:
     use_multiprocessing: bool = False
     max_queue_size: int = 10
     verbose: int | str = "auto"
+    # --- training loops, losses and the run folder (issue 5)
+    loss_args: dict[str, Any] | str | None = None  # Keras loss class arguments (dict or JSON object)
+    loop: str = "fit"  # fit | step | tape
+    step_model: str | None = None  # KpipeModel subclass module:Class / path.py:Class (loop="step")
+    clip_norm: float | None = None  # clip gradients by global norm
+    accumulation_steps: int = 1  # average the gradients of k batches per update
+    log_every: int = 0  # steps between two rows of steps.csv (0: no steps.csv)
+    monitor: str = "val_loss"  # best model and early stopping
+    patience: int | None = None  # early stopping after this many epochs without improvement
+    tensorboard: bool | None = None  # TensorBoard logs in <run>/tensorboard (None: if tensorboard is installed)
+    mixed_precision: bool = False  # mixed_float16 policy with loss scaling
+    distribute: str = "auto"  # auto | none | mirrored (kpipe.training.distribute)
+    resume: str | None = None  # run folder to continue
+    out: str | None = None  # run folder
+    # --- sampling and weights (issue 4); passed to the train generator by training/data.py
+    sampling: str = "shuffle"  # shuffle | balanced | bootstrap | sequential (kpipe.sampling)
+    balance: str | None = None  # balanced: undersample | oversample; bootstrap: none | stratified | balanced
+    samples_per_epoch: int | None = None  # epoch size for balanced / bootstrap (default: from `balance`)
+    target_distribution: dict[str, float] | str | None = None  # balanced: class -> share (or JSON)
+    class_weight: str | dict[str, float] | None = None  # "balanced", class -> weight, or JSON
+    condition_weights: dict[str, float] | str | None = None  # class -> factor, or JSON
+    use_sample_weights: bool = False  # multiply by the manifest's per-sample weights
 
     @classmethod
-    def from_options(cls, options: dict[str, Any]) -> TrainConfig:
-        """Build from CLI options: keys that are fields are taken, `None` values left at the default."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in options.items() if k in names and v is not None})
+    def from_options(cls, options: dict[str, Any], *, explicit: set[str] | None = None,
+                     config_file: str | os.PathLike | None = None) -> TrainConfig:
+        """Build from CLI options, a configuration file and a resumed run.
+
+        Precedence, lowest first: the defaults, the ``config.json`` of the run
+        named by ``options["resume"]``, ``config_file`` (TOML or JSON, one key
+        per option, see `kpipe.training.config`), the options in ``explicit``.
+
+        Args:
+            options: ``{field: value}``; keys that are not fields are ignored,
+                `None` values mean "not given".
+            explicit: Options given on the command line. `None`: all
+                non-`None` options count as given.
+            config_file: Path of a ``--config`` file.
+
+        Returns:
+            The `TrainConfig`.
+
+        Raises:
+            KpipeError: On an unreadable file, an unknown key or an invalid value.
+        """
+        from kpipe.training.config import layered_options
+
+        resume = options.get("resume")
+        if resume is None and config_file is not None:
+            from kpipe.training.config import load_config_file
+
+            resume = load_config_file(config_file, {f.name for f in dataclasses.fields(cls)}).get("resume")
+        return cls(**layered_options(cls, options, explicit=explicit, config_file=config_file, resume=resume))
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "workers", "max_queue_size"):
@@ -73,6 +150,35 @@ class TrainConfig:
                 raise KpipeError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
         if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
             raise KpipeError(f"`learning_rate` must be a positive number. Received: learning_rate={self.learning_rate!r}")
+        self._check_loop_options()
+
+    def _check_loop_options(self) -> None:
+        """Validate the issue-5 fields (loops, monitoring, precision)."""
+        if self.loop not in LOOPS:
+            raise KpipeError(f"`loop` must be one of {', '.join(LOOPS)}. Received: loop={self.loop!r}")
+        if self.step_model not in (None, "", "default") and self.loop != "step":
+            raise KpipeError(
+                f"`step_model` is used by the step loop only. Add --loop step, or drop --step-model. "
+                f"Received: loop={self.loop!r}, step_model={self.step_model!r}"
+            )
+        if self.clip_norm is not None and not (isinstance(self.clip_norm, (int, float)) and self.clip_norm > 0):
+            raise KpipeError(f"`clip_norm` must be a positive number. Received: clip_norm={self.clip_norm!r}")
+        for name, low in (("accumulation_steps", 1), ("log_every", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise KpipeError(f"`{name}` must be an integer >= {low}. Received: {name}={value!r}")
+        if self.patience is not None and (isinstance(self.patience, bool) or not isinstance(self.patience, int)
+                                          or self.patience < 0):
+            raise KpipeError(f"`patience` must be an integer >= 0. Received: patience={self.patience!r}")
+        if not isinstance(self.monitor, str) or not self.monitor:
+            raise KpipeError(f"`monitor` must name a logged value such as val_loss. Received: monitor={self.monitor!r}")
+        if self.distribute not in ("auto", "none", "mirrored"):
+            raise KpipeError(
+                f"`distribute` must be one of auto, none, mirrored. Received: distribute={self.distribute!r}"
+            )
+        from kpipe.training.losses import parse_loss_args
+
+        self.loss_args = parse_loss_args(self.loss_args) or None
 
 
 @dataclasses.dataclass
@@ -84,6 +190,7 @@ class TrainResult:
     history: dict[str, list[float]]
     metrics: dict[str, Any]
     seconds: float
+    loop: str = "fit"
 
     def summary(self) -> str:
         """One line for people."""
@@ -92,6 +199,10 @@ class TrainResult:
             f"Test accuracy: {m['accuracy']:.4f} (loss {m['loss']:.4f}, {m['num_samples']} samples) "
             f"in {self.seconds:.0f}s -> {self.run_dir}"
         )
+
+
+class TrainingInterrupted(KpipeError, KeyboardInterrupt):
+    """Training stopped by Ctrl-C (or a callback raising `KeyboardInterrupt`); the message says how to resume."""
 
 
 def default_run_dir(manifest: Manifest) -> Path:
@@ -104,9 +215,11 @@ def default_run_dir(manifest: Manifest) -> Path:
     return run
 
 
-def _make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
+def _make_optimizer(name: str, learning_rate: float, **options: Any) -> keras.optimizers.Optimizer:
+    """A Keras optimizer by name; ``options`` (``global_clipnorm``, ``gradient_accumulation_steps``) when set."""
+    config = {"learning_rate": learning_rate} | {k: v for k, v in options.items() if v not in (None, 1)}
     try:
-        return keras.optimizers.get({"class_name": name, "config": {"learning_rate": learning_rate}})
+        return keras.optimizers.get({"class_name": name, "config": config})
     except (ValueError, TypeError):
         raise KpipeError(
             f"Unknown optimizer {name!r}. Use a Keras optimizer name such as adam, sgd, rmsprop or adamw."
@@ -161,99 +274,330 @@ def evaluate_on(model: keras.Model, data: DataGenerator, classes: list[str]) -> 
     }
 
 
+def monitor_mode(monitor: str) -> str:
+    """``"min"`` for loss- and error-like names (``val_loss``, ``mse``...), ``"max"`` otherwise (accuracy, AUC...)."""
+    base = monitor.removeprefix("val_")
+    lower = base.lower()
+    if "loss" in lower or "error" in lower or "crossentropy" in lower or lower in ("mse", "mae", "mape", "msle"):
+        return "min"
+    return "max"
+
+
+def _plain_model(net: keras.Model) -> keras.Model:
+    """A plain functional model over the layers of ``net`` (what ``model.keras`` holds).
+
+    `KpipeModel` subclasses and other functional subclasses become a
+    `keras.Model`, so that ``model.keras`` loads without their code; a model
+    without functional inputs (subclassed) is returned as it is.
+    """
+    try:
+        inputs, outputs = net.inputs, net.outputs
+    except (AttributeError, ValueError):
+        return net
+    if not inputs or not outputs:
+        return net
+    single = lambda t: t[0] if isinstance(t, (list, tuple)) and len(t) == 1 else t  # noqa: E731
+    return keras.Model(single(inputs), single(outputs), name=net.name)
+
+
+def _use_tensorboard(setting: bool | None) -> bool:
+    """Whether to add the TensorBoard callback: ``setting``, or (`None`) whether tensorboard is installed."""
+    import importlib.util
+
+    installed = importlib.util.find_spec("tensorboard") is not None
+    if setting and not installed:
+        raise KpipeError("TensorBoard logs need the tensorboard package: `pip install tensorboard`, "
+                         "or run without --tensorboard. Received: tensorboard=True")
+    return installed if setting is None else bool(setting)
+
+
+def _trim_logs(run_dir: Path, *, epochs: int, steps: int) -> None:
+    """Drop rows of ``log.csv`` / ``steps.csv`` written after the checkpoint (an interrupt between writes)."""
+    for name, column, limit in (("log.csv", 0, epochs - 1), ("steps.csv", 0, steps)):
+        path = run_dir / name
+        if not path.is_file():
+            continue
+        lines = path.read_text().splitlines(keepends=True)
+        kept = lines[:1] + [line for line in lines[1:] if line.split(",")[column].strip().isdigit()
+                            and int(line.split(",")[column]) <= limit]
+        if len(kept) != len(lines):
+            path.write_text("".join(kept))
+
+
+def _set_generator_position(gen: Any, state: dict[str, Any] | None, epoch: int) -> None:
+    """Put the train generator at ``epoch`` (its sampler position), from its saved state when it has one."""
+    if state and hasattr(gen, "load_state_dict"):
+        gen.load_state_dict(dict(state) | {"epoch": epoch})
+    elif hasattr(gen, "epoch"):
+        gen.epoch = epoch
+
+
+def _effective_config(config: TrainConfig, *, manifest: Manifest, loss_label: str, resolved: dict[str, Any]
+                      ) -> dict[str, Any]:
+    """The run's ``config.json``: every option (usable again as ``--config``) plus what was resolved."""
+    from kpipe import __version__
+
+    values = dataclasses.asdict(config) | {"loss": loss_label}
+    values.pop("resume", None)
+    values.pop("out", None)
+    return values | {"manifest": str(manifest.path), "kpipe_version": __version__, "resolved": resolved}
+
+
 def train(
     manifest: Manifest | str | os.PathLike,
     config: TrainConfig | None = None,
     *,
     out: str | os.PathLike | None = None,
     model: keras.Model | Callable[..., keras.Model] | None = None,
-    loss: Callable[..., Any] | None = None,
+    loss: Any = None,
     callbacks: list[keras.callbacks.Callback] | None = None,
+    resume: str | os.PathLike | None = None,
+    strategy: Any = None,
 ) -> TrainResult:
-    """Train on the ``train`` partition, validate each epoch, evaluate on ``test``.
+    """Train on the ``train`` partition, validate each epoch, evaluate on ``test``, write a run folder.
 
-    Writes a run folder: ``model.keras``, ``history.json`` (per-epoch metrics),
-    ``metrics.json`` (test loss, accuracy, per-class precision / recall / F1 from
-    ``sklearn.metrics.classification_report``, confusion matrix) and
-    ``config.json`` (the effective configuration).
+    The loop is ``config.loop``: ``"fit"`` (`model.fit`), ``"step"``
+    (`KpipeModel`: a `train_step` written out, under `fit`) or ``"tape"``
+    (`TapeLoop`: an explicit `tf.GradientTape` loop). All three read the same
+    generators (with sample weights when configured), use the same loss and
+    callbacks and write the same run folder:
+
+    * ``model.keras``: the best model by ``config.monitor`` (the last one
+      without validation data), a plain functional model;
+    * ``checkpoint/``: ``best.weights.h5``, ``last.weights.h5`` (with the
+      optimizer state) and ``state.json``, for ``resume``;
+    * ``history.json`` (per-epoch values), ``log.csv`` (`keras.callbacks.CSVLogger`),
+      ``tensorboard/``, ``steps.csv`` (with ``log_every``);
+    * ``metrics.json``: test loss, accuracy, per-class precision / recall / F1
+      (``sklearn.metrics.classification_report``), confusion matrix;
+    * ``config.json``: every option (usable as ``--config``) and the resolved values;
+    * ``curves.png`` (loss and metrics per epoch, train vs validation) and
+      ``confusion_matrix.png``.
 
     Args:
         manifest: A `Manifest` or the path of ``manifest.json``.
         config: A `TrainConfig`; defaults to ``TrainConfig()``.
-        out: Run folder; defaults to ``<manifest folder>/runs/<UTC time>``.
+        out: Run folder; defaults to ``config.out``, then
+            ``<manifest folder>/runs/<UTC time>``.
         model: A `keras.Model` or factory, overriding ``config.model``.
-        loss: A loss callable, overriding ``config.loss``.
-        callbacks: Extra Keras callbacks for `model.fit`.
+        loss: A loss (name, callable, `keras.losses.Loss`), overriding ``config.loss``.
+        callbacks: Extra Keras callbacks, called after kpipe's (all loops).
+        resume: A run folder to continue from its last checkpoint (weights,
+            optimizer state, epoch, sampler position, best value, early-stopping
+            counter); defaults to ``config.resume``. Pass the run's own
+            configuration (`TrainConfig.from_options` with ``resume`` reads it).
+        strategy: A `tf.distribute.Strategy`, overriding ``config.distribute``.
 
     Returns:
         A `TrainResult`.
 
     Raises:
         ManifestError: If the manifest cannot be read.
-        LoadError: If the model factory or the loss cannot be loaded.
-        KpipeError: On an invalid configuration.
+        LoadError: If the model factory, the loss or the step model cannot be loaded.
+        LossCheckError: If the loss does not fit the labels or the model (checked on one batch).
+        TrainingInterrupted: On Ctrl-C; the message says how to resume.
+        KpipeError: On an invalid configuration, or nothing left to resume.
 
     Example:
-        >>> result = train("prepared/manifest.json", TrainConfig(epochs=5))
+        >>> result = train("prepared/manifest.json", TrainConfig(epochs=5, loop="tape"))
         >>> print(result.summary())
     """
+    from kpipe.training.artifacts import plot_confusion_matrix, plot_history
+    from kpipe.training.callbacks import (
+        BEST_WEIGHTS,
+        CHECKPOINT_DIR,
+        BestCheckpoint,
+        ResumableEarlyStopping,
+        RunCheckpoint,
+        StepLossLogger,
+        load_checkpoint_state,
+        restore_checkpoint,
+    )
+    from kpipe.training.distribute import dtype_policy, get_strategy, output_dtype_warning
+    from kpipe.training.losses import check_loss, loss_name, model_outputs
+    from kpipe.training.step import load_step_model_class, wrap_model
+    from kpipe.training.tape import TapeLoop
+
     started = time.perf_counter()
     config = config or TrainConfig()
     manifest = load_manifest(manifest)
+    resume = resume if resume is not None else config.resume
+    state: dict[str, Any] | None = None
+    if resume is not None:
+        run_dir = Path(resume)
+        out = out if out is not None else config.out
+        if out is not None and Path(out).resolve() != run_dir.resolve():
+            raise KpipeError(f"--resume continues the run in its own folder; drop --out. "
+                             f"Received: resume={str(resume)!r}, out={str(out)!r}")
+        state = load_checkpoint_state(run_dir)
+        if state.get("stopped") or state["next_epoch"] >= config.epochs:
+            why = "stopped early" if state.get("stopped") else f"trained {state['next_epoch']} of {config.epochs} epochs"
+            raise KpipeError(
+                f"Nothing to resume: the run {run_dir} {why}. Pass a larger --epochs to train further. "
+                f"Received: epochs={config.epochs}"
+            )
+    else:
+        target = out if out is not None else config.out
+        run_dir = Path(target) if target is not None else default_run_dir(manifest)
+    initial_epoch = int(state["next_epoch"]) if state else 0
     keras.utils.set_random_seed(config.seed)
 
-    resolved_loss = loss if loss is not None else resolve_loss(config.loss)
-    label_mode = config.label_mode or label_mode_for_loss(resolved_loss)
-    rescale = config.rescale
-    uint8 = manifest.sample_dtype == "uint8"
-    if rescale is None and uint8:
-        rescale = 1.0 / 255.0
-    train_data, val_data, test_data = make_generators(manifest, config, label_mode=label_mode, rescale=rescale)
+    with dtype_policy(config.mixed_precision) as policy:
+        strategy = get_strategy(strategy if strategy is not None else config.distribute)
+        loss_spec = loss if loss is not None else config.loss
+        label_mode = config.label_mode or label_mode_for_loss(loss_spec)
+        rescale = config.rescale
+        uint8 = manifest.sample_dtype == "uint8"
+        if rescale is None and uint8:
+            rescale = 1.0 / 255.0
+        train_data, val_data, test_data = make_generators(manifest, config, label_mode=label_mode, rescale=rescale)
 
-    if isinstance(model, keras.Model):
-        net = model
-    else:
-        normalizer = _normalizer(train_data) if (config.rescale is None and not uint8) else None
-        spec = model if model is not None else config.model
-        extra = {"normalizer": normalizer} if spec in (None, "default") else {}
-        net = build_model(spec, manifest.sample_shape, manifest.num_classes, **extra)
-    # "accuracy" resolves to the sparse / categorical / binary variant from the shapes.
-    net.compile(optimizer=_make_optimizer(config.optimizer, config.learning_rate),
-                loss=resolved_loss, metrics=["accuracy"])
+        with strategy.scope():
+            if isinstance(model, keras.Model):
+                net = model
+            else:
+                spec = model if model is not None else config.model
+                extra: dict[str, Any] = {}
+                if spec in (None, "default"):
+                    extra["normalizer"] = _normalizer(train_data) if (config.rescale is None and not uint8) else None
+                    extra["binary"] = label_mode == "binary"
+                net = build_model(spec, manifest.sample_shape, manifest.num_classes, **extra)
+            if policy == "mixed_float16" and (message := output_dtype_warning(net)):
+                warnings.warn(message, stacklevel=2)
+            resolved_loss = build_loss(loss_spec, config.loss_args, outputs=model_outputs(net))
+            tape_loop = None
+            if config.loop == "step":
+                cls = load_step_model_class(config.step_model)
+                kwargs: dict[str, Any] = {}
+                if issubclass(cls, KpipeModel):
+                    if config.clip_norm is not None:
+                        kwargs["clip_norm"] = config.clip_norm
+                    if config.accumulation_steps > 1:
+                        kwargs["accumulation_steps"] = config.accumulation_steps
+                net = wrap_model(net, cls, **kwargs)
+                optimizer = _make_optimizer(config.optimizer, config.learning_rate)
+                net.compile(optimizer=optimizer, loss=resolved_loss, metrics=["accuracy"])
+                net.optimizer.build(net.trainable_variables)  # its variables exist before train_step is traced
+            elif config.loop == "tape":
+                optimizer = _make_optimizer(config.optimizer, config.learning_rate,
+                                            gradient_accumulation_steps=config.accumulation_steps)
+                tape_loop = TapeLoop(net, resolved_loss, optimizer, label_mode=label_mode, clip_norm=config.clip_norm,
+                                     mixed_precision=policy == "mixed_float16")
+                # compiled too (same optimizer object): evaluation, predict and checkpoints work as for fit
+                net.compile(optimizer=tape_loop.optimizer, loss=resolved_loss, metrics=["accuracy"],
+                            auto_scale_loss=False)
+            else:
+                optimizer = _make_optimizer(config.optimizer, config.learning_rate, global_clipnorm=config.clip_norm,
+                                            gradient_accumulation_steps=config.accumulation_steps)
+                net.compile(optimizer=optimizer, loss=resolved_loss, metrics=["accuracy"])
 
-    run_dir = Path(out) if out is not None else default_run_dir(manifest)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    effective = dataclasses.asdict(config) | {
-        "label_mode": label_mode, "rescale": rescale, "manifest": str(manifest.path),
-        "loss": config.loss if loss is None else getattr(loss, "__name__", repr(loss)),
-    }
-    atomic_write_json(run_dir / "config.json", effective)
+        check_loss(resolved_loss, net, train_data[0], label_mode=label_mode)
 
-    history = net.fit(
-        train_data,
-        validation_data=val_data,
-        epochs=config.epochs,
-        shuffle=False,  # the generator shuffles samples; Keras' shuffle would only reorder batches
-        callbacks=list(callbacks or []),
-        verbose=config.verbose,
-    )
-    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-    atomic_write_json(run_dir / "history.json", hist)
-    _save_model(net, run_dir / "model.keras")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if state is None:  # a new run in an old folder: drop what a resume or the step log would pick up
+            shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
+            (run_dir / "steps.csv").unlink(missing_ok=True)
+        monitor = config.monitor
+        if val_data is None and monitor.startswith("val_"):
+            warnings.warn(f"There is no validation partition: monitoring {monitor[4:]!r} instead of {monitor!r}.",
+                          stacklevel=2)
+            monitor = monitor[4:]
+        mode = monitor_mode(monitor)
+        label = loss_name(loss_spec) if not isinstance(loss_spec, str) else loss_spec
+        resolved = {"label_mode": label_mode, "rescale": rescale, "monitor": monitor, "monitor_mode": mode,
+                    "loss": loss_name(resolved_loss), "dtype_policy": policy,
+                    "strategy": type(strategy).__name__, "replicas": int(strategy.num_replicas_in_sync)}
+        atomic_write_json(run_dir / "config.json",
+                          _effective_config(config, manifest=manifest, loss_label=label, resolved=resolved))
 
-    metrics: dict[str, Any] = {"partition": "test"}
-    if test_data is not None:
-        metrics |= evaluate_on(net, test_data, manifest.classes)
-    elif val_data is not None:
-        metrics = {"partition": "validation"} | evaluate_on(net, val_data, manifest.classes)
-    else:
-        train_eval = DataGenerator(manifest, "train", shuffle=False, batch_size=config.batch_size,
-                                   label_mode=label_mode, rescale=rescale)
-        metrics = {"partition": "train"} | evaluate_on(net, train_eval, manifest.classes)
+        if state is not None:
+            restore_checkpoint(net, run_dir, state)
+            _set_generator_position(train_data, state.get("sampler"), initial_epoch)
+            _trim_logs(run_dir, epochs=initial_epoch, steps=initial_epoch * len(train_data))
+
+        best = BestCheckpoint(run_dir / CHECKPOINT_DIR / BEST_WEIGHTS, monitor=monitor, mode=mode,
+                              best=state.get("best") if state else None)
+        (run_dir / CHECKPOINT_DIR).mkdir(exist_ok=True)
+        run_callbacks: list[keras.callbacks.Callback] = []
+        try:
+            from kpipe.generator import EpochSync  # issue 4: keeps the sampler on fit's epoch (resume)
+
+            run_callbacks.append(EpochSync(train_data))
+        except ImportError:  # pragma: no cover
+            pass
+        run_callbacks.append(best)
+        early = None
+        if config.patience:
+            early = ResumableEarlyStopping(monitor=monitor, mode=mode, patience=config.patience,
+                                           state=state.get("early_stopping") if state else None)
+            run_callbacks.append(early)
+        run_callbacks.append(keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=state is not None))
+        if _use_tensorboard(config.tensorboard):
+            run_callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), write_graph=False))
+        verbose = config.verbose
+        if config.log_every:
+            run_callbacks.append(StepLossLogger(run_dir / "steps.csv", config.log_every,
+                                                initial_step=initial_epoch * len(train_data), echo=verbose == 2))
+        checkpoint = RunCheckpoint(run_dir, history=state.get("history") if state else None, best=best,
+                                   early_stopping=early, generator=train_data)
+        run_callbacks.append(checkpoint)
+        run_callbacks.extend(callbacks or [])
+
+        try:
+            if tape_loop is not None:
+                tape_loop.fit(train_data, epochs=config.epochs, initial_epoch=initial_epoch, validation_data=val_data,
+                              callbacks=run_callbacks, verbose=verbose, log_every=config.log_every)
+            else:
+                net.fit(
+                    train_data,
+                    validation_data=val_data,
+                    epochs=config.epochs,
+                    initial_epoch=initial_epoch,
+                    shuffle=False,  # the generator shuffles samples; Keras' shuffle would only reorder batches
+                    callbacks=run_callbacks,
+                    verbose=verbose,
+                )
+        except KeyboardInterrupt:
+            done = load_checkpoint_state(run_dir)["next_epoch"] if (run_dir / CHECKPOINT_DIR / "state.json").is_file() \
+                else 0
+            hint = (f"Resume with: kpipe train {manifest.path} --resume {run_dir}" if done
+                    else "No epoch finished, so there is no checkpoint: start the run again.")
+            raise TrainingInterrupted(f"Training interrupted after {done} complete epoch(s). {hint}") from None
+
+        hist = checkpoint.history
+        atomic_write_json(run_dir / "history.json", hist)
+        best_path = run_dir / CHECKPOINT_DIR / BEST_WEIGHTS
+        if best_path.is_file():
+            net.load_weights(best_path)
+        export = _plain_model(net)
+        if export is not net:
+            export.compile(optimizer=_make_optimizer(config.optimizer, config.learning_rate), loss=resolved_loss,
+                           metrics=["accuracy"])
+            export.optimizer.build(export.trainable_variables)  # so that load_model finds the variables it expects
+        _save_model(export, run_dir / "model.keras")
+
+        metrics: dict[str, Any] = {"partition": "test"}
+        if test_data is not None:
+            metrics |= evaluate_on(export, test_data, manifest.classes)
+        elif val_data is not None:
+            metrics = {"partition": "validation"} | evaluate_on(export, val_data, manifest.classes)
+        else:
+            train_eval = DataGenerator(manifest, "train", shuffle=False, batch_size=config.batch_size,
+                                       label_mode=label_mode, rescale=rescale)
+            metrics = {"partition": "train"} | evaluate_on(export, train_eval, manifest.classes)
     seconds = time.perf_counter() - started
+    monitored = hist.get(monitor) or []
+    metrics |= {"loop": config.loop, "epochs_trained": len(hist.get("loss", [])), "monitor": monitor}
+    if monitored:
+        pick = int(np.argmin(monitored) if mode == "min" else np.argmax(monitored))
+        metrics |= {"best_epoch": pick + 1, "best_" + monitor: float(monitored[pick])}
     metrics["train_seconds"] = round(seconds, 2)
     atomic_write_json(run_dir / "metrics.json", metrics)
-    return TrainResult(run_dir=run_dir.resolve(), model=net, history=hist, metrics=metrics, seconds=seconds)
+    plot_history(hist, run_dir / "curves.png")
+    plot_confusion_matrix(metrics["confusion_matrix"], manifest.classes, run_dir / "confusion_matrix.png",
+                          title=f"Confusion matrix ({metrics['partition']})")
+    return TrainResult(run_dir=run_dir.resolve(), model=export, history=hist, metrics=metrics, seconds=seconds,
+                       loop=config.loop)
 
 
 def load_history(run_dir: str | os.PathLike) -> dict[str, list[float]]:

@@ -1,0 +1,339 @@
+"""The ``step`` loop: a `keras.Model` subclass whose `train_step` / `test_step` kpipe writes, the Keras 3 way.
+
+`KpipeModel` is a functional model (built from the layers of any model) whose
+`train_step` is spelled out, so that users can change one piece of it in a
+subclass and still get everything `fit` gives (callbacks, progress bar,
+distribution, validation):
+
+================================  ===============================================================
+extension point                   default
+================================  ===============================================================
+``clip_norm`` (attribute)         `None`: no clipping; a float clips gradients by global norm
+``accumulation_steps``            1: apply every batch; ``k`` sums ``k`` batches' gradients
+                                  (averaged) and applies once every ``k`` batches
+``extra_loss(x, y, y_pred, sw)``  `None`: nothing added; return a scalar to add to the loss
+``transform_gradients(grads)``    clip by global norm when ``clip_norm`` is set
+``apply_update(grads)``           ``optimizer.apply`` (with accumulation when ``k > 1``)
+================================  ===============================================================
+
+Example:
+    A subclass in ``my_steps.py``, used with
+    ``kpipe train prepared/manifest.json --loop step --step-model my_steps.py:Smooth``::
+
+        import keras
+        from kpipe.training import KpipeModel
+
+        class Smooth(KpipeModel):
+            clip_norm = 1.0                  # clip gradients by global norm
+
+            def extra_loss(self, x, y, y_pred, sample_weight):
+                # penalize over-confident predictions (entropy bonus)
+                return -0.01 * keras.ops.mean(keras.ops.sum(-y_pred * keras.ops.log(y_pred + 1e-7), axis=-1))
+
+Reference: "Customizing what happens in fit() with TensorFlow" (keras.io/guides),
+and `keras.src.backend.tensorflow.trainer.TensorFlowTrainer.train_step`,
+which this follows line by line before adding the extension points.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from kpipe.errors import KpipeError
+from kpipe.training.loading import load_object
+
+
+def global_norm(tensors: list[Any]) -> Any:
+    """``sqrt(sum of squares)`` over a list of tensors (`None` entries skipped), float32 scalar."""
+    squares = [keras.ops.sum(keras.ops.square(keras.ops.cast(t, "float32"))) for t in tensors if t is not None]
+    return keras.ops.sqrt(keras.ops.sum(keras.ops.stack(squares))) if squares else keras.ops.zeros(())
+
+
+def clip_by_global_norm(grads: list[Any], clip_norm: float) -> tuple[list[Any], Any]:
+    """Scale ``grads`` by ``min(1, clip_norm / global_norm)``, as `tf.clip_by_global_norm`.
+
+    Args:
+        grads: Gradients, one per variable (`None` allowed).
+        clip_norm: Largest global norm kept (> 0).
+
+    Returns:
+        ``(clipped gradients, global norm before clipping)``.
+    """
+    norm = global_norm(grads)
+    scale = keras.ops.minimum(1.0, clip_norm / keras.ops.maximum(norm, 1e-12))
+    clipped = [None if g is None else g * keras.ops.cast(scale, g.dtype) for g in grads]
+    return clipped, norm
+
+
+class _Accumulators:
+    """Gradient sums of `KpipeModel` (a plain holder: Keras must not track these as model weights)."""
+
+    def __init__(self, variables: list[Any]) -> None:
+        self.sums = [
+            keras.Variable(keras.ops.zeros(v.shape, dtype=v.dtype), trainable=False, aggregation="mean",
+                           name=f"accumulated_{v.name}")
+            for v in variables
+        ]
+        self.count = keras.Variable(0, dtype="int64", trainable=False, aggregation="only_first_replica",
+                                    name="accumulated_batches")
+
+
+@keras.saving.register_keras_serializable(package="kpipe")
+class KpipeModel(keras.Model):
+    """A functional `keras.Model` with a kpipe `train_step` / `test_step` and extension points.
+
+    Build it from any model with `KpipeModel.wrap(model)`, or directly as a
+    functional model: ``KpipeModel(inputs=..., outputs=...)``. Subclass it
+    and override `extra_loss`, `transform_gradients` or `apply_update`, or
+    set the class attributes ``clip_norm`` and ``accumulation_steps``.
+
+    Args:
+        *args: As `keras.Model` (functional: ``inputs``, ``outputs``, ``name``).
+        clip_norm: Clip gradients to this global norm (float > 0). Defaults to
+            the class attribute (`None`: no clipping).
+        accumulation_steps: Apply the averaged gradients of this many batches
+            at once (int >= 1). Defaults to the class attribute (1).
+        **kwargs: As `keras.Model`.
+
+    Attributes:
+        gradient_norm: A `keras.metrics.Mean` of the global gradient norm
+            before clipping, reported as ``gradient_norm`` in the logs when
+            ``clip_norm`` is set.
+
+    Example:
+        >>> model = KpipeModel.wrap(default_model((8, 8, 1), 10), clip_norm=1.0)
+        >>> model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        >>> model.fit(train, validation_data=val, epochs=5, shuffle=False)
+    """
+
+    clip_norm: float | None = None
+    accumulation_steps: int = 1
+
+    def __init__(self, *args: Any, clip_norm: float | None = None, accumulation_steps: int | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if clip_norm is not None:
+            self.clip_norm = clip_norm
+        if accumulation_steps is not None:
+            self.accumulation_steps = accumulation_steps
+        if self.clip_norm is not None and not (isinstance(self.clip_norm, (int, float)) and self.clip_norm > 0):
+            raise KpipeError(f"`clip_norm` must be a positive number or None. Received: clip_norm={self.clip_norm!r}")
+        if not (isinstance(self.accumulation_steps, int) and self.accumulation_steps >= 1):
+            raise KpipeError(
+                f"`accumulation_steps` must be an integer >= 1. Received: accumulation_steps={self.accumulation_steps!r}"
+            )
+        self.gradient_norm = keras.metrics.Mean(name="gradient_norm") if self.clip_norm else None
+        self._accumulators: _Accumulators | None = None
+
+    # ------------------------------------------------------------ building
+    @classmethod
+    def wrap(cls, model: keras.Model, **kwargs: Any) -> KpipeModel:
+        """A ``cls`` sharing the layers and weights of ``model`` (see `wrap_model`)."""
+        return wrap_model(model, cls, **kwargs)
+
+    def compile(self, *args: Any, **kwargs: Any) -> None:  # noqa: D102 - as keras.Model.compile
+        super().compile(*args, **kwargs)
+        if self.accumulation_steps > 1 and self._accumulators is None:
+            # Created here (eagerly, under the strategy scope of compile), not in the traced train_step.
+            object.__setattr__(self, "_accumulators", _Accumulators(self.trainable_variables))
+
+    # ------------------------------------------------------ extension points
+    def extra_loss(self, x: Any, y: Any, y_pred: Any, sample_weight: Any) -> Any:
+        """An extra term added to the compiled loss (train and validation). Default: none.
+
+        Args:
+            x: The batch inputs, e.g. float32 ``(batch, H, W, C)``.
+            y: The labels as the generator makes them.
+            y_pred: The model outputs, e.g. float32 ``(batch, num_classes)``.
+            sample_weight: float32 ``(batch,)`` or `None`.
+
+        Returns:
+            A scalar tensor, or `None` for nothing.
+        """
+        return None
+
+    def transform_gradients(self, grads: list[Any]) -> list[Any]:
+        """Change the gradients before they are applied. Default: clip by global norm if ``clip_norm``.
+
+        With mixed precision, ``grads`` are scaled by the loss scale; clipping
+        unscales first, so ``clip_norm`` is in the units of the true gradients.
+
+        Args:
+            grads: One gradient per trainable variable (same order as
+                ``self.trainable_variables``), possibly `None`.
+
+        Returns:
+            The gradients to apply, same structure.
+        """
+        if not self.clip_norm:
+            return grads
+        scale = self._loss_scale()
+        unscaled = grads if scale is None else [None if g is None else g / keras.ops.cast(scale, g.dtype)
+                                                for g in grads]
+        clipped, norm = clip_by_global_norm(unscaled, float(self.clip_norm))
+        if self.gradient_norm is not None:
+            self.gradient_norm.update_state(norm)
+        if scale is None:
+            return clipped
+        return [None if g is None else g * keras.ops.cast(scale, g.dtype) for g in clipped]
+
+    def apply_update(self, grads: list[Any]) -> None:
+        """Apply ``grads`` with the optimizer; with ``accumulation_steps = k > 1``, once every ``k`` calls.
+
+        Accumulation averages the gradients of ``k`` consecutive batches and
+        applies them in one optimizer step, so the optimizer's ``iterations``
+        counts applied updates (as Keras' ``gradient_accumulation_steps``).
+        """
+        variables = self.trainable_variables
+        if self.accumulation_steps <= 1:
+            self.optimizer.apply(grads, variables)
+            return
+        acc = self._accumulators
+        if acc is None:
+            raise KpipeError("`accumulation_steps > 1` needs `compile()` on this model before training.")
+        k = self.accumulation_steps
+        for total, g in zip(acc.sums, grads):
+            if g is not None:
+                total.assign_add(g / keras.ops.cast(k, g.dtype))
+        acc.count.assign_add(1)
+
+        def _apply() -> None:
+            self.optimizer.apply([total.value for total in acc.sums], variables)
+            for total in acc.sums:
+                total.assign(keras.ops.zeros_like(total))
+
+        keras.ops.cond(keras.ops.equal(acc.count % k, 0), _apply, lambda: None)
+
+    # ------------------------------------------------------------ the steps
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The compiled loss (plus regularization losses), plus `extra_loss`."""
+        loss = super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+        extra = self.extra_loss(x, y, y_pred, sample_weight)
+        if extra is not None:
+            loss = loss + keras.ops.cast(extra, loss.dtype)
+        return loss
+
+    def train_step(self, data: Any) -> dict[str, Any]:
+        """One training step on a batch ``(x, y)`` or ``(x, y, sample_weight)``.
+
+        Returns:
+            ``{metric name: value}`` for every metric in ``self.metrics``
+            (``loss``, the compiled metrics, ``gradient_norm`` when clipping).
+        """
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+            self._update_loss_metric(loss, x)
+            scaled_loss = self.optimizer.scale_loss(loss)  # identity unless a LossScaleOptimizer
+        grads = tape.gradient(scaled_loss, self.trainable_variables)
+        grads = self.transform_gradients(grads)
+        self.apply_update(grads)
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def test_step(self, data: Any) -> dict[str, Any]:
+        """One evaluation step: forward pass with ``training=False``, loss and metrics updated."""
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y_pred = self(x, training=False)
+        loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False)
+        self._update_loss_metric(loss, x)
+        results = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        if self.gradient_norm is not None:  # a training-only metric: no val_gradient_norm
+            results.pop(self.gradient_norm.name, None)
+        return results
+
+    # ------------------------------------------------------------- helpers
+    def _update_loss_metric(self, loss: Any, x: Any) -> None:
+        """Update the ``loss`` metric as Keras does: mean over batches weighted by batch size.
+
+        Under a strategy with N replicas a Keras loss is divided by N per
+        replica; the metric undoes that so that it shows the true loss.
+        """
+        replicas = self.distribute_strategy.num_replicas_in_sync
+        first = keras.tree.flatten(x)[0]
+        for metric in self.metrics:
+            if metric.name == "loss":
+                metric.update_state(loss * replicas, sample_weight=keras.ops.shape(first)[0])
+                break
+
+    def _loss_scale(self) -> Any:
+        optimizer = self.optimizer
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            # as LossScaleOptimizer.scale_loss: the variable exists once the optimizer is built
+            return optimizer.dynamic_scale if optimizer.built else optimizer.initial_scale
+        return None
+
+
+def wrap_model(model: keras.Model, cls: type[keras.Model] | None = None, **kwargs: Any) -> keras.Model:
+    """Rebuild ``model`` as a functional ``cls`` (default `KpipeModel`) sharing its layers and weights.
+
+    A functional model is rebuilt from its own inputs and outputs (same
+    layers, same names); any other built model (subclassed, Sequential) is
+    called on new `keras.Input` tensors.
+
+    Args:
+        model: The model to wrap (built).
+        cls: A `keras.Model` subclass whose constructor accepts the functional
+            arguments ``inputs``, ``outputs``, ``name``. Defaults to `KpipeModel`.
+        **kwargs: More constructor arguments (``clip_norm``, ``accumulation_steps``...).
+
+    Returns:
+        The ``cls`` instance; ``kpipe_outputs`` is copied over.
+
+    Raises:
+        KpipeError: If ``model`` is not built or ``cls`` cannot be built functionally.
+    """
+    cls = cls or KpipeModel
+    if type(model) is cls and not kwargs:
+        return model
+    try:
+        inputs, outputs = model.inputs, model.outputs
+    except (AttributeError, ValueError):
+        inputs = outputs = None
+    if not inputs or not outputs:
+        try:
+            inputs = keras.Input(shape=tuple(model.input_shape[1:]))
+        except (AttributeError, ValueError):
+            raise KpipeError(f"Cannot wrap the model {model.name!r}: build it (call it once) first.") from None
+        outputs = model(inputs)
+    if isinstance(inputs, (list, tuple)) and len(inputs) == 1:
+        inputs = inputs[0]  # a single tensor, not a list of one: Keras checks the structure of calls
+    if isinstance(outputs, (list, tuple)) and len(outputs) == 1:
+        outputs = outputs[0]
+    try:
+        wrapped = cls(inputs=inputs, outputs=outputs, name=model.name, **kwargs)
+    except TypeError as e:
+        raise KpipeError(
+            f"The step model class {cls.__name__} must accept the functional arguments "
+            f"`inputs`, `outputs`, `name` (and pass **kwargs to keras.Model): {e}"
+        ) from None
+    if hasattr(model, "kpipe_outputs"):
+        wrapped.kpipe_outputs = model.kpipe_outputs
+    return wrapped
+
+
+def load_step_model_class(spec: str | type | None) -> type[keras.Model]:
+    """The model class named by ``spec`` (``module:Class`` / ``path.py:Class``), or `KpipeModel`.
+
+    Args:
+        spec: `None` / ``"default"`` for `KpipeModel`; a class, or its
+            ``module:Class`` / ``path.py:Class`` name. Subclass `KpipeModel` to
+            reuse its extension points; any `keras.Model` subclass with its own
+            `train_step` that accepts the functional constructor also works.
+
+    Raises:
+        LoadError: If it cannot be imported.
+        KpipeError: If it is not a `keras.Model` subclass.
+    """
+    if spec in (None, "", "default"):
+        return KpipeModel
+    cls = load_object(spec, what="step model class") if isinstance(spec, str) else spec
+    if not (isinstance(cls, type) and issubclass(cls, keras.Model)):
+        raise KpipeError(
+            f"The step model must be a subclass of kpipe.training.KpipeModel (or keras.Model). "
+            f"Received: step_model={spec!r} ({type(cls).__name__})"
+        )
+    return cls
