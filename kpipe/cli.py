@@ -97,13 +97,24 @@ def main() -> None:
               help="Image channels (default: from the first image).")
 @click.option("--label-column", default="label", show_default=True, help="CSV column of the class.")
 @click.option("--id-column", default=None, help="CSV column of sample IDs (default: row numbers).")
+@click.option("--format", "format", type=click.Choice(["npy", "hdf5"]), default="npy", show_default=True,
+              help="Storage: one .npy file per sample, or HDF5 shards.")
+@click.option("--shard-size", type=click.IntRange(min=1), default=None,
+              help="Samples per HDF5 shard (default: about 1 GiB of data per shard).")
+@click.option("--compression", type=click.Choice(["none", "gzip", "lzf"]), default="none", show_default=True,
+              help="HDF5 compression; none is the fastest to read (memory-mapped).")
+@click.option("--weight-column", default=None,
+              help="CSV column of per-sample weights (stored in the manifest, not a feature).")
+@click.option("--weights", "weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="File of per-sample weights: CSV rows ID,weight (or a JSON object), stored in the manifest.")
 @click.option("--n-jobs", default=-1, show_default=True, type=int, help="Parallel workers, as joblib (-1: all cores).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @_handle_errors
 def prepare(raw: Path, out: Path, **options) -> None:
     """Convert RAW (class folders of images or .npy files, or a .csv) into a prepared dataset.
 
-    Writes OUT/data/<ID>.npy, one file per sample, and OUT/manifest.json.
+    Writes OUT/data/<ID>.npy, one file per sample (or OUT/shards/shard-00000.h5, ... with
+    --format hdf5), and OUT/manifest.json.
     """
     from kpipe.prepare import prepare as run_prepare
 
@@ -119,6 +130,33 @@ def prepare(raw: Path, out: Path, **options) -> None:
             state["bar"].update(n)
 
         result = run_prepare(raw, out, **options, progress=progress, on_start=on_start)
+    click.echo(result.summary())
+
+
+# ----------------------------------------------------------------- convert
+@main.command()
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--to", "to", type=click.Choice(["npy", "hdf5"]), required=True, help="Target storage format.")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--shard-size", type=click.IntRange(min=1), default=None,
+              help="Samples per HDF5 shard (default: about 1 GiB of data per shard).")
+@click.option("--compression", type=click.Choice(["none", "gzip", "lzf"]), default="none", show_default=True,
+              help="HDF5 compression.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@_handle_errors
+def convert(manifest: Path, out: Path, **options) -> None:
+    """Write the prepared dataset MANIFEST in another storage format (same IDs, labels, partition)."""
+    from kpipe.convert import convert as run_convert
+
+    with contextlib.ExitStack() as stack:
+        state: dict = {}
+
+        def on_start(total: int) -> None:
+            state["bar"] = stack.enter_context(
+                click.progressbar(length=total, label="Converting", file=sys.stderr, show_pos=True)
+            )
+
+        result = run_convert(manifest, out, **options, progress=lambda n: state["bar"].update(n), on_start=on_start)
     click.echo(result.summary())
 
 
@@ -147,11 +185,53 @@ def prepare(raw: Path, out: Path, **options) -> None:
               help="Batches kept ready ahead.")
 @click.option("--verbose", type=click.IntRange(0, 2), default=None,
               help="Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch (default: 1 on a terminal).")
+@click.option("--sampling", type=click.Choice(["shuffle", "balanced", "bootstrap", "sequential"]), default=None,
+              help="How the train partition is sampled each epoch (default: shuffle).")
+@click.option("--balance", type=click.Choice(["undersample", "oversample", "none", "stratified", "balanced"]),
+              default=None, help="balanced: undersample (default) | oversample; bootstrap: none | stratified | balanced.")
+@click.option("--samples-per-epoch", type=click.IntRange(min=1), default=None,
+              help="Samples per epoch for --sampling balanced/bootstrap (default: from --balance).")
+@click.option("--target-distribution", default=None, metavar="JSON",
+              help='Class shares for --sampling balanced, e.g. \'{"cat": 0.5, "dog": 0.5}\' (default: uniform).')
+@click.option("--class-weight", default=None, metavar="balanced|JSON",
+              help='balanced (n_samples / (n_classes * count)) or JSON class -> weight, e.g. \'{"7": 2.0}\'.')
+@click.option("--condition-weights", default=None, metavar="JSON",
+              help='JSON class -> factor multiplying the weight of that class\'s samples.')
+@click.option("--sample-weights", "use_sample_weights", is_flag=True,
+              help="Multiply by the per-sample weights stored by `kpipe prepare --weight-column/--weights`.")
+# --- training loops, losses, run folder (issue 5)
+@click.option("--loop", type=click.Choice(["fit", "step", "tape"]), default=None,
+              help="fit: model.fit; step: a Model subclass with its own train_step; "
+                   "tape: an explicit tf.GradientTape loop (default: fit).")
+@click.option("--loss-args", default=None, metavar="JSON",
+              help='Arguments of a Keras loss class, e.g. \'{"gamma": 3.0}\' with --loss categorical_focal_crossentropy.')
+@click.option("--step-model", default=None, metavar="MODULE:CLASS",
+              help="With --loop step: a kpipe.training.KpipeModel subclass, module:Class or path.py:Class.")
+@click.option("--clip-norm", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Clip gradients by global norm.")
+@click.option("--accumulation-steps", type=click.IntRange(min=1), default=None,
+              help="Average the gradients of this many batches per update (default: 1).")
+@click.option("--log-every", type=click.IntRange(min=0), default=None,
+              help="Write the training loss to RUN/steps.csv every N steps (default: 0, never).")
+@click.option("--monitor", default=None, help="Value that picks the best model and drives --patience (default: val_loss).")
+@click.option("--patience", type=click.IntRange(min=0), default=None,
+              help="Stop after N epochs without improvement of --monitor (default: never).")
+@click.option("--tensorboard/--no-tensorboard", default=None,
+              help="TensorBoard logs in RUN/tensorboard (default: when tensorboard is installed).")
+@click.option("--mixed-precision/--no-mixed-precision", default=None,
+              help="Train with the mixed_float16 policy and loss scaling (GPU).")
+@click.option("--distribute", type=click.Choice(["auto", "none", "mirrored"]), default=None,
+              help="Distribution strategy (default: auto, MirroredStrategy when several GPUs are visible).")
+@click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Continue the run in this folder from its last checkpoint (its config.json is the base).")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="TOML (or JSON) file with one key per option; options given here override it.")
 @_handle_errors
 def train(manifest: Path, out: Path | None, **options) -> None:
     """Train a model on MANIFEST's train partition, validate each epoch, evaluate on test.
 
-    Writes the run folder: model.keras, history.json, metrics.json, config.json.
+    Writes the run folder: model.keras (best by --monitor), history.json, metrics.json,
+    config.json, log.csv, curves.png, confusion_matrix.png, checkpoint/ (for --resume).
     """
     from kpipe.manifest import Manifest
 
@@ -162,8 +242,14 @@ def train(manifest: Path, out: Path | None, **options) -> None:
 
     if options.get("verbose") is None:
         options["verbose"] = 1 if sys.stdout.isatty() else 2
-    config = TrainConfig.from_options(options)
-    result = run_train(loaded, config, out=out)
+    ctx = click.get_current_context()
+    explicit = {name for name in [*options, "out"]
+                if ctx.get_parameter_source(name) in (click.core.ParameterSource.COMMANDLINE,
+                                                      click.core.ParameterSource.ENVIRONMENT)}
+    config_file = options.pop("config_file", None)
+    options["out"] = out
+    config = TrainConfig.from_options(options, explicit=explicit, config_file=config_file)
+    result = run_train(loaded, config)
     click.echo(result.summary())
 
 
