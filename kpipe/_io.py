@@ -11,6 +11,7 @@ import json
 import os
 import uuid
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -60,3 +61,21 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented UTF-8 JSON atomically."""
     text = json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
     atomic_write_bytes(path, text.encode("utf-8"), fsync=True)
+
+
+def atomic_save(path: str | os.PathLike, save: Callable[[Path], Any]) -> None:
+    """Call ``save(tmp_path)``, then move ``tmp_path`` to ``path`` atomically.
+
+    For writers that insist on a file name suffix (Keras: ``.keras``,
+    ``.weights.h5``), the temporary name keeps every suffix of ``path``:
+    ``last.weights.h5`` is written as ``last.<random>.partial.weights.h5``.
+    A killed run leaves the old file (or none), never a half-written one.
+    """
+    path = Path(path)
+    base, dot, rest = path.name.partition(".")
+    tmp = path.with_name(f"{base}.{uuid.uuid4().hex[:12]}{PARTIAL_SUFFIX}{dot}{rest}")
+    try:
+        save(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from kpipe import __version__
-from kpipe.errors import KpipeError
+from kpipe.errors import KpipeError, kpipe_error_in
 
 
 def _handle_errors(fn):
@@ -30,6 +30,12 @@ def _handle_errors(fn):
             return fn(*args, **kwargs)
         except KpipeError as e:
             raise click.ClickException(str(e)) from None
+        except Exception as e:
+            # A kpipe error raised inside TensorFlow (tf.data runs the generator) arrives wrapped.
+            recovered = kpipe_error_in(str(e))
+            if recovered is None:
+                raise
+            raise click.ClickException(str(recovered)) from None
 
     return wrapper
 

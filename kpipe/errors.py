@@ -11,6 +11,19 @@ class KpipeError(Exception):
     """Base class of every error kpipe raises on bad input or bad state."""
 
 
+class ArgumentError(KpipeError, ValueError):
+    """An invalid argument value at the API boundary (the message names the argument)."""
+
+
+class SamplingError(KpipeError, ValueError):
+    """An invalid sampling configuration (mode, balance, distribution, sizes)."""
+
+
+class WeightError(KpipeError, ValueError):
+    """An invalid weight: unknown class key, negative / NaN / infinite value,
+    missing per-sample weights, or weights given twice."""
+
+
 class InputError(KpipeError, ValueError):
     """Raw input that cannot be prepared: missing, empty, or inconsistent."""
 
@@ -40,3 +53,27 @@ class OutputExistsError(KpipeError, FileExistsError):
 
 class LoadError(KpipeError, ImportError):
     """A user object (`module:function` or `path.py:function`) that cannot be loaded."""
+
+
+def kpipe_error_in(message: str) -> KpipeError | None:
+    """The kpipe error quoted in an error message from another layer, if any.
+
+    Keras runs `DataGenerator.__getitem__` inside ``tf.data`` on the
+    TensorFlow backend, which re-raises a kpipe error as an ``UnknownError``
+    whose message quotes the original traceback's last line
+    (``kpipe.errors.SampleNotFoundError: Sample '7' has no file ...``).
+    This recovers that error so that it can be raised as itself.
+
+    Returns:
+        A new instance of the quoted kpipe error class with its message, or
+        `None` if the message quotes none.
+    """
+    import re
+
+    match = re.search(r"kpipe\.[\w.]*?(\w+Error): (.*?)(?:\n\s*\[\[|\n*$)", message, flags=re.S)
+    if match is None:
+        return None
+    cls = globals().get(match.group(1))
+    if not (isinstance(cls, type) and issubclass(cls, KpipeError)):
+        cls = KpipeError
+    return cls(match.group(2).strip())

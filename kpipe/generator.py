@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import sys
 import warnings
@@ -13,7 +14,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from kpipe.errors import KpipeError
+from kpipe.errors import ArgumentError, KpipeError
 from kpipe.manifest import Manifest, load_manifest
 from kpipe.sampling import SAMPLERS, STREAM_AUGMENT, BootstrapSampler, Sampler, SamplingError, epoch_rng, make_sampler
 from kpipe.storage import open_store
@@ -117,7 +118,7 @@ class DataGenerator(keras.utils.PyDataset):
             the partition into RAM once, here (it must fit). Defaults to `None`.
 
     Raises:
-        ValueError: On an invalid argument (the message names it).
+        ArgumentError: On an invalid argument (the message names it; a `ValueError`).
         SamplingError: On an invalid sampling option, or a class to balance
             that has no sample in the partition (named).
         WeightError: On an invalid weight (unknown class key, negative, NaN
@@ -168,24 +169,24 @@ class DataGenerator(keras.utils.PyDataset):
     ) -> None:
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
         if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size <= 0:
-            raise ValueError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
+            raise ArgumentError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
         if label_mode not in LABEL_MODES:
-            raise ValueError(
+            raise ArgumentError(
                 f"`label_mode` must be one of 'int', 'categorical', 'binary' or None. Received: label_mode={label_mode!r}"
             )
         if not isinstance(seed, (int, np.integer)):
-            raise ValueError(f"`seed` must be an integer. Received: seed={seed!r}")
+            raise ArgumentError(f"`seed` must be an integer. Received: seed={seed!r}")
         if rescale is not None and not (isinstance(rescale, (int, float)) and math.isfinite(rescale)):
-            raise ValueError(f"`rescale` must be a finite number or None. Received: rescale={rescale!r}")
+            raise ArgumentError(f"`rescale` must be a finite number or None. Received: rescale={rescale!r}")
         if initial_epoch < 0:
-            raise ValueError(f"`initial_epoch` must be >= 0. Received: initial_epoch={initial_epoch!r}")
+            raise ArgumentError(f"`initial_epoch` must be >= 0. Received: initial_epoch={initial_epoch!r}")
 
         if list_IDs is not None:
             if manifest is not None:
-                raise ValueError("Pass either `manifest` or `list_IDs` (with `labels` and `data_dir`), not both.")
+                raise ArgumentError("Pass either `manifest` or `list_IDs` (with `labels` and `data_dir`), not both.")
             manifest = _manifest_from_ids(list_IDs, labels, data_dir, num_classes, partition)
         elif manifest is None:
-            raise ValueError("`DataGenerator` needs a `manifest`, or `list_IDs` with `labels` and `data_dir`.")
+            raise ArgumentError("`DataGenerator` needs a `manifest`, or `list_IDs` with `labels` and `data_dir`.")
         self.manifest = load_manifest(manifest)
         self.partition = partition
         self.ids = self.manifest.ids(partition)
@@ -196,7 +197,7 @@ class DataGenerator(keras.utils.PyDataset):
             )
         self.num_classes = self.manifest.num_classes
         if label_mode == "binary" and self.num_classes != 2:
-            raise ValueError(
+            raise ArgumentError(
                 f"`label_mode='binary'` needs exactly 2 classes; this dataset has {self.num_classes}. "
                 "Use label_mode='int' or 'categorical'."
             )
@@ -215,12 +216,12 @@ class DataGenerator(keras.utils.PyDataset):
         self.shuffle = self.sampling != "sequential"
         self.balance = _balance_of(self.sampler)
         if transform is not None and not callable(transform):
-            raise ValueError(f"`transform` must be a callable fn(x, y, rng). Received: transform={transform!r}")
+            raise ArgumentError(f"`transform` must be a callable fn(x, y, rng). Received: transform={transform!r}")
         self.transform = transform
         self.sample_weights, self.weight_details = self._make_weights(class_weight, condition_weights,
                                                                       use_sample_weights)
         if self.sample_weights is not None and label_mode is None:
-            raise ValueError("Sample weights need labels: batches would be (x, None, w). "
+            raise ArgumentError("Sample weights need labels: batches would be (x, None, w). "
                              "Use label_mode='int' (or another) with class_weight / condition_weights / "
                              "use_sample_weights.")
         if class_weight == "balanced" and (self.sampling == "balanced" or self.balance == "balanced"):
@@ -233,8 +234,15 @@ class DataGenerator(keras.utils.PyDataset):
         if state is not None:
             self.load_state_dict(state)
         self.store: Store = open_store(self.manifest, cache=cache, ids=self.ids)
+        if cache == "memory" and use_multiprocessing and multiprocessing.get_start_method() != "fork":
+            warnings.warn(
+                f"cache='memory' with use_multiprocessing=True under the {multiprocessing.get_start_method()!r} "
+                "start method: each worker process reloads the partition (Keras starts new workers every "
+                "epoch). Use threads (use_multiprocessing=False), which share the cache, or the 'fork' start method.",
+                stacklevel=2,
+            )
         if self.drop_remainder and self.sampler.epoch_size < self.batch_size:
-            raise ValueError(
+            raise ArgumentError(
                 f"`drop_remainder=True` with batch_size={self.batch_size} leaves no batch: partition "
                 f"{partition!r} has {self.sampler.epoch_size} samples per epoch."
             )
@@ -291,7 +299,7 @@ class DataGenerator(keras.utils.PyDataset):
         out = self.transform(x, y, rng)
         if isinstance(out, tuple):
             if len(out) != 2:
-                raise ValueError(
+                raise ArgumentError(
                     f"`transform` must return x_batch or (x_batch, y_batch). Received: a tuple of {len(out)} items"
                 )
             return out
@@ -301,7 +309,9 @@ class DataGenerator(keras.utils.PyDataset):
         if self.label_mode == "int":
             return y.astype(np.int32)
         if self.label_mode == "categorical":
-            return np.eye(self.num_classes, dtype=np.float32)[y]
+            onehot = np.zeros((len(y), self.num_classes), dtype=np.float32)
+            onehot[np.arange(len(y)), y] = 1.0
+            return onehot
         return y.astype(np.float32)[:, None]  # binary
 
     def on_epoch_end(self) -> None:
@@ -471,15 +481,15 @@ def _called_by_keras_reset(max_depth: int = 8) -> bool:
 def _manifest_from_ids(list_IDs, labels, data_dir, num_classes, partition) -> Manifest:  # noqa: N803
     """An in-memory manifest for the classic ``(list_IDs, labels, data_dir)`` form."""
     if labels is None or data_dir is None:
-        raise ValueError("With `list_IDs`, pass `labels` (ID -> class index) and `data_dir` too.")
+        raise ArgumentError("With `list_IDs`, pass `labels` (ID -> class index) and `data_dir` too.")
     ids = [str(i) for i in list_IDs]
     missing = [i for i in ids if i not in labels]
     if missing:
-        raise ValueError(f"`labels` has no label for {len(missing)} of `list_IDs`, e.g. {missing[0]!r}.")
+        raise ArgumentError(f"`labels` has no label for {len(missing)} of `list_IDs`, e.g. {missing[0]!r}.")
     values = {i: labels[i] for i in ids}
     bad = [i for i, v in values.items() if not isinstance(v, (int, np.integer)) or v < 0]
     if bad:
-        raise ValueError(
+        raise ArgumentError(
             f"`labels` must map IDs to class indices (ints >= 0). Received: labels[{bad[0]!r}]={values[bad[0]]!r}"
         )
     n_classes = int(num_classes) if num_classes is not None else int(max(values.values())) + 1
@@ -488,7 +498,7 @@ def _manifest_from_ids(list_IDs, labels, data_dir, num_classes, partition) -> Ma
     try:
         probe = np.load(first, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as e:
-        raise ValueError(f"Cannot read the first sample {first}: {e}") from e
+        raise ArgumentError(f"Cannot read the first sample {first}: {e}") from e
     return Manifest(
         classes=[str(c) for c in range(n_classes)],
         labels={i: int(v) for i, v in values.items()},

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from kpipe.errors import KpipeError
+from kpipe.errors import KpipeError, SamplingError
 
 # Entropy words that keep the random streams of one (seed, epoch) apart.
 _STREAM_BATCH = 1  # within-batch shuffles of the balanced sampler
@@ -43,8 +43,6 @@ BALANCE_MODES = {
 """Sampling mode -> accepted ``balance`` values; the first is the default."""
 
 
-class SamplingError(KpipeError, ValueError):
-    """An invalid sampling configuration (mode, balance, distribution, sizes)."""
 
 
 def epoch_rng(seed: int, epoch: int, *stream: int) -> np.random.Generator:

@@ -31,13 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from kpipe.errors import InputError, KpipeError
+from kpipe.errors import InputError, WeightError
 from kpipe.sampling import class_index, parse_json_mapping
 
 
-class WeightError(KpipeError, ValueError):
-    """An invalid weight: unknown class key, negative / NaN / infinite value,
-    missing per-sample weights, or weights given twice."""
 
 
 def _weight(value: Any, *, argument: str, key: Any) -> float:

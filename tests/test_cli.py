@@ -84,3 +84,23 @@ def test_prepare_does_not_import_tensorflow(tmp_path: Path):
     make_image_folder(tmp_path / "raw", {"a": 10, "b": 10})
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False False"
+
+
+def test_errors_raised_inside_training_are_plain_messages(tmp_path: Path):
+    """A missing sample file is met inside tf.data (which wraps the error); a bad label mode at set-up."""
+    raw = make_image_folder(tmp_path / "raw", {"a": 10, "b": 10, "c": 10})
+    runner = CliRunner()
+    out = tmp_path / "p"
+    assert runner.invoke(main, ["prepare", str(raw), "--out", str(out), "--n-jobs", "1"]).exit_code == 0
+    result = runner.invoke(main, ["train", str(out / "manifest.json"), "--loss", "binary_crossentropy",
+                                  "--epochs", "1", "--out", str(tmp_path / "r0")])
+    assert result.exit_code == 1 and "needs exactly 2 classes" in result.output, result.output
+    assert "Traceback" not in result.output
+
+    victim = json.loads((out / "manifest.json").read_text())["partition"]["train"][5]
+    (out / "data" / f"{victim}.npy").unlink()
+    result = runner.invoke(main, ["train", str(out / "manifest.json"), "--epochs", "1", "--batch-size", "4",
+                                  "--verbose", "0", "--out", str(tmp_path / "r1")])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"Error: Sample '{victim}' has no file "), result.output
+    assert "Traceback" not in result.output

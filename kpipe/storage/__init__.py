@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from kpipe.errors import InputError, ManifestError
+from kpipe.errors import ArgumentError, InputError, ManifestError
 from kpipe.manifest import Manifest
 from kpipe.storage.base import Store, StoreWriter
 from kpipe.storage.hdf5 import COMPRESSIONS, Hdf5Store, Hdf5Writer, open_hdf5
@@ -105,7 +105,7 @@ def open_store(manifest: Manifest, *, cache: str | None = None, ids: Sequence[st
         ValueError: If ``cache`` is not `None` or ``"memory"``.
     """
     if cache not in CACHE_MODES:
-        raise ValueError(f"`cache` must be None or 'memory'. Received: cache={cache!r}")
+        raise ArgumentError(f"`cache` must be None or 'memory'. Received: cache={cache!r}")
     fmt = manifest.storage.get("format")
     if fmt not in STORE_OPENERS:
         raise ManifestError(

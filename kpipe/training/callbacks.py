@@ -20,14 +20,13 @@ import csv
 import json
 import math
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
-from kpipe._io import atomic_write_json
+from kpipe._io import atomic_save, atomic_write_json
 from kpipe.errors import KpipeError
 
 CHECKPOINT_DIR = "checkpoint"
@@ -38,12 +37,7 @@ STATE_FILE = "state.json"
 
 def _replace_atomically(save, path: Path) -> None:
     """Call ``save(tmp_path)`` then move ``tmp_path`` to ``path`` (a killed run leaves the old file)."""
-    tmp = path.with_name(f"{path.name.split('.')[0]}.{uuid.uuid4().hex[:8]}.partial.{'.'.join(path.name.split('.')[1:])}")
-    try:
-        save(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_save(path, save)
 
 
 def _rng_state(model: keras.Model) -> dict[str, list]:

@@ -17,8 +17,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from kpipe._io import atomic_write_json
-from kpipe.errors import KpipeError
+from kpipe._io import atomic_save, atomic_write_bytes, atomic_write_json
+from kpipe.errors import KpipeError, kpipe_error_in
 from kpipe.generator import DataGenerator
 from kpipe.manifest import Manifest, load_manifest
 from kpipe.training.data import make_generators
@@ -236,12 +236,7 @@ def _normalizer(train: DataGenerator, max_samples: int = 10_000) -> keras.layers
 
 
 def _save_model(model: keras.Model, path: Path) -> None:
-    tmp = path.with_name(f"{path.stem}.{uuid.uuid4().hex[:8]}.partial.keras")
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_save(path, model.save)
 
 
 def evaluate_on(model: keras.Model, data: DataGenerator, classes: list[str]) -> dict[str, Any]:
@@ -321,7 +316,7 @@ def _trim_logs(run_dir: Path, *, epochs: int, steps: int) -> None:
         kept = lines[:1] + [line for line in lines[1:] if line.split(",")[column].strip().isdigit()
                             and int(line.split(",")[column]) <= limit]
         if len(kept) != len(lines):
-            path.write_text("".join(kept))
+            atomic_write_bytes(path, "".join(kept).encode("utf-8"))
 
 
 def _set_generator_position(gen: Any, state: dict[str, Any] | None, epoch: int) -> None:
@@ -563,6 +558,11 @@ def train(
             hint = (f"Resume with: kpipe train {manifest.path} --resume {run_dir}" if done
                     else "No epoch finished, so there is no checkpoint: start the run again.")
             raise TrainingInterrupted(f"Training interrupted after {done} complete epoch(s). {hint}") from None
+        except Exception as e:  # a kpipe error from the generator, wrapped by tf.data
+            recovered = None if isinstance(e, KpipeError) else kpipe_error_in(str(e))
+            if recovered is None:
+                raise
+            raise recovered from None
 
         hist = checkpoint.history
         atomic_write_json(run_dir / "history.json", hist)
