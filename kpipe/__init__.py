@@ -15,22 +15,38 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+from kpipe.convert import ConvertResult, convert  # noqa: E402
 from kpipe.errors import (  # noqa: E402
+    ArgumentError,
     InputError,
     KpipeError,
     LoadError,
     ManifestError,
     OutputExistsError,
     SampleNotFoundError,
+    SamplingError,
     SplitError,
     StoreError,
+    WeightError,
 )
 from kpipe.manifest import Manifest  # noqa: E402
 from kpipe.prepare import PrepareResult, prepare  # noqa: E402
-from kpipe.storage import NpyStore, Store, open_store  # noqa: E402
+from kpipe.sampling import (  # noqa: E402
+    BalancedSampler,
+    BootstrapSampler,
+    Sampler,
+    SequentialSampler,
+    ShuffleSampler,
+    make_sampler,
+)
+from kpipe.storage import Hdf5Store, MemoryStore, NpyStore, Store, open_store  # noqa: E402
+from kpipe.weights import compute_sample_weights  # noqa: E402
 
 _LAZY = {
     "DataGenerator": "kpipe.generator",
+    "EpochSync": "kpipe.generator",
+    "KpipeModel": "kpipe.training",
+    "TapeLoop": "kpipe.training",
     "TrainConfig": "kpipe.training",
     "TrainResult": "kpipe.training",
     "train": "kpipe.training",
@@ -47,23 +63,40 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "ArgumentError",
+    "BalancedSampler",
+    "BootstrapSampler",
+    "ConvertResult",
     "DataGenerator",
+    "EpochSync",
+    "Hdf5Store",
     "InputError",
     "KpipeError",
+    "KpipeModel",
     "LoadError",
     "Manifest",
     "ManifestError",
+    "MemoryStore",
     "NpyStore",
     "OutputExistsError",
     "PrepareResult",
     "SampleNotFoundError",
+    "Sampler",
+    "SamplingError",
+    "SequentialSampler",
+    "ShuffleSampler",
     "SplitError",
     "Store",
     "StoreError",
+    "TapeLoop",
     "TrainConfig",
     "TrainResult",
+    "WeightError",
     "__version__",
+    "compute_sample_weights",
+    "convert",
     "default_model",
+    "make_sampler",
     "open_store",
     "prepare",
     "train",
