@@ -272,6 +272,16 @@ def _class_name(class_names: Sequence[str] | None, c: int) -> str:
     return repr(class_names[c]) if class_names is not None and c < len(class_names) else str(c)
 
 
+def _init_labelled(sampler: Sampler) -> tuple[np.ndarray, int]:
+    """Validate a labelled sampler's ``labels``; set ``labels``, ``num_classes``, ``num_samples``."""
+    labels, k = _check_labels(sampler.labels, sampler.num_classes)
+    object.__setattr__(sampler, "labels", labels)
+    object.__setattr__(sampler, "num_classes", k)
+    object.__setattr__(sampler, "num_samples", len(labels))
+    Sampler.__post_init__(sampler)
+    return labels, k
+
+
 def _check_labels(labels: Any, num_classes: int | None) -> tuple[np.ndarray, int]:
     labels = np.asarray(labels)
     if labels.ndim != 1 or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
@@ -348,11 +358,7 @@ class BalancedSampler(Sampler):
     _plan: dict = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        labels, k = _check_labels(self.labels, self.num_classes)
-        object.__setattr__(self, "labels", labels)
-        object.__setattr__(self, "num_classes", k)
-        object.__setattr__(self, "num_samples", len(labels))
-        super().__post_init__()
+        labels, k = _init_labelled(self)
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, (int, np.integer)) \
                 or self.batch_size <= 0:
             raise SamplingError(f"`batch_size` must be a positive integer. Received: batch_size={self.batch_size!r}")
@@ -525,11 +531,7 @@ class BootstrapSampler(Sampler):
     _positions: tuple = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        labels, k = _check_labels(self.labels, self.num_classes)
-        object.__setattr__(self, "labels", labels)
-        object.__setattr__(self, "num_classes", k)
-        object.__setattr__(self, "num_samples", len(labels))
-        super().__post_init__()
+        labels, k = _init_labelled(self)
         if self.stratified and self.balanced:
             raise SamplingError("A bootstrap is either `stratified` or `balanced`, not both. "
                                 "Received: stratified=True, balanced=True")
