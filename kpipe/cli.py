@@ -13,6 +13,7 @@ import contextlib
 import functools
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -76,6 +77,11 @@ def import_tensorflow_quietly() -> None:
         tf.config.list_physical_devices()  # device probing logs here too
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings as people read them at the command line: no source file, no code line."""
+    return f"Warning: {message}\n"
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="kpipe")
 def main() -> None:
@@ -85,6 +91,7 @@ def main() -> None:
     kpipe prepare sample_data/digits --out prepared
     kpipe train prepared/manifest.json
     """
+    warnings.formatwarning = _format_warning
 
 
 # ----------------------------------------------------------------- prepare
@@ -230,6 +237,7 @@ def convert(manifest: Path, out: Path, **options) -> None:
               help="Distribution strategy (default: auto, MirroredStrategy when several GPUs are visible).")
 @click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Continue the run in this folder from its last checkpoint (its config.json is the base).")
+@click.option("--overwrite", is_flag=True, default=None, help="Replace the run folder --out if it exists.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="TOML (or JSON) file with one key per option; options given here override it.")
 @_handle_errors

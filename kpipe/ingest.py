@@ -204,12 +204,13 @@ def _scan_folders(raw: Path, layout: str) -> ScanResult:
             if f.is_dir():
                 skipped.append({"path": str(f), "reason": "nested folder (only RAW/<class>/<file> is read)"})
             elif f.suffix.lower() not in extensions:
-                reason = "hidden file" if _is_hidden(f) else f"not a {layout} file ({f.suffix or 'no extension'})"
+                kind = "an image" if layout == "images" else "a .npy"
+                reason = "hidden file" if _is_hidden(f) else f"not {kind} file ({f.suffix or 'no extension'})"
                 skipped.append({"path": str(f), "reason": reason})
             else:
                 files.append(f)
         if not files:
-            skipped.append({"path": str(d), "reason": f"class folder holds no {layout} files"})
+            skipped.append({"path": str(d), "reason": "class folder holds no " + ("image" if layout == "images" else ".npy") + " files"})
             continue
         label = len(classes)
         classes.append(d.name)
@@ -402,7 +403,7 @@ def load_image(path: Path, options: ImageOptions) -> np.ndarray:
         h, w = options.image_size
         if not options.resize:
             raise ValueError(
-                f"image is {img.height}x{img.width}, the others {h}x{w}; "
+                f"image is {img.height}x{img.width}, the dataset's (most common) size is {h}x{w}; "
                 "pass --image-size HxW to resize all images"
             )
         img = img.resize((w, h), Image.BILINEAR)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 import os
 import shutil
 import uuid
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 from joblib import Parallel, delayed
 
-from kpipe.errors import InputError, OutputExistsError
+from kpipe.errors import InputError, OutputExistsError, SplitError
 from kpipe.ingest import COLOR_MODES, ImageOptions, RawSample, infer_image_options, load_sample, scan
 from kpipe.manifest import MANIFEST_NAME, Manifest
 from kpipe.split import parse_split, stratified_split
@@ -78,7 +79,8 @@ def _convert_chunk(samples: Sequence[RawSample], layout: str, image_options: Ima
         try:
             arr = load_sample(s, layout, image_options)
             if arr.shape != shape or arr.dtype != np.dtype(dtype):
-                raise ValueError(f"array is {arr.dtype}{list(arr.shape)}, the others {dtype}{list(shape)}")
+                raise ValueError(f"array is {arr.dtype}{list(arr.shape)}, the dataset's (most common) is "
+                                 f"{dtype}{list(shape)}")
             if data_dir is None:
                 results.append((s.id, arr))
                 continue
@@ -190,11 +192,12 @@ def prepare(
     skipped = list(found.skipped)
     samples = found.samples
 
-    # Fix the sample shape and dtype from the first sample that loads.
+    # Fix the sample shape and dtype from the most common kind among (up to 256) probed
+    # inputs, so that one odd file sorted first cannot make all the others "odd".
     image_options: ImageOptions | None = None
     shape: tuple[int, ...] | None = None
     dtype = ""
-    for s in samples:
+    for s in _by_most_common_kind(samples, found.layout):
         try:
             if found.layout == "images":
                 assert s.path is not None
@@ -245,7 +248,19 @@ def prepare(
                 skipped.append({"path": name, "reason": "class dropped: none of its inputs could be converted"})
         classes = [found.classes[i] for i in present]
         labels = np.array([remap[s.label] for s in kept], dtype=np.int64)
-        parts = stratified_split(labels, fractions, seed=seed, class_names=classes)
+        if len(classes) < 2:
+            raise InputError(
+                f"Found only one class ({classes[0]!r}, {len(kept)} samples) in {raw}: a classifier needs at "
+                "least two. Add a folder (or label value) per class."
+            )
+        try:
+            parts = stratified_split(labels, fractions, seed=seed, class_names=classes)
+        except SplitError as e:
+            if errors:
+                path, reason = next((s.source, errors[s.id]) for s in samples if s.id in errors)
+                raise SplitError(f"{e} Note: {len(errors)} of {len(samples)} inputs could not be converted, "
+                                 f"e.g. {path}: {reason}.") from None
+            raise
 
         params: dict[str, Any] = {
             "source": str(raw.resolve()),
@@ -296,9 +311,45 @@ def _swap_into_place(staging: Path, out: Path) -> None:
     if out.exists():
         old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
         os.replace(out, old)
+    if old is not None and (old / "runs").is_dir() and not (staging / "runs").exists():
+        os.replace(old / "runs", staging / "runs")  # training runs kept next to the data are not lost
     os.replace(staging, out)
     if old is not None:
         if old.is_dir():
             shutil.rmtree(old, ignore_errors=True)
         else:
             old.unlink(missing_ok=True)
+
+
+def _kind(sample: RawSample, layout: str) -> tuple | None:
+    """A cheap fingerprint of an input's shape and type, from its header only (`None`: unreadable)."""
+    try:
+        if layout == "images":
+            from PIL import Image
+
+            with Image.open(sample.path) as img:
+                return (img.height, img.width, img.mode)
+        if layout == "npy":
+            arr = np.load(sample.path, mmap_mode="r", allow_pickle=False)
+            return (arr.shape, arr.dtype.str)
+    except Exception:  # noqa: BLE001 - an unreadable input is reported when it is converted
+        return None
+    return ()  # csv: every row has the same columns
+
+
+def _by_most_common_kind(samples: Sequence[RawSample], layout: str, probe: int = 256) -> list[RawSample]:
+    """``samples`` with those of the most common kind (among ``probe`` spread evenly) first.
+
+    Ties go to the kind met first in input order, so the choice is deterministic.
+    """
+    if layout == "csv" or len(samples) <= 1:
+        return list(samples)
+    picks = sorted(set(np.linspace(0, len(samples) - 1, min(probe, len(samples))).astype(int).tolist()))
+    kinds = {i: _kind(samples[i], layout) for i in picks}
+    counts = Counter(k for k in kinds.values() if k is not None)
+    if not counts:
+        return list(samples)
+    common = counts.most_common(1)[0][0]
+    first = [i for i in picks if kinds[i] == common]
+    taken = set(first)
+    return [samples[i] for i in first] + [s for i, s in enumerate(samples) if i not in taken]

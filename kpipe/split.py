@@ -87,7 +87,7 @@ def stratified_split(
             raise SplitError(
                 f"Class {name!r} has {count} sample{'s' if count != 1 else ''} in total; a stratified "
                 f"{needed}-way split needs at least {needed}. Drop the class, add samples, or use a "
-                "split with fewer non-empty parts (e.g. --split 0.9,0.1,0)."
+                f"split with fewer non-empty parts (e.g. --split {'0.9,0.1,0' if needed == 3 else '1,0,0'})."
             )
     positions = np.arange(n)
     out = {p: np.empty(0, dtype=np.int64) for p in PARTITIONS}

@@ -104,3 +104,36 @@ def test_errors_raised_inside_training_are_plain_messages(tmp_path: Path):
     assert result.exit_code == 1, result.output
     assert result.output.startswith(f"Error: Sample '{victim}' has no file "), result.output
     assert "Traceback" not in result.output
+
+
+def test_train_refuses_to_lose_or_mix_runs(tmp_path: Path):
+    raw = make_image_folder(tmp_path / "raw", {"a": 10, "b": 10, "c": 10})
+    runner = CliRunner()
+    for name in ("p", "q"):
+        assert runner.invoke(main, ["prepare", str(raw), "--out", str(tmp_path / name), "--n-jobs", "1"]).exit_code == 0
+    p, q, run = tmp_path / "p" / "manifest.json", tmp_path / "q" / "manifest.json", tmp_path / "run"
+    fast = ["--epochs", "1", "--batch-size", "8", "--verbose", "0"]
+    result = runner.invoke(main, ["train", str(p), "--out", str(run), *fast])
+    assert result.exit_code == 0, result.output
+    before = (run / "metrics.json").read_text()
+
+    result = runner.invoke(main, ["train", str(p), "--out", str(run), *fast])
+    assert result.exit_code == 1 and "exists already. Pass --overwrite" in result.output
+    result = runner.invoke(main, ["train", str(q), "--resume", str(run), "--epochs", "2", "--verbose", "0"])
+    assert result.exit_code == 1 and f"was trained on {p.resolve()}" in result.output, result.output
+    assert (run / "metrics.json").read_text() == before  # nothing changed
+
+    model_file = tmp_path / "m.py"
+    model_file.write_text("import keras\n"
+                          "def wide(input_shape, num_classes):\n"
+                          "    return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(),\n"
+                          "                             keras.layers.Dense(num_classes + 2, activation='softmax')])\n")
+    result = runner.invoke(main, ["train", str(p), "--out", str(tmp_path / "r2"), "--model", f"{model_file}:wide", *fast])
+    assert result.exit_code == 1 and "The model outputs 5 values per sample, but this dataset has 3 classes" \
+        in result.output, result.output
+    result = runner.invoke(main, ["train", str(p), "--out", str(tmp_path / "r3"), "--monitor", "val_bogus", *fast])
+    assert result.exit_code == 1 and "`monitor` must be a value the run logs" in result.output, result.output
+
+    result = runner.invoke(main, ["train", str(p), "--out", str(run), "--overwrite", *fast])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1].startswith("Test accuracy: ")

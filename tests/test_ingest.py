@@ -51,7 +51,7 @@ def test_extensions_any_case_and_stray_files_skipped(tmp_path: Path):
     assert [s.label for s in found.samples] == [0, 0, 1, 1]
     reasons = {Path(s["path"]).name: s["reason"] for s in found.skipped}
     assert reasons[".DS_Store"] == "hidden file"
-    assert "not a images file (.txt)" in reasons["README.txt"]
+    assert "not an image file (.txt)" in reasons["README.txt"]
     assert "top level" in reasons["top.txt"]
 
 

@@ -123,3 +123,32 @@ def test_manifest_is_valid_json_with_required_keys(indexed_manifest: Path):
     assert d["storage"] == {"format": "npy", "root": "data"}
     assert d["prepare"]["split"] == {"train": 0.6, "validation": 0.2, "test": 0.2}
     assert os.path.isabs(d["prepare"]["source"])
+
+
+def test_most_common_shape_wins_over_an_odd_first_file(tmp_path: Path):
+    raw = make_indexed_npy_folder(tmp_path / "raw", {"a": 6, "b": 6}, shape=(5, 4))
+    np.save(raw / "a" / "0_odd.npy", np.zeros((5, 4), np.float64))  # sorts first
+    m = prepare(raw, tmp_path / "out", split="0.5,0.25,0.25", n_jobs=1).manifest
+    assert m.sample_shape == (5, 4) and m.sample_dtype == "float32" and m.num_samples == 12
+    reasons = {Path(s["path"]).name: s["reason"] for s in m.skipped}
+    assert "the dataset's (most common) is float32[5, 4]" in reasons["0_odd.npy"]
+
+
+def test_one_class_is_an_error_and_split_error_mentions_skipped(tmp_path: Path):
+    raw = make_indexed_npy_folder(tmp_path / "raw", {"only": 6})
+    with pytest.raises(InputError, match="only one class .* a classifier needs at least two"):
+        prepare(raw, tmp_path / "out", n_jobs=1)
+    raw2 = make_indexed_npy_folder(tmp_path / "raw2", {"a": 6, "b": 1})
+    for k in range(2):
+        (raw2 / "b" / f"bad{k}.npy").write_bytes(b"junk")
+    with pytest.raises(SplitError, match=r"Class 'b' has 1 sample.*Note: 2 of 9 inputs could not be converted"):
+        prepare(raw2, tmp_path / "out", n_jobs=1)
+
+
+def test_overwrite_keeps_training_runs(image_folder: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    prepare(image_folder, out, n_jobs=1)
+    (out / "runs" / "r1").mkdir(parents=True)
+    (out / "runs" / "r1" / "metrics.json").write_text("{}")
+    prepare(image_folder, out, n_jobs=1, overwrite=True)
+    assert (out / "runs" / "r1" / "metrics.json").read_text() == "{}"

@@ -455,7 +455,8 @@ class Hdf5Writer(StoreWriter):
         shard_size: Samples per shard. Defaults to about 1 GiB of data per
             shard (`default_shard_size`).
         compression: ``"none"`` (contiguous, memory-mappable), ``"gzip"`` or
-            ``"lzf"`` (chunked per sample). Defaults to ``"none"``.
+            ``"lzf"`` (chunked along the sample axis: one sample per chunk, or
+            as many as make 4 KiB for small samples). Defaults to ``"none"``.
         progress: Called with the number of samples written to shards, as
             `finish` goes.
 

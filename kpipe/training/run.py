@@ -74,6 +74,8 @@ class TrainConfig:
         distribute: ``"auto"``, ``"none"`` or ``"mirrored"`` (see `get_strategy`).
         resume: A run folder to continue from its last checkpoint.
         out: The run folder (`train(out=...)` overrides it).
+        overwrite: Replace ``out`` if it exists and is not empty (otherwise
+            that is an error: a finished run is never replaced silently).
     """
 
     model: str = "default"
@@ -103,6 +105,7 @@ class TrainConfig:
     distribute: str = "auto"  # auto | none | mirrored (kpipe.training.distribute)
     resume: str | None = None  # run folder to continue
     out: str | None = None  # run folder
+    overwrite: bool = False  # replace an existing, non-empty run folder
     # --- sampling and weights (issue 4); passed to the train generator by training/data.py
     sampling: str = "shuffle"  # shuffle | balanced | bootstrap | sequential (kpipe.sampling)
     balance: str | None = None  # balanced: undersample | oversample; bootstrap: none | stratified | balanced
@@ -195,9 +198,11 @@ class TrainResult:
     def summary(self) -> str:
         """One line for people."""
         m = self.metrics
+        part = m.get("partition", "test")
+        note = "" if part == "test" else " (no test partition)"
         return (
-            f"Test accuracy: {m['accuracy']:.4f} (loss {m['loss']:.4f}, {m['num_samples']} samples) "
-            f"in {self.seconds:.0f}s -> {self.run_dir}"
+            f"{part.capitalize()} accuracy{note}: {m['accuracy']:.4f} (loss {m['loss']:.4f}, "
+            f"{m['num_samples']} samples) in {self.seconds:.0f}s -> {self.run_dir}"
         )
 
 
@@ -335,7 +340,48 @@ def _effective_config(config: TrainConfig, *, manifest: Manifest, loss_label: st
     values = dataclasses.asdict(config) | {"loss": loss_label}
     values.pop("resume", None)
     values.pop("out", None)
+    values.pop("overwrite", None)
     return values | {"manifest": str(manifest.path), "kpipe_version": __version__, "resolved": resolved}
+
+
+def _check_resume_manifest(run_dir: Path, manifest: Manifest) -> None:
+    """Refuse to resume a run on another dataset than the one it was trained on."""
+    try:
+        previous = json.loads((run_dir / "config.json").read_text()).get("manifest")
+    except (OSError, ValueError):
+        return
+    if previous and manifest.path is not None and Path(previous).resolve() != Path(manifest.path).resolve():
+        raise KpipeError(
+            f"Run {run_dir} was trained on {previous}, not {manifest.path}; resuming it on another dataset "
+            f"would mix the two. Run `kpipe train {previous} --resume {run_dir}`, or start a new run."
+        )
+
+
+def _check_output_size(net: keras.Model, num_classes: int, label_mode: str) -> None:
+    """The model's output must have one unit per class (one unit for binary labels)."""
+    shape = getattr(net, "output_shape", None)
+    if not (isinstance(shape, tuple) and shape and isinstance(shape[-1], int)):
+        return  # several outputs, or unknown: the loss check on one batch decides
+    expected = 1 if label_mode == "binary" else num_classes
+    if shape[-1] != expected and not (label_mode == "binary" and shape[-1] == 2):
+        raise KpipeError(
+            f"The model outputs {shape[-1]} values per sample, but this dataset has {num_classes} classes "
+            f"(label_mode={label_mode!r} needs {expected}). End the model with Dense({expected}). "
+            f"Received: output_shape={shape}"
+        )
+
+
+def _check_monitor(config: TrainConfig, *, has_validation: bool) -> None:
+    """``monitor`` must be a value the run logs (a custom step model may log more: not checked)."""
+    if config.step_model is not None:
+        return
+    names = ["loss", "accuracy"] + (["gradient_norm"] if config.loop == "step" and config.clip_norm else [])
+    if has_validation:
+        names += [f"val_{n}" for n in ("loss", "accuracy")]
+    if config.monitor not in names and config.monitor.removeprefix("val_") not in names:
+        raise KpipeError(
+            f"`monitor` must be a value the run logs: {', '.join(names)}. Received: monitor={config.monitor!r}"
+        )
 
 
 def train(
@@ -425,6 +471,7 @@ def train(
             raise KpipeError(f"--resume continues the run in its own folder; drop --out. "
                              f"Received: resume={str(resume)!r}, out={str(out)!r}")
         state = load_checkpoint_state(run_dir)
+        _check_resume_manifest(run_dir, manifest)
         if state.get("stopped") or state["next_epoch"] >= config.epochs:
             why = "stopped early" if state.get("stopped") else f"trained {state['next_epoch']} of {config.epochs} epochs"
             raise KpipeError(
@@ -434,6 +481,12 @@ def train(
     else:
         target = out if out is not None else config.out
         run_dir = Path(target) if target is not None else default_run_dir(manifest)
+        if run_dir.is_file() or (run_dir.is_dir() and any(run_dir.iterdir())):
+            if not config.overwrite:
+                raise KpipeError(
+                    f"Run folder {run_dir} exists already. Pass --overwrite to replace it, "
+                    f"--resume {run_dir} to continue it, or choose another --out."
+                )
     initial_epoch = int(state["next_epoch"]) if state else 0
     keras.utils.set_random_seed(config.seed)
 
@@ -486,8 +539,12 @@ def train(
                                             gradient_accumulation_steps=config.accumulation_steps)
                 net.compile(optimizer=optimizer, loss=resolved_loss, metrics=["accuracy"])
 
+        _check_output_size(net, manifest.num_classes, label_mode)
         check_loss(resolved_loss, net, train_data[0], label_mode=label_mode)
+        _check_monitor(config, has_validation=val_data is not None)
 
+        if state is None and config.overwrite and run_dir.exists():
+            shutil.rmtree(run_dir) if run_dir.is_dir() else run_dir.unlink()
         run_dir.mkdir(parents=True, exist_ok=True)
         if state is None:  # a new run in an old folder: drop what a resume or the step log would pick up
             shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
