@@ -104,6 +104,7 @@ def test_errors_raised_inside_training_are_plain_messages(tmp_path: Path):
     assert result.exit_code == 1, result.output
     assert result.output.startswith(f"Error: Sample '{victim}' has no file "), result.output
     assert "Traceback" not in result.output
+    assert not (tmp_path / "r1").exists()  # a run that failed in its first epoch leaves nothing
 
 
 def test_train_refuses_to_lose_or_mix_runs(tmp_path: Path):

@@ -545,6 +545,7 @@ def train(
 
         if state is None and config.overwrite and run_dir.exists():
             shutil.rmtree(run_dir) if run_dir.is_dir() else run_dir.unlink()
+        created = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
         if state is None:  # a new run in an old folder: drop what a resume or the step log would pick up
             shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
@@ -614,8 +615,12 @@ def train(
                 else 0
             hint = (f"Resume with: kpipe train {manifest.path} --resume {run_dir}" if done
                     else "No epoch finished, so there is no checkpoint: start the run again.")
+            if not done and created:
+                shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth keeping
             raise TrainingInterrupted(f"Training interrupted after {done} complete epoch(s). {hint}") from None
         except Exception as e:  # a kpipe error from the generator, wrapped by tf.data
+            if created and not (run_dir / CHECKPOINT_DIR / "state.json").is_file():
+                shutil.rmtree(run_dir, ignore_errors=True)  # a run that failed before its first epoch ended
             recovered = None if isinstance(e, KpipeError) else kpipe_error_in(str(e))
             if recovered is None:
                 raise
