@@ -10,8 +10,8 @@ import io
 import json
 import os
 import uuid
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -79,3 +79,27 @@ def atomic_save(path: str | os.PathLike, save: Callable[[Path], Any]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_output_folder(out: Path, source: Path, *, overwrite: bool, what: str = "input") -> None:
+    """Refuse an output folder that exists (without ``overwrite``) or would replace ``source``.
+
+    Raises:
+        OutputExistsError: If ``out`` exists, is not empty and ``overwrite`` is False.
+        InputError: If ``out`` is ``source`` or a folder above it.
+    """
+    from kpipe.errors import InputError, OutputExistsError
+
+    if out.exists() and not overwrite and (out.is_file() or any(out.iterdir())):
+        raise OutputExistsError(
+            f"Output {out} exists already. Pass --overwrite to replace it, or choose another --out."
+        )
+    if out.resolve() == source.resolve() or out.resolve() in source.resolve().parents:
+        raise InputError(f"Output {out} would replace the {what} {source}; choose another --out.")
+
+
+def staging_folder(out: Path) -> Path:
+    """A new, empty sibling of ``out`` (``.OUT.partial-<random>``) to build it in."""
+    staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True)
+    return staging

@@ -70,8 +70,8 @@ def import_tensorflow_quietly() -> None:
     user_set = "TF_CPP_MIN_LOG_LEVEL" in os.environ
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with _stderr_fd_silenced(not user_set):
-        import tensorflow as tf  # noqa: F401
         import keras  # noqa: F401
+        import tensorflow as tf  # noqa: F401
 
         tf.get_logger().setLevel("ERROR")
         tf.config.list_physical_devices()  # device probing logs here too

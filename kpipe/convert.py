@@ -7,11 +7,11 @@ import math
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from kpipe.errors import InputError, OutputExistsError
+from kpipe._io import check_output_folder, staging_folder
+from kpipe.errors import InputError
 from kpipe.manifest import MANIFEST_NAME, Manifest, load_manifest
 from kpipe.prepare import _swap_into_place
 from kpipe.storage import check_format, make_writer, open_store
@@ -105,12 +105,7 @@ def convert(
     if source.path is None:
         raise InputError("`convert` needs a manifest loaded from (or saved to) a file.")
     src_dir = source.path.parent
-    if out.resolve() == src_dir.resolve() or out.resolve() in src_dir.resolve().parents:
-        raise InputError(f"Output {out} would replace the source dataset {src_dir}; choose another --out.")
-    if out.exists() and not overwrite and (out.is_file() or any(out.iterdir())):
-        raise OutputExistsError(
-            f"Output {out} exists already. Pass --overwrite to replace it, or choose another --out."
-        )
+    check_output_folder(out, src_dir, overwrite=overwrite, what="source dataset")
 
     store = open_store(source)
     if verify and hasattr(store, "verify"):
@@ -120,8 +115,7 @@ def convert(
     seen = set(order)
     order += [sid for sid in source.labels if sid not in seen]
 
-    staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    staging.mkdir(parents=True)
+    staging = staging_folder(out)
     writer = None
     try:
         writer = make_writer(to, staging, source.sample_shape, source.sample_dtype,

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
 import os
 import shutil
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 from joblib import Parallel, delayed
 
-from kpipe.errors import InputError, OutputExistsError, SplitError
+from kpipe._io import check_output_folder, staging_folder
+from kpipe.errors import InputError, SplitError
 from kpipe.ingest import COLOR_MODES, ImageOptions, RawSample, infer_image_options, load_sample, scan
 from kpipe.manifest import MANIFEST_NAME, Manifest
 from kpipe.split import parse_split, stratified_split
@@ -179,12 +180,7 @@ def prepare(
         )
     if not isinstance(n_jobs, int) or n_jobs == 0:
         raise InputError(f"`n_jobs` must be a non-zero integer (-1 for all cores). Received: n_jobs={n_jobs!r}")
-    if out.exists() and not overwrite and (out.is_file() or any(out.iterdir())):
-        raise OutputExistsError(
-            f"Output {out} exists already. Pass --overwrite to replace it, or choose another --out."
-        )
-    if out.resolve() == raw.resolve() or out.resolve() in raw.resolve().parents:
-        raise InputError(f"Output {out} would replace the input {raw}; choose another --out.")
+    check_output_folder(out, raw, overwrite=overwrite, what="input")
 
     found = scan(raw, layout, label_column=label_column, id_column=id_column, weight_column=weight_column)
     file_weights = read_weights_file(weights) if weights is not None else None  # per-sample weights (issue 4)
@@ -210,8 +206,7 @@ def prepare(
     if shape is None:
         raise InputError(f"None of the {len(samples)} inputs in {raw} could be read; see the files' formats.")
 
-    staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    staging.mkdir(parents=True)
+    staging = staging_folder(out)
     # npy: workers write the files; hdf5: workers return arrays to the writer here.
     writer = make_writer(format, staging, shape, dtype, shard_size=shard_size, compression=compression)
     data_dir = str(writer.root) if format == "npy" else None

@@ -35,8 +35,6 @@ from kpipe.errors import InputError, WeightError
 from kpipe.sampling import class_index, parse_json_mapping
 
 
-
-
 def _weight(value: Any, *, argument: str, key: Any) -> float:
     try:
         w = float(value)

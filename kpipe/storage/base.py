@@ -53,6 +53,14 @@ class Store(abc.ABC):
                 message names the file and the ID).
         """
 
+    def _check_out(self, n: int, out: np.ndarray) -> None:
+        """Raise `ValueError` unless ``out`` can hold ``n`` samples of this store."""
+        if out.shape[1:] != self.sample_shape or out.dtype != self.dtype or len(out) < n:
+            raise ValueError(
+                f"`out` must have shape (>= {n}, *{self.sample_shape}) and dtype {self.dtype}. "
+                f"Received: out.shape={out.shape}, out.dtype={out.dtype}"
+            )
+
     def read(self, sample_id: str) -> np.ndarray:
         """Read one sample: array of shape `sample_shape` and dtype `dtype`."""
         out = np.empty((1, *self.sample_shape), dtype=self.dtype)

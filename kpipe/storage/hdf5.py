@@ -319,11 +319,7 @@ class Hdf5Store(Store):
     # ----------------------------------------------------------------- reads
     def read_into(self, ids: Sequence[str], out: np.ndarray) -> np.ndarray:
         n = len(ids)
-        if out.shape[1:] != self.sample_shape or out.dtype != self.dtype or len(out) < n:
-            raise ValueError(
-                f"`out` must have shape (>= {n}, *{self.sample_shape}) and dtype {self.dtype}. "
-                f"Received: out.shape={out.shape}, out.dtype={out.dtype}"
-            )
+        self._check_out(n, out)
         if n == 0:
             return out
         g = self._positions(ids)

@@ -84,11 +84,7 @@ class MemoryStore(Store):
             rows = np.fromiter(map(index.__getitem__, ids), dtype=np.int64, count=len(ids))
         except KeyError:
             return self._read_mixed(ids, out)
-        if out.shape[1:] != self.sample_shape or out.dtype != self.dtype or len(out) < len(ids):
-            raise ValueError(
-                f"`out` must have shape (>= {len(ids)}, *{self.sample_shape}) and dtype {self.dtype}. "
-                f"Received: out.shape={out.shape}, out.dtype={out.dtype}"
-            )
+        self._check_out(len(ids), out)
         np.take(self._data, rows, axis=0, out=out[: len(ids)], mode="clip")  # "raise" would buffer a copy
         return out
 

@@ -163,11 +163,7 @@ class NpyStore(Store):
         out_row[...] = arr
 
     def read_into(self, ids: Sequence[str], out: np.ndarray) -> np.ndarray:
-        if out.shape[1:] != self.sample_shape or out.dtype != self.dtype or len(out) < len(ids):
-            raise ValueError(
-                f"`out` must have shape (>= {len(ids)}, *{self.sample_shape}) and dtype {self.dtype}. "
-                f"Received: out.shape={out.shape}, out.dtype={out.dtype}"
-            )
+        self._check_out(len(ids), out)
         if not out.flags.c_contiguous:  # rows are read in place: they must be contiguous
             tmp = np.empty((len(ids), *self.sample_shape), self.dtype)
             out[: len(ids)] = self.read_into(ids, tmp)
