@@ -86,7 +86,7 @@ def check_output_folder(out: Path, source: Path, *, overwrite: bool, what: str =
 
     Raises:
         OutputExistsError: If ``out`` exists, is not empty and ``overwrite`` is False.
-        InputError: If ``out`` is ``source`` or a folder above it.
+        InputError: If ``out`` is ``source``, a folder above it, or a folder inside it.
     """
     from kpipe.errors import InputError, OutputExistsError
 
@@ -96,6 +96,8 @@ def check_output_folder(out: Path, source: Path, *, overwrite: bool, what: str =
         )
     if out.resolve() == source.resolve() or out.resolve() in source.resolve().parents:
         raise InputError(f"Output {out} would replace the {what} {source}; choose another --out.")
+    if source.is_dir() and source.resolve() in out.resolve().parents:
+        raise InputError(f"Output {out} is inside the {what} {source}; choose an --out outside it.")
 
 
 def staging_folder(out: Path) -> Path:

@@ -110,8 +110,9 @@ def test_errors_raised_inside_training_are_plain_messages(tmp_path: Path):
 def test_train_refuses_to_lose_or_mix_runs(tmp_path: Path):
     raw = make_image_folder(tmp_path / "raw", {"a": 10, "b": 10, "c": 10})
     runner = CliRunner()
-    for name in ("p", "q"):
-        assert runner.invoke(main, ["prepare", str(raw), "--out", str(tmp_path / name), "--n-jobs", "1"]).exit_code == 0
+    for name, seed in (("p", "0"), ("q", "1")):  # q: the same samples, another split
+        assert runner.invoke(main, ["prepare", str(raw), "--out", str(tmp_path / name), "--n-jobs", "1",
+                                    "--seed", seed]).exit_code == 0
     p, q, run = tmp_path / "p" / "manifest.json", tmp_path / "q" / "manifest.json", tmp_path / "run"
     fast = ["--epochs", "1", "--batch-size", "8", "--verbose", "0"]
     result = runner.invoke(main, ["train", str(p), "--out", str(run), *fast])
@@ -124,6 +125,14 @@ def test_train_refuses_to_lose_or_mix_runs(tmp_path: Path):
     assert result.exit_code == 1 and f"was trained on {p.resolve()}" in result.output, result.output
     assert (run / "metrics.json").read_text() == before  # nothing changed
 
+    # --overwrite replaces a run folder, never the dataset or a folder that is not a run
+    for target, match in ((tmp_path / "p", "which holds"), (tmp_path / "p" / "data", "which holds"),
+                          (raw, "is not a kpipe run folder")):
+        result = runner.invoke(main, ["train", str(p), "--out", str(target), "--overwrite", *fast])
+        assert result.exit_code == 1 and match in result.output, result.output
+    assert (tmp_path / "p" / "manifest.json").is_file() and len(list((tmp_path / "p" / "data").iterdir())) == 30
+    assert len(list((raw / "a").iterdir())) == 10
+
     model_file = tmp_path / "m.py"
     model_file.write_text("import keras\n"
                           "def wide(input_shape, num_classes):\n"
@@ -132,6 +141,18 @@ def test_train_refuses_to_lose_or_mix_runs(tmp_path: Path):
     result = runner.invoke(main, ["train", str(p), "--out", str(tmp_path / "r2"), "--model", f"{model_file}:wide", *fast])
     assert result.exit_code == 1 and "The model outputs 5 values per sample, but this dataset has 3 classes" \
         in result.output, result.output
+    model_file.write_text(model_file.read_text() +
+                          "def no_input(input_shape, num_classes):\n"
+                          "    return keras.Sequential([keras.layers.Flatten(), keras.layers.Dense(num_classes + 1)])\n"
+                          "def two_heads(input_shape, num_classes):\n"
+                          "    i = keras.Input(input_shape); f = keras.layers.Flatten()(i)\n"
+                          "    return keras.Model(i, [keras.layers.Dense(num_classes)(f), keras.layers.Dense(1)(f)])\n")
+    result = runner.invoke(main, ["train", str(p), "--out", str(tmp_path / "r4"), "--model", f"{model_file}:no_input",
+                                  *fast])
+    assert result.exit_code == 1 and "The model outputs 4 values per sample" in result.output, result.output
+    result = runner.invoke(main, ["train", str(p), "--out", str(tmp_path / "r5"), "--model",
+                                  f"{model_file}:two_heads", *fast])
+    assert result.exit_code == 1 and "The model has 2 outputs" in result.output, result.output
     result = runner.invoke(main, ["train", str(p), "--out", str(tmp_path / "r3"), "--monitor", "val_bogus", *fast])
     assert result.exit_code == 1 and "`monitor` must be a value the run logs" in result.output, result.output
 

@@ -95,3 +95,15 @@ def test_resolve_loss(user_file: Path):
     assert label_mode_for_loss("sparse_categorical_crossentropy") == "int"
     assert label_mode_for_loss("categorical_crossentropy") == "categorical"
     assert label_mode_for_loss("binary_crossentropy") == "binary"
+
+
+def test_config_file_takes_cli_option_names(tmp_path: Path):
+    import dataclasses
+
+    from kpipe.training.config import load_config_file
+    from kpipe.training.run import TrainConfig
+
+    path = tmp_path / "train.toml"
+    path.write_text('lr = 0.01\nsample-weights = true\nbatch_size = 8\nmanifest = "ignored"\n')
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert load_config_file(path, fields) == {"learning_rate": 0.01, "use_sample_weights": True, "batch_size": 8}

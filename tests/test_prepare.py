@@ -152,3 +152,9 @@ def test_overwrite_keeps_training_runs(image_folder: Path, tmp_path: Path):
     (out / "runs" / "r1" / "metrics.json").write_text("{}")
     prepare(image_folder, out, n_jobs=1, overwrite=True)
     assert (out / "runs" / "r1" / "metrics.json").read_text() == "{}"
+
+
+def test_output_inside_the_input_is_refused(image_folder: Path):
+    with pytest.raises(InputError, match="is inside the input"):
+        prepare(image_folder, image_folder / "a", overwrite=True, n_jobs=1)
+    assert len(list((image_folder / "a").iterdir())) == 20

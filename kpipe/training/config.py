@@ -31,7 +31,10 @@ from typing import Any
 from kpipe.errors import KpipeError
 
 # Keys a file may hold that are not TrainConfig fields: ignored (written by runs for people).
-INFORMATIONAL_KEYS = frozenset({"manifest", "kpipe_version", "resolved"})
+INFORMATIONAL_KEYS = frozenset({"manifest", "dataset_fingerprint", "kpipe_version", "resolved"})
+
+# Keys named after a CLI option whose field has another name (``--lr``, ``--sample-weights``).
+KEY_ALIASES = {"lr": "learning_rate", "sample_weights": "use_sample_weights"}
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -73,7 +76,7 @@ def load_config_file(path: str | os.PathLike, fields: set[str]) -> dict[str, Any
 
     Returns:
         The values, keys with ``-`` turned into ``_``; informational keys of a
-        run's ``config.json`` (``manifest``, ``kpipe_version``) dropped.
+        run's ``config.json`` (``manifest``, ``dataset_fingerprint``, ``kpipe_version``) dropped.
 
     Raises:
         KpipeError: If the file is missing, unreadable, or has an unknown key
@@ -81,6 +84,7 @@ def load_config_file(path: str | os.PathLike, fields: set[str]) -> dict[str, Any
     """
     path = Path(path)
     data = {str(k).replace("-", "_"): v for k, v in _read(path).items()}
+    data = {KEY_ALIASES.get(k, k): v for k, v in data.items()}
     unknown = sorted(k for k in data if k not in fields and k not in INFORMATIONAL_KEYS)
     if unknown:
         raise KpipeError(

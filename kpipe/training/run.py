@@ -341,27 +341,78 @@ def _effective_config(config: TrainConfig, *, manifest: Manifest, loss_label: st
     values.pop("resume", None)
     values.pop("out", None)
     values.pop("overwrite", None)
-    return values | {"manifest": str(manifest.path), "kpipe_version": __version__, "resolved": resolved}
+    return values | {"manifest": str(manifest.path), "dataset_fingerprint": dataset_fingerprint(manifest),
+                     "kpipe_version": __version__, "resolved": resolved}
+
+
+def dataset_fingerprint(manifest: Manifest) -> str:
+    """sha256 of what a run's batches depend on: classes, labels, partition, sample shape and dtype.
+
+    Two manifests with the same fingerprint serve the same batches (a copied dataset is the same
+    dataset; a re-split one is not), so `--resume` compares fingerprints, not paths.
+    """
+    import hashlib
+
+    key = {"classes": manifest.classes, "labels": manifest.labels, "partition": manifest.partition,
+           "shape": list(manifest.sample_shape), "dtype": manifest.sample_dtype}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def _check_resume_manifest(run_dir: Path, manifest: Manifest) -> None:
     """Refuse to resume a run on another dataset than the one it was trained on."""
     try:
-        previous = json.loads((run_dir / "config.json").read_text()).get("manifest")
+        saved = json.loads((run_dir / "config.json").read_text())
     except (OSError, ValueError):
         return
-    if previous and manifest.path is not None and Path(previous).resolve() != Path(manifest.path).resolve():
+    previous, fingerprint = saved.get("manifest"), saved.get("dataset_fingerprint")
+    if fingerprint is not None:
+        differs = fingerprint != dataset_fingerprint(manifest)
+    else:
+        differs = bool(previous) and manifest.path is not None and \
+            Path(previous).resolve() != Path(manifest.path).resolve()
+    if differs:
         raise KpipeError(
-            f"Run {run_dir} was trained on {previous}, not {manifest.path}; resuming it on another dataset "
-            f"would mix the two. Run `kpipe train {previous} --resume {run_dir}`, or start a new run."
+            f"Run {run_dir} was trained on {previous}, whose classes, labels or partition differ from "
+            f"{manifest.path}; resuming it on another dataset would mix the two. Run `kpipe train {previous} --resume {run_dir}`, or start a new run."
         )
 
 
-def _check_output_size(net: keras.Model, num_classes: int, label_mode: str) -> None:
-    """The model's output must have one unit per class (one unit for binary labels)."""
-    shape = getattr(net, "output_shape", None)
+def _check_replaceable_run(run_dir: Path, manifest: Manifest) -> None:
+    """`--overwrite` replaces a kpipe run folder, and nothing else: never the dataset or a folder above it."""
+    target = run_dir.resolve()
+    protected = [Path.cwd().resolve()]
+    if manifest.path is not None:
+        protected += [Path(manifest.path).resolve().parent, manifest.root.resolve()]
+    for p in protected:
+        if target == p or target in p.parents:
+            raise KpipeError(
+                f"--overwrite would delete {run_dir}, which holds {p}. Choose another --out for the run."
+            )
+    if not (run_dir.is_dir() and ((run_dir / "config.json").is_file() or (run_dir / "checkpoint").is_dir())):
+        raise KpipeError(
+            f"{run_dir} is not a kpipe run folder (no config.json or checkpoint/), so --overwrite will not "
+            "delete it. Choose another --out."
+        )
+
+
+def _check_output_size(net: keras.Model, num_classes: int, label_mode: str, x: np.ndarray) -> None:
+    """The model must have one output with one unit per class (one unit for binary labels).
+
+    ``x`` (one sample, batched) is run through a model whose output shape is not known yet
+    (a `keras.Sequential` without an `Input`).
+    """
+    try:
+        shape = net.output_shape
+    except (AttributeError, ValueError):
+        y = net(x, training=False)
+        shape = [tuple(t.shape) for t in y] if isinstance(y, (list, tuple, dict)) else tuple(y.shape)
+    if isinstance(shape, (list, dict)):
+        raise KpipeError(
+            f"The model has {len(shape)} outputs; kpipe trains single-output classifiers. Return a model "
+            "with one output of shape (batch, num_classes)."
+        )
     if not (isinstance(shape, tuple) and shape and isinstance(shape[-1], int)):
-        return  # several outputs, or unknown: the loss check on one batch decides
+        return  # unknown: the loss check on one batch decides
     expected = 1 if label_mode == "binary" else num_classes
     if shape[-1] != expected and not (label_mode == "binary" and shape[-1] == 2):
         raise KpipeError(
@@ -487,6 +538,7 @@ def train(
                     f"Run folder {run_dir} exists already. Pass --overwrite to replace it, "
                     f"--resume {run_dir} to continue it, or choose another --out."
                 )
+            _check_replaceable_run(run_dir, manifest)
     initial_epoch = int(state["next_epoch"]) if state else 0
     keras.utils.set_random_seed(config.seed)
 
@@ -539,8 +591,9 @@ def train(
                                             gradient_accumulation_steps=config.accumulation_steps)
                 net.compile(optimizer=optimizer, loss=resolved_loss, metrics=["accuracy"])
 
-        _check_output_size(net, manifest.num_classes, label_mode)
-        check_loss(resolved_loss, net, train_data[0], label_mode=label_mode)
+        first_batch = train_data[0]
+        _check_output_size(net, manifest.num_classes, label_mode, first_batch[0][:1])
+        check_loss(resolved_loss, net, first_batch, label_mode=label_mode)
         _check_monitor(config, has_validation=val_data is not None)
 
         if state is None and config.overwrite and run_dir.exists():
