@@ -231,7 +231,7 @@ def compute_sample_weights(
         "per_sample": bool}``).
 
     Raises:
-        WeightError: On an invalid weight.
+        WeightError: On an invalid weight, or if every weight is 0.
 
     Example:
         >>> w, _ = compute_sample_weights(np.array([0] * 50 + [1] * 100 + [2] * 25), ["a", "b", "c"],
@@ -262,6 +262,11 @@ def compute_sample_weights(
                 f"Weights must be finite numbers >= 0. Received: per_sample[{int(bad[0])}]={float(per_sample[bad[0]])!r}"
             )
         w *= per_sample
+    if not np.any(w > 0):
+        raise WeightError(
+            f"Every one of the {len(w)} sample weights is 0, so training would learn nothing. Check the "
+            "weight column / file and the class and condition weights."
+        )
     return w.astype(np.float32), details
 
 

@@ -164,3 +164,13 @@ def test_cli_prepare_weights(tmp_path: Path):
     assert set(m["sample_weights"].values()) == {2.0}
     bad = CliRunner().invoke(main, ["prepare", str(raw), "--out", str(tmp_path / "q"), "--weight-column", "w"])
     assert bad.exit_code == 1 and "no weight column 'w'" in bad.output
+
+
+def test_all_zero_weights_are_an_error():
+    import pytest
+
+    from kpipe.errors import WeightError
+    from kpipe.weights import compute_sample_weights
+
+    with pytest.raises(WeightError, match="Every one of the 3 sample weights is 0"):
+        compute_sample_weights(np.array([0, 1, 1]), ["a", "b"], per_sample=np.zeros(3))
