@@ -35,11 +35,6 @@ BEST_WEIGHTS = "best.weights.h5"
 STATE_FILE = "state.json"
 
 
-def _replace_atomically(save, path: Path) -> None:
-    """Call ``save(tmp_path)`` then move ``tmp_path`` to ``path`` (a killed run leaves the old file)."""
-    atomic_save(path, save)
-
-
 def _rng_state(model: keras.Model) -> dict[str, list]:
     """Values of the model's variables that are not weights (the seed-generator states of Dropout...)."""
     weights = {id(v) for v in model.weights}
@@ -79,7 +74,7 @@ class BestCheckpoint(keras.callbacks.ModelCheckpoint):
             return
         if self.best is None or self._is_improvement(current, self.best):
             self.best = float(current)
-            _replace_atomically(lambda p: self.model.save_weights(p, overwrite=True), Path(self.filepath))
+            atomic_save(Path(self.filepath), lambda p: self.model.save_weights(p, overwrite=True))
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
@@ -134,7 +129,7 @@ class RunCheckpoint(keras.callbacks.Callback):
             if isinstance(v, (int, float, np.floating, np.integer)) or hasattr(v, "numpy"):
                 self.history.setdefault(k, []).append(float(v))
         self.dir.mkdir(parents=True, exist_ok=True)
-        _replace_atomically(lambda p: self.model.save_weights(p, overwrite=True), self.dir / LAST_WEIGHTS)
+        atomic_save(self.dir / LAST_WEIGHTS, lambda p: self.model.save_weights(p, overwrite=True))
         state = {
             "next_epoch": int(epoch) + 1,
             "history": self.history,

@@ -19,7 +19,7 @@ import numpy as np
 
 from kpipe._io import atomic_save, atomic_write_bytes, atomic_write_json
 from kpipe.errors import KpipeError, kpipe_error_in
-from kpipe.generator import DataGenerator
+from kpipe.generator import DataGenerator, EpochSync
 from kpipe.manifest import Manifest, load_manifest
 from kpipe.training.data import make_generators
 from kpipe.training.losses import build_loss, label_mode_for_loss
@@ -238,10 +238,6 @@ def _normalizer(train: DataGenerator, max_samples: int = 10_000) -> keras.layers
     layer = keras.layers.Normalization(axis=-1)
     layer.adapt(x)
     return layer
-
-
-def _save_model(model: keras.Model, path: Path) -> None:
-    atomic_save(path, model.save)
 
 
 def evaluate_on(model: keras.Model, data: DataGenerator, classes: list[str]) -> dict[str, Any]:
@@ -624,14 +620,8 @@ def train(
         best = BestCheckpoint(run_dir / CHECKPOINT_DIR / BEST_WEIGHTS, monitor=monitor, mode=mode,
                               best=state.get("best") if state else None)
         (run_dir / CHECKPOINT_DIR).mkdir(exist_ok=True)
-        run_callbacks: list[keras.callbacks.Callback] = []
-        try:
-            from kpipe.generator import EpochSync  # issue 4: keeps the sampler on fit's epoch (resume)
-
-            run_callbacks.append(EpochSync(train_data))
-        except ImportError:  # pragma: no cover
-            pass
-        run_callbacks.append(best)
+        # EpochSync keeps the sampler on fit's epoch (resume)
+        run_callbacks: list[keras.callbacks.Callback] = [EpochSync(train_data), best]
         early = None
         if config.patience:
             early = ResumableEarlyStopping(monitor=monitor, mode=mode, patience=config.patience,
@@ -689,7 +679,7 @@ def train(
             export.compile(optimizer=_make_optimizer(config.optimizer, config.learning_rate), loss=resolved_loss,
                            metrics=["accuracy"])
             export.optimizer.build(export.trainable_variables)  # so that load_model finds the variables it expects
-        _save_model(export, run_dir / "model.keras")
+        atomic_save(run_dir / "model.keras", export.save)
 
         metrics: dict[str, Any] = {"partition": "test"}
         if test_data is not None:
@@ -713,8 +703,3 @@ def train(
                           title=f"Confusion matrix ({metrics['partition']})")
     return TrainResult(run_dir=run_dir.resolve(), model=export, history=hist, metrics=metrics, seconds=seconds,
                        loop=config.loop)
-
-
-def load_history(run_dir: str | os.PathLike) -> dict[str, list[float]]:
-    """Read ``history.json`` of a run folder."""
-    return json.loads((Path(run_dir) / "history.json").read_text())
