@@ -15,11 +15,11 @@ class ArgumentError(KpipeError, ValueError):
     """An invalid argument value at the API boundary (the message names the argument)."""
 
 
-class SamplingError(KpipeError, ValueError):
+class SamplingError(ArgumentError):
     """An invalid sampling configuration (mode, balance, distribution, sizes)."""
 
 
-class WeightError(KpipeError, ValueError):
+class WeightError(ArgumentError):
     """An invalid weight: unknown class key, negative / NaN / infinite value,
     missing per-sample weights, or weights given twice."""
 

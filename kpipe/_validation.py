@@ -1,0 +1,226 @@
+"""Argument checks: validate *and* normalise a value once, at the API boundary.
+
+Every ``check_*`` function returns the clean value (an ``int``, a ``float``,
+a normalised string...) or raises the kpipe error that says whose mistake it
+is (the pattern of imbalanced-learn's ``imblearn/utils/_validation.py``). The
+messages follow Keras: the argument in backticks, the rule, then
+``Received: name=value``.
+
+Which error class:
+
+* `ArgumentError`: a bad argument to a kpipe function or command (the default);
+* `SamplingError` / `WeightError`: a bad sampling or weight option (both are
+  `ArgumentError` subclasses, so one ``except ArgumentError`` catches all);
+* `InputError`: bad raw input for ``kpipe prepare``;
+* `ManifestError`: a manifest that fails validation.
+
+Pass ``error=`` to choose; the default is `ArgumentError`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from kpipe.errors import ArgumentError, KpipeError
+
+__all__ = [
+    "check_bool",
+    "check_choice",
+    "check_class_index",
+    "check_int",
+    "check_number",
+    "check_positive_int",
+    "check_seed",
+    "check_weight",
+    "parse_json_value",
+]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int | None = None,
+              allow_none: bool = False, error: type[KpipeError] = ArgumentError) -> int | None:
+    """An integer (Python or NumPy, never `bool`) within ``[minimum, maximum]``.
+
+    Args:
+        value: The value received.
+        name: The argument's name, for the message.
+        minimum: Smallest accepted value, or `None` for no bound.
+        maximum: Largest accepted value, or `None` for no bound.
+        allow_none: Accept (and return) `None`.
+        error: The exception class to raise.
+
+    Returns:
+        ``int(value)``, or `None` when allowed.
+
+    Raises:
+        ArgumentError: (or ``error``) If ``value`` is not an integer in range.
+
+    Example:
+        >>> check_int(3, "epochs", minimum=1)
+        3
+    """
+    if value is None and allow_none:
+        return None
+    if not _is_int(value) or (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        if minimum == 1 and maximum is None:
+            rule = "a positive integer"
+        elif minimum is not None and maximum is not None:
+            rule = f"an integer in [{minimum}, {maximum}]"
+        elif minimum is not None:
+            rule = f"an integer >= {minimum}"
+        elif maximum is not None:
+            rule = f"an integer <= {maximum}"
+        else:
+            rule = "an integer"
+        rule += " or None" if allow_none else ""
+        raise error(f"`{name}` must be {rule}. Received: {name}={value!r}")
+    return int(value)
+
+
+def check_positive_int(value: Any, name: str, *, allow_none: bool = False,
+                       error: type[KpipeError] = ArgumentError) -> int | None:
+    """An integer >= 1 (see `check_int`).
+
+    Example:
+        >>> check_positive_int(32, "batch_size")
+        32
+    """
+    return check_int(value, name, minimum=1, allow_none=allow_none, error=error)
+
+
+def check_number(value: Any, name: str, *, minimum: float | None = None, exclusive_minimum: bool = False,
+                 allow_none: bool = False, error: type[KpipeError] = ArgumentError) -> float | None:
+    """A finite real number (not `bool`), optionally ``>= minimum`` (``> minimum`` if exclusive).
+
+    Returns:
+        ``float(value)``, or `None` when allowed.
+
+    Raises:
+        ArgumentError: (or ``error``) If ``value`` is not a finite number in range.
+
+    Example:
+        >>> check_number(1e-3, "learning_rate", minimum=0, exclusive_minimum=True)
+        0.001
+    """
+    if value is None and allow_none:
+        return None
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
+    if ok and minimum is not None:
+        ok = float(value) > minimum if exclusive_minimum else float(value) >= minimum
+    if not ok:
+        if minimum == 0 and exclusive_minimum:
+            rule = "a positive number"
+        elif minimum is not None:
+            rule = f"a finite number {'>' if exclusive_minimum else '>='} {minimum:g}"
+        else:
+            rule = "a finite number"
+        rule += " or None" if allow_none else ""
+        raise error(f"`{name}` must be {rule}. Received: {name}={value!r}")
+    return float(value)
+
+
+def check_bool(value: Any, name: str, *, error: type[KpipeError] = ArgumentError) -> bool:
+    """A `bool` (NumPy's too); ``0``/``1`` and strings are refused, so a typo cannot mean `True`."""
+    if isinstance(value, bool) or type(value).__name__ in ("bool_", "bool"):
+        return bool(value)
+    raise error(f"`{name}` must be True or False. Received: {name}={value!r}")
+
+
+def check_choice(value: Any, name: str, choices: Iterable[Any], *,
+                 error: type[KpipeError] = ArgumentError) -> Any:
+    """One of ``choices`` (compared with ``==``); returns it.
+
+    Example:
+        >>> check_choice("fit", "loop", ("fit", "step", "tape"))
+        'fit'
+    """
+    choices = tuple(choices)
+    if not any(value == c and type(value) is type(c) for c in choices):
+        shown = ", ".join(repr(c) for c in choices)
+        raise error(f"`{name}` must be one of {shown}. Received: {name}={value!r}")
+    return value
+
+
+def check_seed(value: Any, name: str = "seed", *, error: type[KpipeError] = ArgumentError) -> int:
+    """A seed: any integer >= 0, used whole (no wrapping to 32 bits).
+
+    kpipe derives every random stream with ``np.random.SeedSequence``, which
+    takes integers of any size, so ``seed=0`` and ``seed=2**32`` give
+    different streams. Negative seeds are refused rather than wrapped.
+
+    Raises:
+        ArgumentError: (or ``error``) If ``value`` is not an integer >= 0.
+    """
+    return check_int(value, name, minimum=0, error=error)
+
+
+def check_weight(value: Any, *, argument: str, key: Any = None, error: type[KpipeError] = ArgumentError) -> float:
+    """A weight: a finite number >= 0 (not `bool`).
+
+    Args:
+        value: The weight received.
+        argument: The argument's name (``"class_weight"``...).
+        key: The class or sample it belongs to, for the message.
+        error: The exception class to raise.
+
+    Raises:
+        ArgumentError: (or ``error``) If the weight is negative, NaN, infinite or not a number.
+    """
+    try:
+        w = float(value)
+    except (TypeError, ValueError):
+        w = math.nan
+    if isinstance(value, bool) or not math.isfinite(w) or w < 0:
+        where = argument if key is None else f"{argument}[{key!r}]"
+        raise error(f"Weights must be finite numbers >= 0. Received: {where}={value!r}")
+    return w
+
+
+def parse_json_value(value: Any, name: str, *, example: str = '{"cat": 2.0}',
+                     error: type[KpipeError] = ArgumentError) -> Any:
+    """``value`` itself, or the JSON value a string holds (command-line options pass JSON text).
+
+    Raises:
+        ArgumentError: (or ``error``) If a string is not valid JSON.
+    """
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as e:
+            raise error(f"`{name}` must be JSON such as '{example}'. Received: {name}={value!r} ({e.msg})") from None
+    return value
+
+
+def check_class_index(key: Any, classes: Sequence[str], *, argument: str,
+                      error: type[KpipeError] = ArgumentError) -> int:
+    """Resolve a class given by name or by index to its index.
+
+    A string is looked up among the class names first, then read as an index
+    (``"3"``); an integer is an index in ``[0, len(classes))``.
+
+    Raises:
+        ArgumentError: (or ``error``) If ``key`` names no class (the message lists them).
+
+    Example:
+        >>> check_class_index("dog", ["cat", "dog"], argument="class_weight")
+        1
+    """
+    if isinstance(key, str):
+        if key in classes:
+            return list(classes).index(key)
+        if key.strip().lstrip("-").isdigit():
+            key = int(key)
+    if _is_int(key) and 0 <= int(key) < len(classes):
+        return int(key)
+    shown = ", ".join(repr(c) for c in list(classes)[:20]) + (", ..." if len(classes) > 20 else "")
+    raise error(
+        f"`{argument}` has a key that is not a class: {key!r}. Use class names ({shown}) or "
+        f"class indices 0..{len(classes) - 1}. Received: {argument} key={key!r}"
+    )
