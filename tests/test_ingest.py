@@ -3,9 +3,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_image_folder
 from PIL import Image
 
-from conftest import make_image_folder
 from kpipe.errors import InputError
 from kpipe.ingest import (
     ImageOptions,
