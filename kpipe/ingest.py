@@ -926,15 +926,18 @@ def load_npy(path: Path) -> np.ndarray:
         OSError, ValueError: If it is not a readable ``.npy`` file.
     """
     with open_regular(path) as f:
+        magic = f.read(6)
+        f.seek(0)
+        if magic != b"\x93NUMPY":
+            what = "a .npz archive" if magic[:2] == b"PK" else "a Python pickle" if magic[:1] == b"\x80" else "unknown"
+            raise SampleError("unreadable", f"not a .npy file (no NumPy header; {what} content)")
         try:
             arr = np.load(f, allow_pickle=False)
         except ValueError as e:
-            if "pickle" in str(e):
-                raise SampleError("dtype", "holds Python objects (pickled data), which kpipe never unpickles; save "
+            if "allow_pickle" in str(e):
+                raise SampleError("dtype", "holds Python objects (dtype object), which kpipe never unpickles; save "
                                            "a numeric array") from None
             raise
-    if not isinstance(arr, np.ndarray):
-        raise SampleError("unreadable", "not a single array (an .npz archive?)")
     if arr.dtype.kind not in "biuf":
         raise SampleError("dtype", f"dtype {arr.dtype} is not numeric; kpipe stores bool, integer and float arrays")
     if not arr.dtype.isnative:

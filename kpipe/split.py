@@ -126,7 +126,7 @@ def stratified_split(
     partition of non-zero fraction when it has the samples); the samples of a
     class are shuffled with ``seed`` and dealt out. With ``groups``, the
     samples that share a group ID are placed together, in one partition (a
-    group counts for the class of its first sample); groups are placed
+    group that mixes classes counts for its rarest class); groups are placed
     largest first, each in the partition that lacks the most samples of its
     class, and never leave a partition without the class while it has groups
     left to give.
@@ -169,9 +169,14 @@ def stratified_split(
     if groups.shape != (n,):
         raise SplitError(f"`groups` must have one entry per sample ({n}). Received: shape {groups.shape}")
 
-    # Units: the groups, each owned by the class of its first sample.
-    uniq, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
-    unit_class = labels[first]
+    # Units: the groups, each owned by its rarest class (a group of equal samples may mix classes), so that a
+    # rare class sharing samples with a common one still gets its exact allocation.
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    count = np.bincount(labels, minlength=num_classes)
+    key = count[labels] * max(1, num_classes) + labels
+    owner = np.full(len(uniq), np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(owner, inverse, key)
+    unit_class = owner % max(1, num_classes)
     unit_size = np.bincount(inverse, minlength=len(uniq))
     class_total = np.bincount(unit_class, weights=unit_size, minlength=num_classes).astype(np.int64)
     class_units = np.bincount(unit_class, minlength=num_classes)

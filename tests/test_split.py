@@ -126,3 +126,15 @@ def test_a_class_that_is_one_group_cannot_be_split():
         warnings.simplefilter("ignore")
         parts = stratified_split(labels, groups=groups, small_classes_policy="warn")
     assert sorted(parts["train"].tolist())[-3:] == [10, 11, 12]
+
+
+def test_a_group_mixing_classes_counts_for_the_rarest():
+    # Three rare samples, each equal to a common one (identical features, conflicting labels).
+    labels = np.array([0] * 100 + [1] * 3)
+    groups = np.arange(103)
+    groups[100:] = [0, 1, 2]
+    parts = stratified_split(labels, groups=groups, class_names=["common", "rare"])
+    for p in ("train", "validation", "test"):
+        assert (labels[parts[p]] == 1).sum() == 1
+    where = {int(i): p for p, pos in parts.items() for i in pos}
+    assert all(where[k] == where[100 + k] for k in range(3))
