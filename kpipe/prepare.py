@@ -339,6 +339,11 @@ def prepare(
 
     found = scan(raw, layout, label_column=label_column, id_column=id_column, weight_column=weight_column,
                  missing=missing)
+    if found.layout != "images" and (dtype != "auto" or color_mode is not None or size is not None):
+        raise InputError(
+            f"`dtype`, `image_size` and `color_mode` apply to images; {raw} is {found.layout} input, stored as it "
+            f"is. Received: dtype={dtype!r}, image_size={image_size!r}, color_mode={color_mode!r}"
+        )
     file_weights = read_weights_file(weights) if weights is not None else None  # per-sample weights (issue 4)
     weights_for_samples([], all_ids=[s.id for s in found.samples], column=found.weights, file=file_weights)
     skipped = list(found.skipped)
