@@ -79,7 +79,7 @@ class PrepareResult:
     report: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> str:
-        """One line for people, e.g. ``Prepared 1797 samples in 10 classes: train 1437, ...``.
+        """One line for people, e.g. ``Prepared 1797 samples in 10 classes: train 1438, ...``.
 
         After the partition sizes come the per-class counts per partition
         (train/validation/test), then only what applies: skipped inputs by
@@ -313,7 +313,7 @@ def prepare(
     Example:
         >>> result = prepare("sample_data/digits", "prepared")
         >>> print(result.summary())
-        Prepared 1797 samples in 10 classes: train 1437, validation 180, test 180; per class ...
+        Prepared 1797 samples in 10 classes: train 1438, validation 180, test 179; per class ...
     """
     raw, out = Path(raw), Path(out)
     fractions = parse_split(split)

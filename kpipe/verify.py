@@ -387,7 +387,7 @@ def verify(manifest, *, content: bool = True, progress: Callable[[int], None] | 
     Example:
         >>> report = verify("prepared/manifest.json")
         >>> print(report.summary())
-        OK: 1797 samples in 10 classes (train 1437, validation 180, test 180); ... -> .../manifest.json
+        OK: 1797 samples in 10 classes (train 1438, validation 180, test 179); ... -> .../manifest.json
     """
     from kpipe.manifest import Manifest
 

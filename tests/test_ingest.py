@@ -467,3 +467,9 @@ def test_csv_duplicate_ids_are_an_error(tmp_path: Path):
     (tmp_path / "t.csv").write_text("id,label,a\nx,0,1\ny,1,2\nx,1,3\n")
     with pytest.raises(InputError, match="ID 'x' in column 'id' is on lines 2 and 4"):
         scan(tmp_path / "t.csv", id_column="id")
+
+
+def test_csv_without_usable_rows_says_why_not_where_to_look(tmp_path: Path):
+    (tmp_path / "t.csv").write_text("label,a\n,1\nNA,2\n")
+    with pytest.raises(InputError, match=r"has no usable rows. Skipped: 2 no label \(e.g. .*t.csv:2: missing label"):
+        scan(tmp_path / "t.csv")
