@@ -570,6 +570,8 @@ def _scan_csv(raw: Path, *, label_column: str, id_column: str | None,
             skipped.append(skip(where, "bad-row", f"missing ID in column {id_column!r}"))
         else:
             good.append((n, r))
+    if not good:
+        raise InputError(f"CSV {raw} has no usable rows. Skipped: {describe_skipped(skipped)}.")
     if id_idx is not None:
         first_line: dict[str, int] = {}
         for n, r in good:
