@@ -178,6 +178,7 @@ def _parse_missing_option(value: str) -> str:
 @click.argument("manifest", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout (nothing else), for scripts.")
 @click.option("--quick", is_flag=True, help="Check the manifest and the files' existence and sizes only (no reading).")
+@_handle_errors
 def verify(manifest: Path, as_json: bool, quick: bool) -> None:
     """Check the prepared dataset MANIFEST before training: exit 0 if sound, 1 on any problem.
 

@@ -392,6 +392,11 @@ def verify(manifest, *, content: bool = True, progress: Callable[[int], None] | 
     from kpipe.manifest import Manifest
 
     if isinstance(manifest, Manifest):
+        if manifest.path is None:
+            report = VerifyReport(manifest="None")
+            report.add("manifest", "the manifest has no path, so its storage root cannot be found; save or load it "
+                                   "from a file first")
+            return report
         d = manifest.to_dict()
         path = manifest.path
     else:

@@ -226,3 +226,10 @@ def test_cli_prepare_policy_options(tmp_path: Path):
     assert result.exit_code == 2 and "`missing` must be" in result.output
     result = runner.invoke(main, ["prepare", str(raw), "--out", str(tmp_path / "o3"), "--dtype", "uint8"])
     assert result.exit_code == 1 and "`color_mode` apply to images; " in result.output
+
+
+def test_in_memory_manifest_without_path_is_a_problem():
+    m = Manifest(classes=["x", "y"], labels={"a": 0, "b": 1}, partition={"train": ["a", "b"]}, sample_shape=(1,),
+                 sample_dtype="uint8")
+    report = verify(m)
+    assert not report.ok and "no path" in report.problems[0].message
