@@ -89,6 +89,7 @@ def main() -> None:
 
     \b
     kpipe prepare sample_data/digits --out prepared
+    kpipe verify prepared/manifest.json
     kpipe train prepared/manifest.json
     """
     warnings.formatwarning = _format_warning
@@ -120,6 +121,21 @@ def main() -> None:
               help="CSV column of per-sample weights (stored in the manifest, not a feature).")
 @click.option("--weights", "weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="File of per-sample weights: CSV rows ID,weight (or a JSON object), stored in the manifest.")
+@click.option("--dtype", type=click.Choice(["auto", "uint8", "uint16", "float32"]), default="auto", show_default=True,
+              help="Image dtype; auto: uint16 for 16-bit images, float32 for float images, else uint8. Never "
+                   "scaled per image: 16->8 bits is v >> 8, 8->16 bits v * 257.")
+@click.option("--background", type=click.Choice(["white", "black"]), default="white", show_default=True,
+              help="What transparent pixels are composited onto for rgb and grayscale (rgba keeps alpha).")
+@click.option("--missing", default="auto", show_default=True, metavar="auto|drop-rows|drop-columns|fill=VALUE",
+              callback=lambda ctx, param, value: _parse_missing_option(value),
+              help="CSV missing values (empty, NA, ?...): auto drops the columns more than half empty, then the "
+                   "rows still missing a value.")
+@click.option("--nonfinite", type=click.Choice(["skip", "error"]), default="skip", show_default=True,
+              help="A sample holding NaN or Inf: skip it (listed in the manifest) or stop.")
+@click.option("--duplicates", type=click.Choice(["group", "drop", "error"]), default="group", show_default=True,
+              help="Samples of equal content: keep each group in one partition, keep the first only, or stop.")
+@click.option("--small-classes", type=click.Choice(["error", "warn"]), default="error", show_default=True,
+              help="A class too small for a sample in every partition: stop, or warn and fill train first.")
 @click.option("--n-jobs", default=-1, show_default=True, type=int, help="Parallel workers, as joblib (-1: all cores).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @_handle_errors
@@ -144,6 +160,59 @@ def prepare(raw: Path, out: Path, **options) -> None:
 
         result = run_prepare(raw, out, **options, progress=progress, on_start=on_start)
     click.echo(result.summary())
+
+
+def _parse_missing_option(value: str) -> str:
+    from kpipe.errors import InputError
+    from kpipe.ingest import parse_missing
+
+    try:
+        parse_missing(value)
+    except InputError as e:
+        raise click.BadParameter(str(e)) from None
+    return value
+
+
+# ------------------------------------------------------------------ verify
+@main.command()
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout (nothing else), for scripts.")
+@click.option("--quick", is_flag=True, help="Check the manifest and the files' existence and sizes only (no reading).")
+@_handle_errors
+def verify(manifest: Path, as_json: bool, quick: bool) -> None:
+    """Check the prepared dataset MANIFEST before training: exit 0 if sound, 1 on any problem.
+
+    Checks labels (integers in range), partitions (each ID in exactly one), every file (exists, size,
+    shard sha256), then reads every sample: shape and dtype, per-sample checksums, NaN/Inf, and identical
+    samples in different partitions (leakage, with IDs). Prints each problem, then one summary line.
+    """
+    from kpipe.verify import verify as run_verify
+
+    with contextlib.ExitStack() as stack:
+        state: dict = {}
+
+        def on_start(total: int) -> None:
+            if not as_json and sys.stderr.isatty():
+                state["bar"] = stack.enter_context(
+                    click.progressbar(length=total, label="Reading", file=sys.stderr, show_pos=True))
+
+        def progress(n: int) -> None:
+            if "bar" in state:
+                state["bar"].update(n)
+
+        report = run_verify(manifest, content=not quick, progress=progress, on_start=on_start)
+    if as_json:
+        click.echo(report.to_json())
+    else:
+        for problem in report.problems[:50]:
+            ids = f" [IDs: {', '.join(problem.ids)}{', ...' if problem.num_ids > len(problem.ids) else ''}]" \
+                if problem.ids else ""
+            click.echo(f"Problem ({problem.kind}): {problem.message}{ids}")
+        if len(report.problems) > 50:
+            click.echo(f"... and {len(report.problems) - 50} more problems (see --json)")
+        click.echo(report.summary())
+    if not report.ok:
+        sys.exit(1)
 
 
 # ----------------------------------------------------------------- convert

@@ -52,10 +52,16 @@ class Manifest:
             ``ids[r]``). See `kpipe.storage`.
         sample_weights: Optional sample ID -> per-sample weight (float >= 0).
         prepare: The parameters ``kpipe prepare`` ran with (provenance).
-        skipped: Raw inputs that were skipped: ``[{"path": ..., "reason": ...}]``.
+        skipped: Raw inputs that were skipped: ``[{"path": ..., "reason": ...,
+            "kind": ...}]`` (``kind``, optional, groups reasons: see
+            `kpipe.ingest.SKIP_KINDS`).
         format_version: Manifest layout version (see `FORMAT_VERSION`).
         created: UTC time of writing, ISO 8601.
         kpipe_version: kpipe version that wrote the manifest.
+        sample_checksums: Optional checksum of every stored sample:
+            ``{"algorithm": "blake2b-128", "digests": {ID: hex}}``, computed on
+            the decoded array (see `kpipe.verify.sample_digest`), so it holds
+            in every storage format; `kpipe.verify.verify` checks it.
         path: File the manifest was loaded from or saved to (not serialized);
             relative storage roots resolve against its folder.
     """
@@ -74,6 +80,7 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     created: str | None = None
     kpipe_version: str | None = None
+    sample_checksums: dict[str, Any] | None = None
     path: Path | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -176,6 +183,18 @@ class Manifest:
                         f"Sample {sid!r}{where} has weight {w!r}; weights must be finite "
                         "and >= 0."
                     )
+        if self.sample_checksums is not None:
+            c = self.sample_checksums
+            digests = c.get("digests") if isinstance(c, dict) else None
+            if not (isinstance(c, dict) and isinstance(c.get("algorithm"), str) and isinstance(digests, dict)
+                    and all(isinstance(k, str) and isinstance(v, str) for k, v in digests.items())):
+                raise ManifestError(
+                    f"Manifest{where} has a malformed `sample_checksums`: it must be "
+                    '{"algorithm": str, "digests": {ID: hex string}}.'
+                )
+            unknown = next((k for k in digests if k not in self.labels), None)
+            if unknown is not None:
+                raise ManifestError(f"Manifest{where} has a sample checksum for unknown sample {unknown!r}.")
         try:
             np.dtype(self.sample_dtype)
         except TypeError as e:
@@ -202,6 +221,8 @@ class Manifest:
         }
         if self.sample_weights is not None:
             d["sample_weights"] = {k: float(v) for k, v in self.sample_weights.items()}
+        if self.sample_checksums is not None:
+            d["sample_checksums"] = self.sample_checksums
         d["prepare"] = self.prepare
         d["skipped"] = self.skipped
         return d
@@ -239,6 +260,7 @@ class Manifest:
                 format_version=int(d["format_version"]),
                 created=d.get("created"),
                 kpipe_version=d.get("kpipe_version"),
+                sample_checksums=d.get("sample_checksums"),
                 path=path,
             )
         except ManifestError:

@@ -6,6 +6,7 @@ import dataclasses
 import os
 import shutil
 import uuid
+import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,16 +16,49 @@ import numpy as np
 from joblib import Parallel, delayed
 
 from kpipe._io import check_output_folder, staging_folder
+from kpipe._validation import check_choice
 from kpipe.errors import InputError, SplitError
-from kpipe.ingest import COLOR_MODES, ImageOptions, RawSample, infer_image_options, load_sample, scan
+from kpipe.ingest import (
+    BACKGROUNDS,
+    COLOR_MODES,
+    IMAGE_DTYPES,
+    ImageOptions,
+    RawSample,
+    SampleError,
+    count_nonfinite,
+    describe_skipped,
+    image_kind,
+    infer_image_options,
+    load_sample,
+    load_sample_noted,
+    npy_kind,
+    parse_missing,
+    scan,
+    skip,
+)
 from kpipe.manifest import MANIFEST_NAME, Manifest
-from kpipe.split import parse_split, stratified_split
+from kpipe.split import SMALL_CLASS_POLICIES, parse_split, stratified_split
 from kpipe.storage import FORMATS, check_format, make_writer  # noqa: F401 - FORMATS re-exported
 from kpipe.storage.hdf5 import check_compression
 from kpipe.storage.npy import write_npy_sample
+from kpipe.verify import CHECKSUM_ALGORITHM, sample_digest
 from kpipe.weights import read_weights_file, weights_for_samples
 
 _CHUNK = 64  # samples per joblib task: amortizes dispatch over many small files
+
+
+NONFINITE_POLICIES = ("skip", "error")
+"""Values of ``nonfinite``: a sample holding NaN or Inf is skipped (listed in ``skipped``) or stops prepare."""
+DUPLICATE_POLICIES = ("group", "drop", "error")
+"""Values of ``duplicates``: exact duplicate samples are kept together in one partition, dropped (the first
+kept), or an error."""
+
+_NOTES = {
+    "16->8 bits": "16-bit to uint8 (v >> 8)",
+    "8->16 bits": "8-bit to uint16 (v * 257)",
+    "alpha composited": "transparency composited onto {background}",
+    "resized": "resized to {size}",
+}
 
 
 @dataclasses.dataclass
@@ -34,19 +68,71 @@ class PrepareResult:
     Attributes:
         manifest: The written `Manifest` (``manifest.path`` is set).
         num_skipped: Number of raw inputs skipped (listed in ``manifest.skipped``).
+        report: Facts for the summary: ``notes`` (value changes made by the
+            image rules, e.g. ``{"16->8 bits": 12}``), ``duplicate_groups``
+            (lists of IDs of equal content), ``conflicting_labels`` (how many
+            of those groups mix classes), ``small_classes`` (warnings).
     """
 
     manifest: Manifest
     num_skipped: int
+    report: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> str:
-        """One line for people, e.g. ``Prepared 1797 samples in 10 classes: ...``."""
+        """One line for people, e.g. ``Prepared 1797 samples in 10 classes: train 1438, ...``.
+
+        After the partition sizes come the per-class counts per partition
+        (train/validation/test), then only what applies: skipped inputs by
+        kind, dropped CSV columns and rows, NaN/Inf skips, duplicates and
+        value changes, each with the option that decides it.
+        """
         m = self.manifest
-        parts = ", ".join(f"{p} {len(ids)}" for p, ids in m.partition.items())
-        line = f"Prepared {m.num_samples} samples in {m.num_classes} classes: {parts} -> {m.path}"
+        p = m.prepare
+        parts = ", ".join(f"{name} {len(ids)}" for name, ids in m.partition.items())
+        line = [f"Prepared {m.num_samples} samples in {m.num_classes} classes: {parts}", _per_class(m)]
+        kinds = Counter(s.get("kind", "unreadable") for s in m.skipped)
         if self.num_skipped:
-            line += f" ({self.num_skipped} input{'s' if self.num_skipped != 1 else ''} skipped, see `skipped` in the manifest)"
-        return line
+            shown = ", ".join(f"{n} {k}" for k, n in kinds.most_common())
+            line.append(f"{self.num_skipped} input{'s' if self.num_skipped != 1 else ''} skipped ({shown}; see "
+                        "`skipped` in the manifest)")
+        if p.get("dropped_columns"):
+            reasons = p.get("dropped_column_reasons", {})
+            line.append("dropped columns: " + ", ".join(f"{c} ({reasons.get(c, 'dropped')})"
+                                                        for c in p["dropped_columns"]))
+        if p.get("dropped_rows"):
+            line.append(f"{p['dropped_rows']} row{'s' if p['dropped_rows'] != 1 else ''} dropped for missing values "
+                        f"(--missing {p.get('missing', 'auto')})")
+        if kinds.get("nonfinite"):
+            line.append(f"{kinds['nonfinite']} with NaN/Inf skipped (--nonfinite {p.get('nonfinite', 'skip')})")
+        groups = self.report.get("duplicate_groups") or []
+        if groups:
+            n = sum(len(g) for g in groups)
+            how = {"group": "each group kept in one partition", "drop": "the first of each kept"}.get(
+                p.get("duplicates", "group"), "")
+            conflict = self.report.get("conflicting_labels", 0)
+            line.append(f"{len(groups)} duplicate group{'s' if len(groups) != 1 else ''} ({n} samples{', ' if conflict else ''}"
+                        f"{f'{conflict} with conflicting labels' if conflict else ''}): {how} "
+                        f"(--duplicates {p.get('duplicates', 'group')})")
+        notes = self.report.get("notes") or {}
+        if notes:
+            size = "x".join(str(d) for d in p.get("image_size", []))
+            line.append("converted: " + ", ".join(
+                f"{n} {_NOTES.get(k, k).format(background=p.get('background', 'white'), size=size)}"
+                for k, n in notes.items()))
+        line.extend(self.report.get("small_classes", []))
+        return "; ".join(line) + f" -> {m.path}"
+
+
+def _per_class(m: Manifest) -> str:
+    """``per class train/validation/test: a 16/2/2, b 12/1/2`` (the 6 smallest and the largest when many)."""
+    counts = {p: m.class_counts(p) for p in m.partition}
+    head = f"per class {'/'.join(counts)}"
+    cells = {c: "/".join(str(counts[p][c]) for p in counts) for c in m.classes}
+    if len(m.classes) <= 12:
+        return f"{head}: " + ", ".join(f"{c} {v}" for c, v in cells.items())
+    totals = sorted(m.classes, key=lambda c: (sum(counts[p][c] for p in counts), c))
+    return (f"{head}: smallest " + ", ".join(f"{c} {cells[c]}" for c in totals[:6])
+            + f", largest {totals[-1]} {cells[totals[-1]]}")
 
 
 def parse_image_size(text: str | Sequence[int] | None) -> tuple[int, int] | None:
@@ -67,31 +153,57 @@ def parse_image_size(text: str | Sequence[int] | None) -> tuple[int, int] | None
 
 
 def _convert_chunk(samples: Sequence[RawSample], layout: str, image_options: ImageOptions | None,
-                   shape: tuple[int, ...], dtype: str, data_dir: str | None) -> list[tuple[str, Any]]:
-    """Load and check a chunk of samples; returns ``(id, result)`` each.
+                   shape: tuple[int, ...], dtype: str, data_dir: str | None) -> list[tuple]:
+    """Load, check and checksum a chunk of samples; write them with ``data_dir``.
 
-    With ``data_dir`` each sample is written there as ``<ID>.npy`` and the
-    result is `None`; without, the result is the array (for a writer in the
-    main process, e.g. HDF5 shards). A sample that fails gives its error
-    message (a `str`) as result.
+    Returns one tuple per sample: ``(id, "ok", digest, array or None, notes)``
+    or ``(id, "skip", kind, reason, detail)``. With ``data_dir`` each good
+    sample is written there as ``<ID>.npy`` (array `None`); without, the
+    array is returned for a writer in the main process (HDF5 shards).
+
+    Only *input* errors (reading or decoding a raw file, a sample of another
+    shape, NaN / Inf) make a ``"skip"``; an error *writing* the output
+    propagates and stops prepare: a full disk is never a bad input.
     """
-    results: list[tuple[str, Any]] = []
+    results: list[tuple] = []
+    want = np.dtype(dtype)
     for s in samples:
         try:
-            arr = load_sample(s, layout, image_options)
-            if arr.shape != shape or arr.dtype != np.dtype(dtype):
-                raise ValueError(f"array is {arr.dtype}{list(arr.shape)}, the dataset's (most common) is "
-                                 f"{dtype}{list(shape)}")
-            if data_dir is None:
-                results.append((s.id, arr))
-                continue
-            write_npy_sample(data_dir, s.id, arr)
-            results.append((s.id, None))
+            arr, notes = load_sample_noted(s, layout, image_options)
+            if arr.shape != shape or arr.dtype != want:
+                raise SampleError("shape", f"array is {arr.dtype}{list(arr.shape)}, the dataset's (most common) is "
+                                           f"{dtype}{list(shape)}")
+            bad = count_nonfinite(arr)
+            if bad:
+                raise SampleError("nonfinite", f"{bad} NaN/Inf value{'s' if bad != 1 else ''} among {arr.size}")
+        except SampleError as e:
+            results.append((s.id, "skip", e.kind, str(e), e.detail))
+            continue
         except (OSError, ValueError, SyntaxError, EOFError) as e:  # PIL raises SyntaxError on some corrupt files
-            results.append((s.id, f"unreadable: {e}" if not isinstance(e, ValueError) else str(e)))
-        except Exception as e:  # noqa: BLE001 - a bad file must never crash the run
-            results.append((s.id, f"unreadable: {type(e).__name__}: {e}"))
+            results.append((s.id, "skip", "unreadable", f"unreadable: {e}", None))
+            continue
+        except Exception as e:  # noqa: BLE001 - a bad input file must never crash the run
+            results.append((s.id, "skip", "unreadable", f"unreadable: {type(e).__name__}: {e}", None))
+            continue
+        digest = sample_digest(arr)
+        if data_dir is None:
+            results.append((s.id, "ok", digest, arr, notes))
+        else:
+            write_npy_sample(data_dir, s.id, arr)  # an output error propagates: never a skipped input
+            results.append((s.id, "ok", digest, None, notes))
     return results
+
+
+def _failure_note(skipped: Sequence[dict[str, str]], sizes: Counter | None = None) -> str:
+    """`` Skipped N inputs: ...`` (grouped by kind) and the image sizes found, for an error message."""
+    note = ""
+    if skipped:
+        note += f" Skipped {len(skipped)} input{'s' if len(skipped) != 1 else ''}: {describe_skipped(skipped)}."
+    if sizes and len(sizes) > 1:
+        shown = ", ".join(f"{s} ({n})" for s, n in sizes.most_common(6))
+        note += (f" The images come in {len(sizes)} sizes: {shown}; pass --image-size HxW to resize them all to one "
+                 "size.")
+    return note
 
 
 def prepare(
@@ -103,11 +215,17 @@ def prepare(
     seed: int = 0,
     image_size: str | Sequence[int] | None = None,
     color_mode: str | None = None,
+    dtype: str = "auto",
+    background: str = "white",
     label_column: str = "label",
     id_column: str | None = None,
     weight_column: str | None = None,
     weights: str | os.PathLike | None = None,
-    format: str = "npy",  # noqa: A002 - the field's term
+    missing: str = "auto",
+    nonfinite: str = "skip",
+    duplicates: str = "group",
+    small_classes: str = "error",
+    format: str = "npy",
     shard_size: int | None = None,
     compression: str | None = "none",
     n_jobs: int = -1,
@@ -123,22 +241,49 @@ def prepare(
     moved into place at the end, so a killed run leaves ``OUT`` untouched, and
     every file is written under a temporary name and then renamed.
 
+    Every sample is checked (shape, dtype, NaN / Inf) and checksummed
+    (`kpipe.verify.sample_digest`, stored as ``manifest.sample_checksums``);
+    samples of equal content are found by their checksum. Nothing is dropped
+    or changed without a record: skipped inputs are listed in
+    ``manifest.skipped`` with a reason and a kind, and `PrepareResult.summary`
+    counts them, with the policy that decided.
+
     Args:
         raw: A folder of class sub-folders (images or ``.npy``), or a ``.csv`` file.
         out: Output folder.
         layout: ``"auto"``, ``"images"``, ``"npy"`` or ``"csv"``.
-        split: Train, validation, test fractions, e.g. ``"0.8,0.1,0.1"``.
-        seed: Seed of the stratified split.
+        split: Train, validation, test fractions, e.g. ``"0.8,0.1,0.1"``;
+            allocated exactly per class (see `kpipe.split.stratified_split`).
+        seed: Seed of the split.
         image_size: ``"HxW"`` or ``(height, width)`` to resize images to;
             default keeps the size (images of another size are skipped).
         color_mode: ``"grayscale"``, ``"rgb"`` or ``"rgba"``; default
             inferred from the first image.
+        dtype: Image dtype: ``"auto"`` (default: ``uint16`` for 16-bit
+            images, ``float32`` for float images, else ``uint8``), ``"uint8"``,
+            ``"uint16"`` or ``"float32"``. Never a per-image scaling: 16 -> 8
+            bits is ``v >> 8``, 8 -> 16 bits ``v * 257`` (see
+            `kpipe.ingest.ImageOptions`).
+        background: ``"white"`` (default) or ``"black"``: what transparent
+            pixels are composited onto for ``rgb`` and ``grayscale``.
         label_column: CSV column of the class. Defaults to ``"label"``.
-        id_column: CSV column of sample IDs; row numbers if `None`.
+        id_column: CSV column of sample IDs (must be unique); row numbers if `None`.
         weight_column: CSV column of per-sample weights (finite, >= 0), kept
             out of the features and stored as ``manifest.sample_weights``.
         weights: A file of per-sample weights, CSV rows ``ID,weight``
             (header optional) or a JSON object; every sample needs one.
+        missing: CSV missing values (empty, ``NA``, ``?``...): ``"auto"``
+            (default: drop the columns more than half empty, then the rows
+            still missing a value), ``"drop-rows"``, ``"drop-columns"`` or
+            ``"fill=VALUE"`` (see `kpipe.ingest.parse_missing`).
+        nonfinite: A sample holding NaN or Inf: ``"skip"`` (default; listed
+            in ``skipped``) or ``"error"``.
+        duplicates: Samples of exactly equal content: ``"group"`` (default:
+            kept, each group in one partition, so none leaks from train to
+            test), ``"drop"`` (the first in input order is kept, the others
+            skipped) or ``"error"``.
+        small_classes: A class too small for a sample in every partition:
+            ``"error"`` (default) or ``"warn"`` (it fills train first).
         format: Storage format: ``"npy"`` (one file per sample) or ``"hdf5"``
             (shards laid out partition by partition). Defaults to ``"npy"``.
         shard_size: Samples per HDF5 shard. Defaults to about 1 GiB of
@@ -157,20 +302,30 @@ def prepare(
 
     Raises:
         InputError: If ``raw`` is missing, empty, has no usable sample, or an
-            option is invalid.
-        SplitError: If a class is too small to stratify.
+            option is invalid; with ``nonfinite="error"`` / ``duplicates="error"``
+            on the first such sample. The message lists the skipped inputs by
+            kind (and the image sizes found), so nothing is lost with the
+            staging folder.
+        SplitError: If a class is too small for the split (``small_classes="error"``).
         OutputExistsError: If ``out`` exists and ``overwrite`` is False.
+        OSError: If the output cannot be written (e.g. the disk is full).
 
     Example:
         >>> result = prepare("sample_data/digits", "prepared")
         >>> print(result.summary())
-        Prepared 1797 samples in 10 classes: train 1437, validation 180, test 180 -> ...
+        Prepared 1797 samples in 10 classes: train 1438, validation 180, test 179; per class ...
     """
     raw, out = Path(raw), Path(out)
     fractions = parse_split(split)
     size = parse_image_size(image_size)
-    if color_mode is not None and color_mode not in COLOR_MODES:
-        raise InputError(f"`color_mode` must be one of {', '.join(COLOR_MODES)}. Received: color_mode={color_mode!r}")
+    if color_mode is not None:
+        check_choice(color_mode, "color_mode", COLOR_MODES, error=InputError)
+    check_choice(dtype, "dtype", IMAGE_DTYPES, error=InputError)
+    check_choice(background, "background", BACKGROUNDS, error=InputError)
+    check_choice(nonfinite, "nonfinite", NONFINITE_POLICIES, error=InputError)
+    check_choice(duplicates, "duplicates", DUPLICATE_POLICIES, error=InputError)
+    check_choice(small_classes, "small_classes", SMALL_CLASS_POLICIES, error=InputError)
+    parse_missing(missing)
     check_format(format)
     compression = check_compression(compression)
     if format != "hdf5" and (compression != "none" or shard_size is not None):
@@ -182,80 +337,63 @@ def prepare(
         raise InputError(f"`n_jobs` must be a non-zero integer (-1 for all cores). Received: n_jobs={n_jobs!r}")
     check_output_folder(out, raw, overwrite=overwrite, what="input")
 
-    found = scan(raw, layout, label_column=label_column, id_column=id_column, weight_column=weight_column)
+    found = scan(raw, layout, label_column=label_column, id_column=id_column, weight_column=weight_column,
+                 missing=missing)
+    if found.layout != "images" and (dtype != "auto" or color_mode is not None or size is not None):
+        raise InputError(
+            f"`dtype`, `image_size` and `color_mode` apply to images; {raw} is {found.layout} input, stored as it "
+            f"is. Received: dtype={dtype!r}, image_size={image_size!r}, color_mode={color_mode!r}"
+        )
     file_weights = read_weights_file(weights) if weights is not None else None  # per-sample weights (issue 4)
     weights_for_samples([], all_ids=[s.id for s in found.samples], column=found.weights, file=file_weights)
     skipped = list(found.skipped)
     samples = found.samples
-
-    # Fix the sample shape and dtype from the most common kind among (up to 256) probed
-    # inputs, so that one odd file sorted first cannot make all the others "odd".
-    image_options: ImageOptions | None = None
-    shape: tuple[int, ...] | None = None
-    dtype = ""
-    for s in _by_most_common_kind(samples, found.layout):
-        try:
-            if found.layout == "images":
-                assert s.path is not None
-                image_options = infer_image_options(s.path, size, color_mode)
-            arr = load_sample(s, found.layout, image_options)
-        except Exception:  # noqa: BLE001 - reported when the sample is converted
-            continue
-        shape, dtype = tuple(arr.shape), np.dtype(arr.dtype).name
-        break
-    if shape is None:
-        raise InputError(f"None of the {len(samples)} inputs in {raw} could be read; see the files' formats.")
+    image_options, shape, dtype_name = _probe(found, raw, size, color_mode, dtype, background, skipped)
 
     staging = staging_folder(out)
     # npy: workers write the files; hdf5: workers return arrays to the writer here.
-    writer = make_writer(format, staging, shape, dtype, shard_size=shard_size, compression=compression)
+    writer = make_writer(format, staging, shape, dtype_name, shard_size=shard_size, compression=compression)
     data_dir = str(writer.root) if format == "npy" else None
     try:
         if on_start:
             on_start(len(samples))
-        chunks = [samples[i : i + _CHUNK] for i in range(0, len(samples), _CHUNK)]
-        runner = Parallel(n_jobs=n_jobs if len(chunks) > 1 else 1, return_as="generator")
-        errors: dict[str, str] = {}
-        for res in runner(
-            delayed(_convert_chunk)(c, found.layout, image_options, shape, dtype, data_dir) for c in chunks
-        ):
-            good_ids, good_arrays = [], []
-            for sid, value in res:
-                if isinstance(value, str):
-                    errors[sid] = value
-                elif value is not None:
-                    good_ids.append(sid)
-                    good_arrays.append(value)
-            if good_ids:
-                writer.add_many(good_ids, np.stack(good_arrays))
-            if progress:
-                progress(len(res))
-        kept = [s for s in samples if s.id not in errors]
-        skipped.extend({"path": s.source, "reason": errors[s.id]} for s in samples if s.id in errors)
+        converted = _convert_all(samples, found.layout, image_options, shape, dtype_name, data_dir, writer,
+                                 n_jobs=n_jobs, nonfinite=nonfinite, duplicates=duplicates, progress=progress)
+        skipped.extend(converted.skipped)
+        kept = [s for s in samples if s.id in converted.digests]
+        sizes = _size_counts(converted.sizes, image_options, len(kept))
         if not kept:
-            raise InputError(f"None of the {len(samples)} inputs in {raw} could be converted; see the reasons above.")
+            raise InputError(f"None of the {len(samples)} inputs in {raw} could be converted."
+                             + _failure_note(skipped, sizes))
 
         # Drop classes left without any sample, keeping label order.
         present = sorted({s.label for s in kept})
         remap = {old: new for new, old in enumerate(present)}
+        lost = Counter(s.label for s in samples if s.id not in converted.digests)
         for old, name in enumerate(found.classes):
             if old not in remap:
-                skipped.append({"path": name, "reason": "class dropped: none of its inputs could be converted"})
+                skipped.append(skip(name, "class-dropped", f"class dropped: none of its {lost[old]} inputs could "
+                                                           "be converted"))
         classes = [found.classes[i] for i in present]
         labels = np.array([remap[s.label] for s in kept], dtype=np.int64)
         if len(classes) < 2:
             raise InputError(
                 f"Found only one class ({classes[0]!r}, {len(kept)} samples) in {raw}: a classifier needs at "
-                "least two. Add a folder (or label value) per class."
+                "least two. Add a folder (or label value) per class." + _failure_note(skipped, sizes)
             )
-        try:
-            parts = stratified_split(labels, fractions, seed=seed, class_names=classes)
-        except SplitError as e:
-            if errors:
-                path, reason = next((s.source, errors[s.id]) for s in samples if s.id in errors)
-                raise SplitError(f"{e} Note: {len(errors)} of {len(samples)} inputs could not be converted, "
-                                 f"e.g. {path}: {reason}.") from None
-            raise
+        group_of = {d: k for k, d in enumerate(dict.fromkeys(converted.digests[s.id] for s in kept))}
+        groups = np.array([group_of[converted.digests[s.id]] for s in kept], dtype=np.int64)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                parts = stratified_split(labels, fractions, seed=seed, class_names=classes,
+                                         groups=groups if duplicates == "group" else None,
+                                         small_classes_policy=small_classes)
+            except SplitError as e:
+                raise SplitError(f"{e}{_failure_note(skipped, sizes)}") from None
+        small_warnings = [str(w.message) for w in caught]
+        for w in small_warnings:
+            warnings.warn(w, stacklevel=2)
 
         params: dict[str, Any] = {
             "source": str(raw.resolve()),
@@ -263,6 +401,9 @@ def prepare(
             "seed": seed,
             "split": {"train": fractions[0], "validation": fractions[1], "test": fractions[2]},
             "format": format,
+            "nonfinite": nonfinite,
+            "duplicates": duplicates,
+            "small_classes": small_classes,
         }
         if format == "hdf5":
             params["compression"] = compression
@@ -270,9 +411,14 @@ def prepare(
             params["image_size"] = list(image_options.image_size or ())
             params["color_mode"] = image_options.color_mode
             params["resized"] = image_options.resize
+            params["dtype"] = image_options.dtype
+            params["background"] = image_options.background
         params.update(found.details)
         if weights is not None:
             params["weights_file"] = str(Path(weights).resolve())
+        dup_groups = _duplicate_groups(kept, converted.digests)
+        dup_groups = [g for g in dup_groups if len(g) > 1] + converted.dropped_groups
+        params["duplicate_groups"] = dup_groups
         label_of = {s.id: int(label) for s, label in zip(kept, labels)}
         partition = {p: [kept[i].id for i in pos] for p, pos in parts.items()}
         # Shards hold the samples partition by partition, each in input order.
@@ -283,12 +429,14 @@ def prepare(
             labels=label_of,
             partition=partition,
             sample_shape=shape,
-            sample_dtype=dtype,
+            sample_dtype=dtype_name,
             storage=storage,
             sample_weights=weights_for_samples([s.id for s in kept], all_ids=[s.id for s in samples],
                                                column=found.weights, file=file_weights),
             prepare=params,
             skipped=skipped,
+            sample_checksums={"algorithm": CHECKSUM_ALGORITHM,
+                              "digests": {s.id: converted.digests[s.id] for s in kept}},
         )
         manifest.save(staging / MANIFEST_NAME)
         _swap_into_place(staging, out)
@@ -297,7 +445,117 @@ def prepare(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     manifest.path = (out / MANIFEST_NAME).resolve()
-    return PrepareResult(manifest=manifest, num_skipped=len(skipped))
+    conflicting = sum(len({label_of.get(i, -1) for i in g if i in label_of}) > 1 for g in dup_groups)
+    report = {"notes": dict(converted.notes), "duplicate_groups": dup_groups, "conflicting_labels": conflicting,
+              "small_classes": small_warnings}
+    return PrepareResult(manifest=manifest, num_skipped=len(skipped), report=report)
+
+
+def _probe(found, raw: Path, size, color_mode, dtype: str, background: str,
+           skipped: list[dict[str, str]]) -> tuple[ImageOptions | None, tuple[int, ...], str]:
+    """Fix the sample shape and dtype (and image options) from the most common kind of input.
+
+    The most common kind among (up to 256) probed inputs is tried first, so
+    that one odd file sorted first cannot make all the others "odd".
+
+    Raises:
+        InputError: If no input can be read (naming files and reasons).
+    """
+    failures: list[dict[str, str]] = []
+    for s in _by_most_common_kind(found.samples, found.layout):
+        image_options = None
+        try:
+            if found.layout == "images":
+                assert s.path is not None
+                image_options = infer_image_options(s.path, size, color_mode, dtype, background)
+            arr = load_sample(s, found.layout, image_options)
+        except SampleError as e:
+            failures.append(skip(s.source, e.kind, str(e)))
+            continue
+        except Exception as e:  # noqa: BLE001 - reported when the sample is converted
+            failures.append(skip(s.source, "unreadable", f"unreadable: {e}"))
+            continue
+        return image_options, tuple(arr.shape), np.dtype(arr.dtype).name
+    raise InputError(f"None of the {len(found.samples)} inputs in {raw} could be read."
+                     + _failure_note([*skipped, *failures]))
+
+
+@dataclasses.dataclass
+class _Converted:
+    digests: dict[str, str]  # kept sample ID -> digest
+    skipped: list[dict[str, str]]
+    sizes: Counter  # "HxW" -> images skipped for their size
+    notes: Counter
+    dropped_groups: list[list[str]]  # --duplicates drop: [kept ID, dropped IDs...]
+
+
+def _convert_all(samples, layout, image_options, shape, dtype_name, data_dir, writer, *, n_jobs: int,
+                 nonfinite: str, duplicates: str, progress) -> _Converted:
+    """Run `_convert_chunk` over all samples (joblib), apply the NaN/Inf and duplicate policies."""
+    chunks = [samples[i : i + _CHUNK] for i in range(0, len(samples), _CHUNK)]
+    runner = Parallel(n_jobs=n_jobs if len(chunks) > 1 else 1, return_as="generator")
+    source = {s.id: s.source for s in samples}
+    result = _Converted({}, [], Counter(), Counter(), [])
+    first_of: dict[str, str] = {}  # digest -> first sample ID
+    dropped: dict[str, list[str]] = {}
+    for res in runner(
+        delayed(_convert_chunk)(c, layout, image_options, shape, dtype_name, data_dir) for c in chunks
+    ):
+        good_ids, good_arrays = [], []
+        for sid, status, *rest in res:
+            if status == "skip":
+                kind, reason, detail = rest
+                if kind == "nonfinite" and nonfinite == "error":
+                    raise InputError(f"Sample {sid!r} ({source[sid]}) holds {reason.split(' among')[0]}; "
+                                     "--nonfinite error stops here. Fix or remove the input, or pass --nonfinite "
+                                     "skip to leave such samples out (they are listed in the manifest).")
+                result.skipped.append(skip(source[sid], kind, reason))
+                if kind == "size" and detail:
+                    result.sizes[detail] += 1
+                continue
+            digest, arr, notes = rest
+            first = first_of.setdefault(digest, sid)
+            if first != sid:
+                if duplicates == "error":
+                    raise InputError(
+                        f"Samples {first!r} ({source[first]}) and {sid!r} ({source[sid]}) are exact duplicates; "
+                        "--duplicates error stops here. Remove one, or pass --duplicates group (keep each group "
+                        "in one partition) or --duplicates drop (keep the first)."
+                    )
+                if duplicates == "drop":
+                    dropped.setdefault(first, []).append(sid)
+                    result.skipped.append(skip(source[sid], "duplicate", f"exact duplicate of {first!r} "
+                                                                          "(--duplicates drop)"))
+                    if data_dir is not None:
+                        (Path(data_dir) / f"{sid}.npy").unlink()
+                    continue
+            result.digests[sid] = digest
+            result.notes.update(notes)
+            if arr is not None:
+                good_ids.append(sid)
+                good_arrays.append(arr)
+        if good_ids:
+            writer.add_many(good_ids, np.stack(good_arrays))
+        if progress:
+            progress(len(res))
+    result.dropped_groups = [[first, *rest] for first, rest in dropped.items()]
+    return result
+
+
+def _duplicate_groups(kept: Sequence[RawSample], digests: dict[str, str]) -> list[list[str]]:
+    groups: dict[str, list[str]] = {}
+    for s in kept:
+        groups.setdefault(digests[s.id], []).append(s.id)
+    return list(groups.values())
+
+
+def _size_counts(skipped_sizes: Counter, image_options: ImageOptions | None, num_kept: int) -> Counter:
+    """``"HxW"`` -> number of images: the kept ones (at the dataset's size) and those skipped for their size."""
+    counts = Counter(skipped_sizes)
+    if image_options is not None and image_options.image_size is not None and num_kept and skipped_sizes:
+        h, w = image_options.image_size
+        counts[f"{h}x{w}"] += num_kept
+    return counts
 
 
 def _swap_into_place(staging: Path, out: Path) -> None:
@@ -320,13 +578,9 @@ def _kind(sample: RawSample, layout: str) -> tuple | None:
     """A cheap fingerprint of an input's shape and type, from its header only (`None`: unreadable)."""
     try:
         if layout == "images":
-            from PIL import Image
-
-            with Image.open(sample.path) as img:
-                return (img.height, img.width, img.mode)
+            return image_kind(sample.path)
         if layout == "npy":
-            arr = np.load(sample.path, mmap_mode="r", allow_pickle=False)
-            return (arr.shape, arr.dtype.str)
+            return npy_kind(sample.path)
     except Exception:  # noqa: BLE001 - an unreadable input is reported when it is converted
         return None
     return ()  # csv: every row has the same columns

@@ -17,9 +17,11 @@ def test_prepare_then_train_end_to_end(tmp_path: Path):
     result = runner.invoke(main, ["prepare", str(raw), "--out", str(out), "--n-jobs", "1"])
     assert result.exit_code == 0, result.output
     assert result.output.strip().splitlines()[-1].startswith(
-        "Prepared 36 samples in 3 classes: train 28, validation 4, test 4 -> "
+        "Prepared 36 samples in 3 classes: train 29, validation 4, test 3; per class train/validation/test: "
+        "cat 10/1/1, dog 9/2/1, owl 10/1/1; 1 input skipped (1 not-a-sample; see `skipped` in the manifest) -> "
     )
-    assert "(1 input skipped" in result.output
+    assert (out / "manifest.json").is_file()
+    assert runner.invoke(main, ["verify", str(out / "manifest.json")]).exit_code == 0
     manifest = out / "manifest.json"
     run = tmp_path / "run"
     result = runner.invoke(main, ["train", str(manifest), "--epochs", "1", "--batch-size", "8", "--out", str(run),
@@ -29,7 +31,7 @@ def test_prepare_then_train_end_to_end(tmp_path: Path):
     for name in ("model.keras", "history.json", "metrics.json", "config.json"):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["num_samples"] == 4 and 0 <= metrics["accuracy"] <= 1
+    assert metrics["num_samples"] == 3 and 0 <= metrics["accuracy"] <= 1
     assert set(metrics["classification_report"]) >= {"cat", "dog", "owl", "macro avg"}
     history = json.loads((run / "history.json").read_text())
     assert len(history["loss"]) == 1 and "val_loss" in history

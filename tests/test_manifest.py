@@ -70,3 +70,16 @@ def test_load_errors(tmp_path: Path):
     bad.write_text(json.dumps({"classes": []}))
     with pytest.raises(ManifestError, match="lacks required keys"):
         Manifest.load(bad)
+
+
+def test_sample_checksums_round_trip_and_validation(tmp_path: Path):
+    checksums = {"algorithm": "blake2b-128", "digests": {"a": "00" * 16, "b": "11" * 16}}
+    m = _manifest(sample_checksums=checksums)
+    m.save(tmp_path)
+    assert Manifest.load(tmp_path).sample_checksums == checksums
+    assert json.loads((tmp_path / "manifest.json").read_text())["sample_checksums"] == checksums
+    assert "sample_checksums" not in _manifest().to_dict()  # optional
+    with pytest.raises(ManifestError, match="malformed `sample_checksums`"):
+        _manifest(sample_checksums={"digests": {"a": "00"}})
+    with pytest.raises(ManifestError, match="checksum for unknown sample 'zz'"):
+        _manifest(sample_checksums={"algorithm": "blake2b-128", "digests": {"zz": "00"}})

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_image_folder, make_indexed_npy_folder
 from PIL import Image
 
-from conftest import make_image_folder, make_indexed_npy_folder
 from kpipe.errors import InputError, OutputExistsError, SplitError
 from kpipe.manifest import Manifest
 from kpipe.prepare import parse_image_size, prepare
@@ -31,8 +31,10 @@ def test_prepare_images(image_folder: Path, tmp_path: Path):
     # data round trip: the stored sample equals the decoded image
     arr = np.load(tmp_path / "out" / "data" / "a_img_003.npy")
     np.testing.assert_array_equal(arr[:, :, 0], np.asarray(Image.open(image_folder / "a" / "img_003.png")))
-    assert "2 inputs skipped" in result.summary()
-    assert result.summary().startswith("Prepared 45 samples in 3 classes: train 36, validation 4, test 5 -> ")
+    assert "2 inputs skipped (1 hidden, 1 unreadable" in result.summary()
+    assert result.summary().startswith("Prepared 45 samples in 3 classes: train 36, validation 5, test 4; "
+                                       "per class train/validation/test: a 16/2/2, b 12/2/1, c 8/1/1; ")
+    assert result.summary().endswith(f" -> {m.path}")
     # nothing left behind
     assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
     assert not list((tmp_path / "out").rglob("*.partial"))
@@ -90,7 +92,7 @@ def test_existing_output_needs_overwrite(image_folder: Path, tmp_path: Path):
 
 def test_failed_run_leaves_no_trace(tmp_path: Path):
     raw = make_image_folder(tmp_path / "raw", {"a": 10, "b": 1})
-    with pytest.raises(SplitError, match="Class 'b' has 1 sample"):
+    with pytest.raises(SplitError, match=r"Class 'b' \(1 sample\) cannot have a sample in each of the 3"):
         prepare(raw, tmp_path / "out", n_jobs=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
 
@@ -141,7 +143,8 @@ def test_one_class_is_an_error_and_split_error_mentions_skipped(tmp_path: Path):
     raw2 = make_indexed_npy_folder(tmp_path / "raw2", {"a": 6, "b": 1})
     for k in range(2):
         (raw2 / "b" / f"bad{k}.npy").write_bytes(b"junk")
-    with pytest.raises(SplitError, match=r"Class 'b' has 1 sample.*Note: 2 of 9 inputs could not be converted"):
+    with pytest.raises(SplitError, match=r"Class 'b' \(1 sample\).*Skipped 2 inputs: 2 unreadable or corrupt "
+                                         r"\(e.g. .*bad0.npy: not a .npy file"):
         prepare(raw2, tmp_path / "out", n_jobs=1)
 
 
@@ -158,3 +161,202 @@ def test_output_inside_the_input_is_refused(image_folder: Path):
     with pytest.raises(InputError, match="is inside the input"):
         prepare(image_folder, image_folder / "a", overwrite=True, n_jobs=1)
     assert len(list((image_folder / "a").iterdir())) == 20
+
+
+# ---------------------------------------------------------------- issue 9
+def _load(out: Path, sid: str) -> np.ndarray:
+    return np.load(out / "data" / f"{sid}.npy")
+
+
+def test_16bit_classes_stay_apart(tmp_path: Path):
+    raw = tmp_path / "raw"
+    for name, value in (("dark", 2000), ("bright", 65535)):
+        (raw / name).mkdir(parents=True)
+        for k in range(6):
+            Image.fromarray(np.full((4, 4), value - 256 * k, np.uint16)).save(raw / name / f"{k}.png")
+    result = prepare(raw, tmp_path / "out", n_jobs=1)
+    m = result.manifest
+    assert m.sample_dtype == "uint16" and m.prepare["dtype"] == "uint16"
+    assert int(_load(tmp_path / "out", "dark_0").max()) == 2000  # old code: 255 for both classes
+    assert int(_load(tmp_path / "out", "bright_0").max()) == 65535
+    assert "converted" not in result.summary()
+    m8 = prepare(raw, tmp_path / "out8", dtype="uint8", n_jobs=1)
+    assert int(_load(tmp_path / "out8", "dark_0").max()) == 2000 >> 8
+    assert "converted: 12 16-bit to uint8 (v >> 8)" in m8.summary()
+
+
+def test_mixed_sizes_error_names_the_sizes_and_the_option(tmp_path: Path):
+    raw = make_image_folder(tmp_path / "raw", {"a": 8}, size=(8, 8))
+    make_image_folder(raw, {"b": 8}, size=(10, 12), seed=1)
+    make_image_folder(raw, {"a": 0}, size=(10, 12))
+    with pytest.raises(InputError) as e:
+        prepare(raw, tmp_path / "out", n_jobs=1)
+    msg = str(e.value)
+    assert "Found only one class ('a', 8 samples)" in msg
+    assert "Skipped 9 inputs: 8 image of another size (e.g. " in msg and "1 class left without any sample" in msg
+    assert "The images come in 2 sizes: 10x12 (8), 8x8 (8); pass --image-size HxW" in msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+    m = prepare(raw, tmp_path / "out", image_size="8x8", n_jobs=1).manifest
+    assert m.num_samples == 16 and m.classes == ["a", "b"]
+
+
+def test_nonfinite_samples_skipped_or_an_error(tmp_path: Path):
+    raw = make_indexed_npy_folder(tmp_path / "raw", {"a": 75, "b": 75})
+    bad = np.load(raw / "b" / "s_010.npy")
+    bad[0, 0, 0] = np.nan
+    np.save(raw / "b" / "s_010.npy", bad)
+    result = prepare(raw, tmp_path / "out", n_jobs=1)
+    assert result.manifest.num_samples == 149
+    [entry] = [s for s in result.manifest.skipped if s["kind"] == "nonfinite"]
+    assert entry["path"].endswith("s_010.npy") and "1 NaN/Inf value among 16" in entry["reason"]
+    assert "1 with NaN/Inf skipped (--nonfinite skip)" in result.summary()
+    with pytest.raises(InputError, match=r"Sample 'b_s_010' \(.*s_010.npy\) holds 1 NaN/Inf value; --nonfinite error"):
+        prepare(raw, tmp_path / "out2", nonfinite="error", n_jobs=1)
+    assert not (tmp_path / "out2").exists()
+
+
+def test_csv_missing_values_policy_in_the_summary(tmp_path: Path):
+    rows = ["label,a,sparse,name,b"]
+    for k in range(200):
+        rows.append(f"{k % 2},{k},{k if k % 20 in (0, 1) else 'NA'},n{k},{'inf' if k == 7 else k * 2}")
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    result = prepare(tmp_path / "t.csv", tmp_path / "out", n_jobs=1)
+    assert result.manifest.num_samples == 199  # old code: 10, after dropping 190 rows
+    summary = result.summary()
+    assert "dropped columns: sparse (90% missing), name (text)" in summary
+    assert "1 with NaN/Inf skipped (--nonfinite skip)" in summary
+    result = prepare(tmp_path / "t.csv", tmp_path / "out2", missing="drop-rows", n_jobs=1)
+    assert result.manifest.num_samples == 20
+    assert "180 rows dropped for missing values (--missing drop-rows)" in result.summary()
+    assert result.manifest.prepare["missing"] == "drop-rows"
+
+
+def test_nothing_convertible_names_a_file_and_its_reason(tmp_path: Path):
+    raw = tmp_path / "raw"
+    for c in ("a", "b"):
+        (raw / c).mkdir(parents=True)
+        for k in range(2):
+            np.save(raw / c / f"o{k}.npy", np.array([{"k": k}], dtype=object), allow_pickle=True)
+            np.save(raw / c / f"s{k}.npy", np.array(["text"]))
+    with pytest.raises(InputError, match=r"None of the 8 inputs .* could be read\. Skipped 8 inputs: 8 values kpipe "
+                                         r"cannot store as they are \(e\.g\. .*\.npy: "):
+        prepare(raw, tmp_path / "out", n_jobs=1)
+
+
+def test_big_endian_dataset_is_converted(tmp_path: Path):
+    raw = make_indexed_npy_folder(tmp_path / "raw", {"a": 6, "b": 6})
+    for f in raw.rglob("*.npy"):
+        np.save(f, np.load(f).astype(">f4"))
+    m = prepare(raw, tmp_path / "out", n_jobs=1).manifest
+    assert m.num_samples == 12 and m.sample_dtype == "float32"
+    np.testing.assert_array_equal(_load(tmp_path / "out", "b_s_000"), np.full((4, 4, 1), 6, np.float32))
+
+
+def _duplicated_images(root: Path) -> Path:
+    raw = make_image_folder(root, {"a": 20, "b": 20})
+    for k in range(5):  # five copies of a_img_000 in class a, three of b_img_000 in class b
+        (raw / "a" / f"copy{k}.png").write_bytes((raw / "a" / "img_000.png").read_bytes())
+    for k in range(3):
+        (raw / "b" / f"copy{k}.png").write_bytes((raw / "b" / "img_000.png").read_bytes())
+    return raw
+
+
+def test_duplicates_never_cross_partitions(tmp_path: Path):
+    raw = _duplicated_images(tmp_path / "raw")
+    for seed in range(6):
+        result = prepare(raw, tmp_path / f"out{seed}", seed=seed, n_jobs=1)
+        m = result.manifest
+        part_of = {sid: p for p, ids in m.partition.items() for sid in ids}
+        groups = m.prepare["duplicate_groups"]
+        assert sorted(len(g) for g in groups) == [4, 6]
+        for g in groups:
+            assert len({part_of[i] for i in g}) == 1
+        assert "2 duplicate groups (10 samples): each group kept in one partition (--duplicates group)" in \
+            result.summary()
+
+
+def test_duplicates_drop_and_error(tmp_path: Path):
+    raw = _duplicated_images(tmp_path / "raw")
+    for fmt in ("npy", "hdf5"):
+        result = prepare(raw, tmp_path / f"drop_{fmt}", duplicates="drop", format=fmt, n_jobs=1)
+        m = result.manifest
+        assert m.num_samples == 40 and "a_copy0" in m.labels and "a_copy1" not in m.labels
+        dropped = [s for s in m.skipped if s["kind"] == "duplicate"]
+        assert len(dropped) == 8 and dropped[0]["reason"] == "exact duplicate of 'a_copy0' (--duplicates drop)"
+        assert "the first of each kept (--duplicates drop)" in result.summary()
+    assert not (tmp_path / "drop_npy" / "data" / "a_copy1.npy").exists()
+    with pytest.raises(InputError, match=r"Samples 'a_copy0' .* and 'a_copy1' .* are exact duplicates"):
+        prepare(raw, tmp_path / "err", duplicates="error", n_jobs=1)
+
+
+def test_rare_and_tiny_classes_through_prepare(tmp_path: Path):
+    rows = ["label,x"] + [f"common,{k}" for k in range(1000)] + [f"rare,{-k}" for k in range(1, 4)]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    result = prepare(tmp_path / "t.csv", tmp_path / "out", split="0.9,0.05,0.05", n_jobs=1)
+    assert result.manifest.class_counts("validation")["rare"] == 1
+    assert result.manifest.class_counts("test")["rare"] == 1
+    assert "per class train/validation/test: common 900/50/50, rare 1/1/1" in result.summary()
+    raw = make_image_folder(tmp_path / "raw", {"x": 6, "y": 6})
+    m = prepare(raw, tmp_path / "out2", n_jobs=1).manifest  # old code: refused
+    assert [len(m.partition[p]) for p in ("train", "validation", "test")] == [8, 2, 2]
+
+
+def test_small_class_warn_is_in_the_summary(tmp_path: Path):
+    raw = make_image_folder(tmp_path / "raw", {"x": 10, "y": 2})
+    with pytest.warns(UserWarning, match="Class 'y' \\(2 samples\\)"):
+        result = prepare(raw, tmp_path / "out", small_classes="warn", n_jobs=1)
+    assert "Class 'y' (2 samples) cannot have a sample in each of the 3 partitions" in result.summary()
+    assert result.manifest.class_counts("test")["y"] == 0
+
+
+def test_an_output_error_stops_prepare_and_is_not_a_bad_input(tmp_path: Path, monkeypatch):
+    import errno
+    import importlib
+
+    prep = importlib.import_module("kpipe.prepare")  # `kpipe.prepare` is also the function
+    raw = make_indexed_npy_folder(tmp_path / "raw", {"a": 6, "b": 6})
+    real = prep.write_npy_sample
+    calls = []
+
+    def full_disk(root, sid, arr):
+        calls.append(sid)
+        if len(calls) > 3:
+            raise OSError(errno.ENOSPC, "No space left on device", f"{root}/{sid}.npy")
+        return real(root, sid, arr)
+
+    monkeypatch.setattr(prep, "write_npy_sample", full_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        prepare(raw, tmp_path / "out", n_jobs=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+
+
+@pytest.mark.timeout(60)
+def test_fifo_in_a_class_folder_does_not_hang_prepare(tmp_path: Path):
+    raw = make_image_folder(tmp_path / "raw", {"a": 6, "b": 6})
+    os.mkfifo(raw / "a" / "pipe.png")
+    result = prepare(raw, tmp_path / "out", n_jobs=1)
+    assert result.manifest.num_samples == 12
+    assert [s["kind"] for s in result.manifest.skipped] == ["special"]
+
+
+def test_sample_checksums_match_the_stored_samples_in_every_format(tmp_path: Path):
+    from kpipe.storage import open_store
+    from kpipe.verify import CHECKSUM_ALGORITHM, sample_digest
+
+    raw = make_image_folder(tmp_path / "raw", {"a": 6, "b": 6})
+    npy = prepare(raw, tmp_path / "npy", n_jobs=1).manifest
+    h5 = prepare(raw, tmp_path / "h5", format="hdf5", n_jobs=1).manifest
+    assert npy.sample_checksums["algorithm"] == CHECKSUM_ALGORITHM
+    assert npy.sample_checksums == h5.sample_checksums
+    assert set(npy.sample_checksums["digests"]) == set(npy.labels)
+    with open_store(h5) as store:
+        for sid, digest in h5.sample_checksums["digests"].items():
+            assert sample_digest(store.read(sid)) == digest == sample_digest(_load(tmp_path / "npy", sid))
+
+
+def test_many_classes_summary_is_compact(tmp_path: Path):
+    rows = ["label,x"] + [f"c{k:02d},{k * 100 + j}" for k in range(20) for j in range(3 + k)]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    summary = prepare(tmp_path / "t.csv", tmp_path / "out", n_jobs=1).summary()
+    assert "per class train/validation/test: smallest c00 1/1/1, c01 2/1/1," in summary
+    assert ", largest c19 18/2/2" in summary
