@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
-import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,13 +12,12 @@ from typing import Any
 import numpy as np
 from joblib import Parallel, delayed
 
-from kpipe._io import check_output_folder, staging_folder
-from kpipe.errors import InputError, SplitError
+from kpipe._staging import check_output_folder, staged_dataset
+from kpipe.errors import InputError, SplitError, StoreError
 from kpipe.ingest import COLOR_MODES, ImageOptions, RawSample, infer_image_options, load_sample, scan
 from kpipe.manifest import MANIFEST_NAME, Manifest
 from kpipe.split import parse_split, stratified_split
-from kpipe.storage import FORMATS, check_format, make_writer  # noqa: F401 - FORMATS re-exported
-from kpipe.storage.hdf5 import check_compression
+from kpipe.storage import FORMATS, check_storage_options  # noqa: F401 - FORMATS re-exported
 from kpipe.storage.npy import write_npy_sample
 from kpipe.weights import read_weights_file, weights_for_samples
 
@@ -87,6 +84,8 @@ def _convert_chunk(samples: Sequence[RawSample], layout: str, image_options: Ima
                 continue
             write_npy_sample(data_dir, s.id, arr)
             results.append((s.id, None))
+        except StoreError:
+            raise  # writing the output failed (disk full...): never an input's fault; prepare stops
         except (OSError, ValueError, SyntaxError, EOFError) as e:  # PIL raises SyntaxError on some corrupt files
             results.append((s.id, f"unreadable: {e}" if not isinstance(e, ValueError) else str(e)))
         except Exception as e:  # noqa: BLE001 - a bad file must never crash the run
@@ -171,13 +170,7 @@ def prepare(
     size = parse_image_size(image_size)
     if color_mode is not None and color_mode not in COLOR_MODES:
         raise InputError(f"`color_mode` must be one of {', '.join(COLOR_MODES)}. Received: color_mode={color_mode!r}")
-    check_format(format)
-    compression = check_compression(compression)
-    if format != "hdf5" and (compression != "none" or shard_size is not None):
-        raise InputError(
-            "`shard_size` and `compression` apply to --format hdf5 only. "
-            f"Received: format={format!r}, shard_size={shard_size!r}, compression={compression!r}"
-        )
+    compression = check_storage_options(format, shard_size, compression)
     if not isinstance(n_jobs, int) or n_jobs == 0:
         raise InputError(f"`n_jobs` must be a non-zero integer (-1 for all cores). Received: n_jobs={n_jobs!r}")
     check_output_folder(out, raw, overwrite=overwrite, what="input")
@@ -206,11 +199,10 @@ def prepare(
     if shape is None:
         raise InputError(f"None of the {len(samples)} inputs in {raw} could be read; see the files' formats.")
 
-    staging = staging_folder(out)
-    # npy: workers write the files; hdf5: workers return arrays to the writer here.
-    writer = make_writer(format, staging, shape, dtype, shard_size=shard_size, compression=compression)
-    data_dir = str(writer.root) if format == "npy" else None
-    try:
+    with staged_dataset(out, source=raw, overwrite=overwrite, what="input") as staging:
+        # npy: workers write the files; hdf5: workers return arrays to the writer here.
+        writer = staging.writer(format, shape, dtype, shard_size=shard_size, compression=compression)
+        data_dir = str(writer.root) if format == "npy" else None
         if on_start:
             on_start(len(samples))
         chunks = [samples[i : i + _CHUNK] for i in range(0, len(samples), _CHUNK)]
@@ -290,30 +282,9 @@ def prepare(
             prepare=params,
             skipped=skipped,
         )
-        manifest.save(staging / MANIFEST_NAME)
-        _swap_into_place(staging, out)
-    except BaseException:
-        writer.abort()
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        manifest.save(staging.path / MANIFEST_NAME)
     manifest.path = (out / MANIFEST_NAME).resolve()
     return PrepareResult(manifest=manifest, num_skipped=len(skipped))
-
-
-def _swap_into_place(staging: Path, out: Path) -> None:
-    """Move the finished staging folder to ``out``, replacing an old one last."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out, old)
-    if old is not None and (old / "runs").is_dir() and not (staging / "runs").exists():
-        os.replace(old / "runs", staging / "runs")  # training runs kept next to the data are not lost
-    os.replace(staging, out)
-    if old is not None:
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
 
 
 def _kind(sample: RawSample, layout: str) -> tuple | None:

@@ -83,8 +83,10 @@ def test_existing_output_needs_overwrite(image_folder: Path, tmp_path: Path):
     with pytest.raises(OutputExistsError, match="--overwrite"):
         prepare(image_folder, out, n_jobs=1)
     assert (out / "keep.txt").exists()  # nothing lost
+    with pytest.raises(OutputExistsError, match="'keep.txt', which kpipe did not write"):
+        prepare(image_folder, out, n_jobs=1, overwrite=True)  # --overwrite never deletes a file kpipe did not write
+    (out / "keep.txt").unlink()
     prepare(image_folder, out, n_jobs=1, overwrite=True)
-    assert not (out / "keep.txt").exists()
     assert Manifest.load(out).num_samples == 45
 
 
