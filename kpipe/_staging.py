@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from kpipe._io import atomic_write_json, output_write_error
-from kpipe.errors import InputError, KpipeError, OutputExistsError
+from kpipe.errors import InputError, KpipeError, OutputExistsError, StoreError
 
 MARKER_NAME = ".kpipe-dataset"
 """Ownership marker written into every dataset folder kpipe creates (JSON: kpipe version, writer process)."""
@@ -333,6 +333,8 @@ def staged_dataset(out: str | os.PathLike, *, source: str | os.PathLike | None, 
         staging._abort()
         if isinstance(e, OSError) and not isinstance(e, KpipeError):
             raise output_write_error(e, getattr(e, "filename", None) or path, out=out) from None
+        if type(e) is StoreError and "left as it was" not in str(e):  # a file could not be read or written
+            raise StoreError(f"{e} {out} was left as it was.") from None
         raise
 
 

@@ -88,9 +88,27 @@ _FAST_CHECKS = {"sample_id": is_safe_name, "label": _is_label, "weight": _is_wei
 """Exact equivalents of the schema's per-sample ``$defs`` (a test checks each against jsonschema)."""
 
 
+def _place(path) -> str:
+    """A JSON path as people read it: ``storage.shards[0].ids[3]``."""
+    text = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+    return text or "the document"
+
+
+def _id_message(sample_id: Any, place: str) -> str:
+    return (f"sample ID {sample_id!r} in {place} is not allowed: {name_problem(sample_id)}. An ID must be one plain "
+            "file name (no '/', '\\', NUL or control characters, not '.' or '..')")
+
+
 def _schema_message(error) -> str:
-    path = "".join(f"[{p!r}]" if isinstance(p, str) else f"[{p}]" for p in error.absolute_path)
-    return f"{path.lstrip('[').replace('][', '.').rstrip(']') or 'the document'}: {error.message}"
+    place = _place(error.absolute_path)
+    if error.validator == "pattern" and error.validator_value == manifest_schema()["$defs"]["sample_id"]["pattern"]:
+        if len(error.absolute_path) >= 1 and error.absolute_path[0] == "storage" and "file" in error.absolute_path:
+            return f"shard file name {error.instance!r} in {place} is not allowed: {name_problem(error.instance)}"
+        return _id_message(error.instance, place)
+    if error.validator == "pattern" and error.validator_value == manifest_schema()["$defs"]["relative_path"]["pattern"]:
+        return (f"{place} {error.instance!r} points outside the dataset folder (absolute paths, '..', backslashes "
+                "and NUL are refused)")
+    return f"{place}: {error.message}"
 
 
 def validate_manifest_dict(d: Any, where: str = "") -> None:

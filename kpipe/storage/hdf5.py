@@ -641,6 +641,8 @@ class Hdf5Store(Store):
                 raise StoreError(f"{where}: {e}") from None
             except OSError as e:
                 raise StoreError(f"{where}: cannot read it: {describe_os_error(e)}.") from None
+            if not stat.S_ISREG(st.st_mode):
+                raise StoreError(f"{where} is not a regular file; kpipe reads only regular files.")
             if shard.get("num_bytes") is not None and st.st_size != int(shard["num_bytes"]):
                 raise StoreError(f"{where} has {st.st_size} bytes, the manifest says {shard['num_bytes']}; "
                                  "it is truncated or was modified.")
