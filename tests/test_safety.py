@@ -202,11 +202,11 @@ def test_overwrite_replaces_only_kpipe_datasets(small_raw, tmp_path):
     foreign.mkdir()
     (foreign / "manifest.json").write_text("{}")  # looks like a dataset, but no marker
     (foreign / "data").mkdir()
-    for run in (lambda: prepare(small_raw, foreign, overwrite=True, n_jobs=1),
-                lambda: convert(ds.path, foreign, to="hdf5", overwrite=True)):
-        ds = prepare(small_raw, tmp_path / "ds", overwrite=True, n_jobs=1).manifest
-        with pytest.raises(OutputExistsError, match=f"no {MARKER_NAME} marker"):
-            run()
+    ds = prepare(small_raw, tmp_path / "ds", n_jobs=1).manifest
+    with pytest.raises(OutputExistsError, match=f"no {MARKER_NAME} marker"):
+        prepare(small_raw, foreign, overwrite=True, n_jobs=1)
+    with pytest.raises(OutputExistsError, match=f"no {MARKER_NAME} marker"):
+        convert(ds.path, foreign, to="hdf5", overwrite=True)
     assert sorted(p.name for p in foreign.iterdir()) == ["data", "manifest.json"]
     marker = json.loads((ds.path.parent / MARKER_NAME).read_text())
     assert marker["kpipe"] == "dataset" and marker["writer"]["pid"] == os.getpid()
@@ -235,11 +235,12 @@ def test_second_run_to_a_new_output_fails_instead_of_replacing_the_first(small_r
 
 def test_staging_moves_onto_a_missing_or_empty_folder_only(tmp_path):
     out = tmp_path / "out"
-    with pytest.raises(OutputExistsError, match="created by another process"):
-        with staged_dataset(out, source=None, overwrite=False) as a:  # both start while OUT is missing
-            (a.path / "manifest.json").write_text('{"a": 1}')
-            with staged_dataset(out, source=None, overwrite=False) as b:
-                (b.path / "manifest.json").write_text('{"b": 1}')
+    # Both start while OUT is missing; b finishes first.
+    with pytest.raises(OutputExistsError, match="created by another process"), \
+            staged_dataset(out, source=None, overwrite=False) as a:
+        (a.path / "manifest.json").write_text('{"a": 1}')
+        with staged_dataset(out, source=None, overwrite=False) as b:
+            (b.path / "manifest.json").write_text('{"b": 1}')
     assert (out / "manifest.json").read_text() == '{"b": 1}'  # b finished first and is kept
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     empty = tmp_path / "empty"
@@ -272,7 +273,7 @@ _KILLED_RUN = textwrap.dedent("""
 
 def _killed_prepare(raw: Path, out: Path, where: str) -> None:
     proc = subprocess.run([sys.executable, "-c", _KILLED_RUN, str(raw), str(out), where], capture_output=True,
-                          text=True, timeout=120, cwd=out.parent)
+                          text=True, timeout=120, cwd=out.parent, check=False)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
 
 
@@ -312,7 +313,7 @@ def _tmpfs(path: Path, options: str):
     path.mkdir(parents=True, exist_ok=True)
     try:
         done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True,
-                              timeout=30)
+                              timeout=30, check=False)
     except (OSError, subprocess.SubprocessError):
         done = None
     if done is None or done.returncode != 0:
@@ -320,7 +321,7 @@ def _tmpfs(path: Path, options: str):
     try:
         yield path
     finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30, check=False)
 
 
 @pytest.fixture(scope="module")
