@@ -31,7 +31,7 @@ from kpipe.errors import KpipeError, ManifestError, StoreError
 MAX_NAME_CHARS = 200
 """Longest sample ID or shard file name (``<ID>.npy`` must fit a 255-byte file name)."""
 
-NAME_PATTERN = r"^(?!\.\.?$)[^/\\\x00-\x1f\x7f]{1,200}$"
+NAME_PATTERN = r"^(?!\.\.?$)[^/\\\u0000-\u001f\u007f]{1,200}$(?!\n)"
 """Regular expression of a safe file-name component (the schema's ``sample_id`` and ``file_name``)."""
 
 _NAME = re.compile(NAME_PATTERN)

@@ -77,7 +77,7 @@ def _is_weight(v: Any) -> bool:
     return type(v) in (int, float) and v >= 0
 
 
-_CHECKSUM = re.compile(r"^[0-9a-f]{8,128}$")
+_CHECKSUM = re.compile(r"^[0-9a-f]{8,128}$(?!\n)")
 
 
 def _is_checksum(v: Any) -> bool:
@@ -448,8 +448,8 @@ class Manifest:
         try:
             with os.fdopen(open_regular(path, what="manifest"), "rb") as f:
                 identity = stat_identity(os.fstat(f.fileno()))
-                d = json.loads(f.read().decode("utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                d = json.loads(f.read().decode("utf-8"), parse_constant=_refuse_constant)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
             raise ManifestError(f"Cannot read manifest {path}: {e}") from e
         if not isinstance(d, dict):
             raise ManifestError(f"Manifest {path} is not a JSON object.")
@@ -478,6 +478,10 @@ class Manifest:
         self.path = target.resolve()
         self.file_identity = stat_identity(os.stat(self.path))
         return self.path
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"it holds {name}, which is not a JSON number (JSON numbers are finite)")
 
 
 def load_manifest(manifest: Manifest | str | os.PathLike) -> Manifest:
