@@ -2,19 +2,21 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kpipe.errors import ManifestError
 from kpipe.manifest import FORMAT_VERSION, Manifest
 
 
 def _manifest(**kw) -> Manifest:
-    base = dict(
-        classes=["cat", "dog"],
-        labels={"a": 0, "b": 1, "c": 1},
-        partition={"train": ["a", "b"], "validation": ["c"], "test": []},
-        sample_shape=(2, 3),
-        sample_dtype="float32",
-    )
+    base = {
+        "classes": ["cat", "dog"],
+        "labels": {"a": 0, "b": 1, "c": 1},
+        "partition": {"train": ["a", "b"], "validation": ["c"], "test": []},
+        "sample_shape": (2, 3),
+        "sample_dtype": "float32",
+    }
     base.update(kw)
     return Manifest(**base)
 
@@ -166,8 +168,6 @@ def test_schema_file_is_shipped_and_names_the_id_rule():
     assert set(schema["required"]) == {"format_version", "classes", "labels", "partition", "sample", "storage"}
 
 
-from hypothesis import given  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 _ANY_JSON_SCALAR = st.one_of(
     st.none(), st.booleans(), st.integers(-3, 2**63), st.floats(allow_nan=False, allow_infinity=False),
