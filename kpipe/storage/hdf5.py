@@ -368,8 +368,10 @@ class Hdf5Store(Store):
         readers = self._readers
         reader = readers.get(s)
         if reader is not None:
-            with contextlib.suppress(KeyError):  # evicted by another thread meanwhile: still usable
+            try:
                 readers.move_to_end(s)
+            except KeyError:  # evicted by another thread meanwhile: still usable
+                pass
             return reader
         with self._lock:
             reader = readers.get(s)
