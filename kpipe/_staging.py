@@ -203,6 +203,41 @@ def _siblings(out: Path, infix: str) -> list[Path]:
         return []
 
 
+def _recover(out: Path, done: list[str]) -> None:
+    """The work of `recover_interrupted`; appends a message per action to ``done``."""
+    staging = {_token(p, _STAGING_INFIX): p for p in _siblings(out, _STAGING_INFIX)}
+    current = read_marker(out) if out.is_dir() else None
+    for old in _siblings(out, _OLD_INFIX):
+        token = _token(old, _OLD_INFIX)
+        partner = staging.get(token)
+        marker = read_marker(partner) if partner is not None else None
+        if marker is None and current is not None and current.get("token") == token:
+            marker = current
+        if marker is not None and owner_alive(marker.get("writer")) is not False:
+            continue
+        if not out.exists():
+            if partner is not None and (partner / "runs").is_dir() and not (old / "runs").exists():
+                os.replace(partner / "runs", old / "runs")
+            os.replace(old, out)
+            done.append(f"Restored {out} from an interrupted replacement (the kpipe process that was replacing "
+                        "it is gone).")
+        elif not (old / "runs").exists():
+            shutil.rmtree(old, ignore_errors=True)
+            done.append(f"Removed {old}, the old copy of {out} left by an interrupted kpipe run.")
+        # else: its runs/ would be lost; left for the user
+    for partner in staging.values():
+        if not partner.exists():
+            continue
+        marker = read_marker(partner)
+        if marker is None:
+            if not any(partner.iterdir()):  # killed before writing its marker
+                partner.rmdir()
+            continue  # not recognisably kpipe's: left alone
+        if owner_alive(marker.get("writer")) is False:
+            shutil.rmtree(partner, ignore_errors=True)
+            done.append(f"Removed {partner}, a staging folder left by a kpipe run that was killed.")
+
+
 def _token(folder: Path, infix: str) -> str:
     return folder.name.rsplit(infix, 1)[-1]
 
@@ -224,38 +259,10 @@ def recover_interrupted(out: str | os.PathLike) -> list[str]:
     """
     out = Path(out)
     done: list[str] = []
-    staging = {_token(p, _STAGING_INFIX): p for p in _siblings(out, _STAGING_INFIX)}
-    current = read_marker(out) if out.is_dir() else None
-    for old in _siblings(out, _OLD_INFIX):
-        token = _token(old, _OLD_INFIX)
-        partner = staging.get(token)
-        marker = read_marker(partner) if partner is not None else None
-        if marker is None and current is not None and current.get("token") == token:
-            marker = current
-        if marker is not None and owner_alive(marker.get("writer")) is not False:
-            continue
-        if not out.exists():
-            if partner is not None and (partner / "runs").is_dir() and not (old / "runs").exists():
-                os.replace(partner / "runs", old / "runs")
-            os.replace(old, out)
-            done.append(f"Restored {out} from an interrupted replacement (the kpipe process that was replacing "
-                        "it is gone).")
-        elif not (old / "runs").exists() or (out / "runs").exists():
-            shutil.rmtree(old, ignore_errors=True)
-            done.append(f"Removed {old}, the old copy of {out} left by an interrupted kpipe run.")
-        else:
-            continue  # its runs/ would be lost: leave it for the user
-    for token, partner in staging.items():
-        if not partner.exists():
-            continue
-        marker = read_marker(partner)
-        if marker is None:
-            if not any(partner.iterdir()):  # killed before writing its marker
-                partner.rmdir()
-            continue  # not recognisably kpipe's: leave it
-        if owner_alive(marker.get("writer")) is False:
-            shutil.rmtree(partner, ignore_errors=True)
-            done.append(f"Removed {partner}, a staging folder left by a kpipe run that was killed.")
+    try:
+        _recover(out, done)
+    except OSError:
+        pass  # best effort: what could not be cleaned up is left as it is
     for message in done:
         warnings.warn(message, stacklevel=3)
     return done

@@ -39,7 +39,6 @@ handle is never used, nor closed, in a child); a store pickles as its recipe
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import gc
 import hashlib
@@ -178,8 +177,10 @@ class _Fd:
             os.close(fd)
 
     def __del__(self) -> None:
-        with contextlib.suppress(OSError):
+        try:
             self.close()
+        except OSError:
+            pass
 
 
 class _Reader:
