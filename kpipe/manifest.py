@@ -435,12 +435,20 @@ class Manifest:
         Returns:
             The `Manifest`, with `path` set to the resolved file.
 
+        If the dataset folder is missing because a ``prepare`` / ``convert
+        --overwrite`` was killed between its two renames, the previous dataset
+        is restored first (see `kpipe._staging.recover_interrupted`).
+
         Raises:
             ManifestError: If there is no manifest at ``path`` or it is invalid.
         """
         path = Path(path)
         if path.is_dir():
             path = path / MANIFEST_NAME
+        if not path.exists() and not path.parent.exists() and path.name == MANIFEST_NAME:
+            from kpipe._staging import recover_interrupted
+
+            recover_interrupted(path.parent)  # a replacement killed between its two renames: restored
         if not path.is_file():
             raise ManifestError(
                 f"No manifest at {path}. Run `kpipe prepare RAW_DIR --out {path.parent}` first."
