@@ -68,7 +68,8 @@ def convert(
         shard_size: Samples per HDF5 shard. Defaults to about 1 GiB of data.
         compression: HDF5 compression ``"none"``, ``"gzip"`` or ``"lzf"``.
             Defaults to ``"none"``.
-        overwrite: Replace ``out`` if it exists. Defaults to `False`.
+        overwrite: Replace ``out`` if it exists and is a dataset kpipe wrote (see
+            `kpipe.prepare`). Defaults to `False`.
         verify: Check the sha256 of HDF5 source shards before reading them
             (a shard verified before and unchanged since is not hashed again).
             Defaults to `True`.

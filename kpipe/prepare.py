@@ -147,7 +147,9 @@ def prepare(
             ``"gzip"`` or ``"lzf"`` (chunked per sample, read through h5py).
             Defaults to ``"none"``.
         n_jobs: Parallel workers, as joblib (``-1``: all cores).
-        overwrite: Replace ``out`` if it exists.
+        overwrite: Replace ``out`` if it exists and is a dataset kpipe wrote
+            (its ``.kpipe-dataset`` marker, see `kpipe._staging`); never the
+            working directory, a home folder, the input or a folder above them.
         progress: Called with the number of samples done since the last call.
         on_start: Called once with the number of samples to convert.
 
@@ -158,7 +160,10 @@ def prepare(
         InputError: If ``raw`` is missing, empty, has no usable sample, or an
             option is invalid.
         SplitError: If a class is too small to stratify.
-        OutputExistsError: If ``out`` exists and ``overwrite`` is False.
+        OutputExistsError: If ``out`` exists and ``overwrite`` is False, or
+            ``overwrite`` is True but ``out`` is not a dataset kpipe wrote.
+        StoreError: If the output cannot be written (disk full, read-only file
+            system...); ``out`` is left as it was.
 
     Example:
         >>> result = prepare("sample_data/digits", "prepared")

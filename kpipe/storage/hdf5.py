@@ -16,7 +16,7 @@ Layout and reads:
   run of bytes at ``offset + row * sample_nbytes``. The store asks h5py once
   for the dataset's file offset (``dset.id.get_offset()``) and closes the
   file; no HDF5 call, lock or handle is on the read path. Then either
-  - it memory-maps that byte range with NumPy: a batch read is one
+  - it memory-maps that byte range: a batch read is one
     ``np.take`` (fancy indexing) on the map, straight into the batch array
     (the fastest; used when the store's data is at most `MMAP_LIMIT_BYTES`,
     because mapped pages count in the process' RSS and the kernel maps
@@ -30,6 +30,20 @@ Layout and reads:
   fletcher32 checksums (a corrupted chunk is detected, not returned). They
   are read with h5py: each shard's rows once, in increasing order, then put
   back in the requested order, duplicates included.
+
+Integrity, checked when a process opens a shard: the file name is a plain
+name and the file a regular file inside the store's root (links are resolved
+and must stay inside); its byte size matches the manifest; its sha256 matches
+(``verify="once"``: hashed the first time, then trusted while its device,
+inode, size, mtime and ctime are unchanged, see `mark_verified`); its own
+``ids`` dataset lists the manifest's IDs row by row; and the dataset's
+``manifest.json`` is still the file the manifest was loaded from (a dataset
+replaced under a reader is an error, see `kpipe.storage.base.DatasetGuard`).
+Before every batch from a memory map, the file's size is checked (a mapped
+page past the end of a truncated file would kill the process with SIGBUS).
+At most ``max_open_shards`` shards are open per process (least recently
+used closed first); an OS error is reported as what it is (open-file limit,
+HDF5 lock held by a writer, permission...), never as "corrupt".
 
 Fork- and spawn-safety: no file is opened until a process reads; handles are
 tagged with the process id and reopened when it changes (an inherited h5py
