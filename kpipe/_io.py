@@ -6,9 +6,11 @@ file under the final name (the pattern of zarr and TFDS).
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
+import re
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -81,27 +83,76 @@ def atomic_save(path: str | os.PathLike, save: Callable[[Path], Any]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def check_output_folder(out: Path, source: Path, *, overwrite: bool, what: str = "input") -> None:
-    """Refuse an output folder that exists (without ``overwrite``) or would replace ``source``.
+def stat_identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    """``(st_dev, st_ino, st_size, st_mtime_ns)``: which file, and whether it changed."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
-    Raises:
-        OutputExistsError: If ``out`` exists, is not empty and ``overwrite`` is False.
-        InputError: If ``out`` is ``source``, a folder above it, or a folder inside it.
+
+_LOCK_HINT = ("another process holds it open for writing (HDF5 file locking); wait for that process to finish, or "
+              "set the environment variable HDF5_USE_FILE_LOCKING=FALSE to read it anyway")
+
+
+def os_error_errno(e: BaseException) -> int | None:
+    """The errno of an `OSError`, also when HDF5 only quotes it in the message (``errno = 28``)."""
+    code = getattr(e, "errno", None)
+    if isinstance(code, int):
+        return code
+    match = re.search(r"errno = (\d+)", str(e))
+    return int(match.group(1)) if match else None
+
+
+def describe_os_error(e: BaseException) -> str:
+    """What an OS error is, in words a user can act on (no space, file limit, lock, permission...).
+
+    Each kind is reported as what it is, never as "corrupt": ``ENOSPC`` and
+    ``EDQUOT`` (disk or quota full), ``EROFS`` (read-only file system),
+    ``EACCES`` / ``EPERM`` (permission), ``ENOENT`` (missing), ``EMFILE`` /
+    ``ENFILE`` (open-file limit, with the current ``ulimit -n``), ``EIO``, and
+    HDF5's "unable to lock file" (with the ``HDF5_USE_FILE_LOCKING`` hint).
+
+    Returns:
+        A phrase such as ``"no space left on the device (ENOSPC)"``.
     """
-    from kpipe.errors import InputError, OutputExistsError
+    text = str(e)
+    if "unable to lock file" in text:
+        return _LOCK_HINT
+    code = os_error_errno(e)
+    if code in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        what = "no space left on the device" if code == errno.ENOSPC else "disk quota exceeded"
+        return f"{what} ({errno.errorcode[code]}); free some space or write somewhere else"
+    if code == errno.EROFS:
+        return "the file system is read-only (EROFS); write somewhere else"
+    if code in (errno.EACCES, errno.EPERM):
+        return f"permission denied ({errno.errorcode[code]}); check the file's owner and mode"
+    if code == errno.ENOENT:
+        return "it does not exist (ENOENT)"
+    if code in (errno.EMFILE, errno.ENFILE):
+        try:
+            import resource
 
-    if out.exists() and not overwrite and (out.is_file() or any(out.iterdir())):
-        raise OutputExistsError(
-            f"Output {out} exists already. Pass --overwrite to replace it, or choose another --out."
-        )
-    if out.resolve() == source.resolve() or out.resolve() in source.resolve().parents:
-        raise InputError(f"Output {out} would replace the {what} {source}; choose another --out.")
-    if source.is_dir() and source.resolve() in out.resolve().parents:
-        raise InputError(f"Output {out} is inside the {what} {source}; choose an --out outside it.")
+            limit = f"the limit is {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}, "
+        except (ImportError, OSError, ValueError):
+            limit = ""
+        scope = "this process" if code == errno.EMFILE else "the system"
+        return (f"too many open files in {scope} ({errno.errorcode[code]}; {limit}see `ulimit -n`); raise the "
+                "limit or open fewer files at once")
+    if code == errno.EIO:
+        return "input/output error (EIO): the disk or network file system failed"
+    if code is not None and code in errno.errorcode:
+        return f"{os.strerror(code)} ({errno.errorcode[code]})"
+    return text or type(e).__name__
 
 
-def staging_folder(out: Path) -> Path:
-    """A new, empty sibling of ``out`` (``.OUT.partial-<random>``) to build it in."""
-    staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    staging.mkdir(parents=True)
-    return staging
+def output_write_error(e: OSError, path: str | os.PathLike, *, out: str | os.PathLike | None = None):
+    """A `StoreError` for an error *writing output*: never an input's fault.
+
+    Args:
+        e: The OS error.
+        path: The file or folder being written.
+        out: The output folder the user asked for; the message says it was
+            left as it was.
+    """
+    from kpipe.errors import StoreError
+
+    untouched = f" {out} was left as it was." if out is not None else ""
+    return StoreError(f"Cannot write the output {path}: {describe_os_error(e)}.{untouched}")

@@ -5,17 +5,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from kpipe._io import check_output_folder, staging_folder
+from kpipe._staging import check_output_folder, staged_dataset
 from kpipe.errors import InputError
 from kpipe.manifest import MANIFEST_NAME, Manifest, load_manifest
-from kpipe.prepare import _swap_into_place
-from kpipe.storage import check_format, make_writer, open_store
-from kpipe.storage.hdf5 import check_compression
+from kpipe.storage import check_storage_options, open_store
 
 _BLOCK_BYTES = 32 << 20  # samples read and written per step
 
@@ -71,8 +68,10 @@ def convert(
         shard_size: Samples per HDF5 shard. Defaults to about 1 GiB of data.
         compression: HDF5 compression ``"none"``, ``"gzip"`` or ``"lzf"``.
             Defaults to ``"none"``.
-        overwrite: Replace ``out`` if it exists. Defaults to `False`.
-        verify: Check the sha256 of HDF5 source shards before reading them.
+        overwrite: Replace ``out`` if it exists and is a dataset kpipe wrote (see
+            `kpipe.prepare`). Defaults to `False`.
+        verify: Check the sha256 of HDF5 source shards before reading them
+            (a shard verified before and unchanged since is not hashed again).
             Defaults to `True`.
         progress: Called with the number of samples done since the last call.
         on_start: Called once with the number of samples to convert.
@@ -83,8 +82,10 @@ def convert(
     Raises:
         ManifestError: If the source manifest cannot be read.
         InputError: If an option is invalid or ``out`` is the source folder.
-        OutputExistsError: If ``out`` exists and ``overwrite`` is False.
-        StoreError: If a source file is missing, truncated or corrupt.
+        OutputExistsError: If ``out`` exists and ``overwrite`` is False, or
+            is not a dataset kpipe wrote.
+        StoreError: If a source file is missing, truncated or corrupt, or the
+            output cannot be written (disk full...; ``out`` is left as it was).
         SampleNotFoundError: If a sample of the manifest has no data.
 
     Example:
@@ -94,32 +95,25 @@ def convert(
     """
     start = time.perf_counter()
     source = load_manifest(manifest)
-    check_format(to)
-    compression = check_compression(compression)
+    compression = check_storage_options(to, shard_size, compression)
     out = Path(out)
-    if to != "hdf5" and (compression != "none" or shard_size is not None):
-        raise InputError(
-            "`shard_size` and `compression` apply to --to hdf5 only. "
-            f"Received: to={to!r}, shard_size={shard_size!r}, compression={compression!r}"
-        )
     if source.path is None:
         raise InputError("`convert` needs a manifest loaded from (or saved to) a file.")
     src_dir = source.path.parent
     check_output_folder(out, src_dir, overwrite=overwrite, what="source dataset")
 
-    store = open_store(source)
-    if verify and hasattr(store, "verify"):
-        store.verify()
+    hdf5 = source.storage.get("format") == "hdf5"
+    store = open_store(source, **({"verify": "once" if verify else "never"} if hdf5 else {}))
+    if verify and hdf5:
+        store.verify(recheck=False)  # fail before anything is written
     # Partition by partition (as prepare lays out shards), then any unpartitioned IDs.
     order = [sid for ids in source.partition.values() for sid in ids]
     seen = set(order)
     order += [sid for sid in source.labels if sid not in seen]
 
-    staging = staging_folder(out)
-    writer = None
-    try:
-        writer = make_writer(to, staging, source.sample_shape, source.sample_dtype,
-                             shard_size=shard_size, compression=compression)
+    with store, staged_dataset(out, source=src_dir, overwrite=overwrite, what="source dataset") as staging:
+        writer = staging.writer(to, source.sample_shape, source.sample_dtype,
+                                shard_size=shard_size, compression=compression)
         if on_start:
             on_start(len(order))
         step = max(1, _BLOCK_BYTES // max(1, store.dtype.itemsize * math.prod(store.sample_shape)))
@@ -144,18 +138,11 @@ def convert(
             sample_dtype=source.sample_dtype,
             storage=storage,
             sample_weights=dict(source.sample_weights) if source.sample_weights is not None else None,
+            sample_checksums=source.sample_checksums,  # digests of the decoded arrays: the same in every format
             prepare=params,
             skipped=list(source.skipped),
         )
-        new.save(staging / MANIFEST_NAME)
-        _swap_into_place(staging, out)
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    finally:
-        store.close()
+        new.save(staging.path / MANIFEST_NAME)
     new.path = (out / MANIFEST_NAME).resolve()
     return ConvertResult(manifest=new, source_format=str(source.storage.get("format")),
                          seconds=time.perf_counter() - start)

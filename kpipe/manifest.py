@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import functools
 import json
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from kpipe._io import atomic_write_json
+from kpipe._io import atomic_write_json, stat_identity
+from kpipe._paths import check_sample_id, confined, is_safe_name, name_problem, open_regular
 from kpipe.errors import ManifestError
 
 FORMAT_VERSION = 1
@@ -29,6 +32,165 @@ FORMAT_VERSION = 1
 
 MANIFEST_NAME = "manifest.json"
 PARTITIONS = ("train", "validation", "test")
+
+SCHEMA_FILE = "manifest.schema.json"
+"""The JSON Schema of ``manifest.json``, shipped inside the package (``kpipe/manifest.schema.json``)."""
+
+SAMPLE_DTYPES = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+                 "float16", "float32", "float64")
+"""Sample dtypes a manifest may name (the schema's ``sample.dtype`` enum): plain numeric types, never ``object``."""
+
+
+# ------------------------------------------------------------------ schema
+@functools.lru_cache(maxsize=1)
+def manifest_schema() -> dict[str, Any]:
+    """The JSON Schema of ``manifest.json`` (a dict, loaded once from the package)."""
+    from importlib import resources
+
+    return json.loads(resources.files("kpipe").joinpath(SCHEMA_FILE).read_text(encoding="utf-8"))
+
+
+@functools.cache
+def _validator(definition: str | None = None):
+    """A jsonschema validator of the whole schema, or of one of its ``$defs`` (``definition``).
+
+    JSON "integer" means an int here, never a float such as ``1.0`` nor a bool:
+    values are checked before they are converted, not after.
+    """
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    strict = base.TYPE_CHECKER.redefine(
+        "integer", lambda checker, value: isinstance(value, int) and not isinstance(value, bool))
+    cls = jsonschema.validators.extend(base, type_checker=strict)
+    schema = manifest_schema()
+    if definition is not None:
+        schema = {"$defs": schema["$defs"], "$ref": f"#/$defs/{definition}"}
+    return cls(schema)
+
+
+def _is_label(v: Any) -> bool:
+    return type(v) is int and v >= 0  # bool (an int subclass) is refused
+
+
+def _is_weight(v: Any) -> bool:
+    return type(v) in (int, float) and v >= 0
+
+
+_CHECKSUM = re.compile(r"^[0-9a-f]{8,128}$(?!\n)")
+
+
+def _is_checksum(v: Any) -> bool:
+    return type(v) is str and _CHECKSUM.match(v) is not None
+
+
+_FAST_CHECKS = {"sample_id": is_safe_name, "label": _is_label, "weight": _is_weight, "checksum": _is_checksum}
+"""Exact equivalents of the schema's per-sample ``$defs`` (a test checks each against jsonschema)."""
+
+
+def _place(path) -> str:
+    """A JSON path as people read it: ``storage.shards[0].ids[3]``."""
+    text = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+    return text or "the document"
+
+
+def _id_message(sample_id: Any, place: str) -> str:
+    return (f"sample ID {sample_id!r} in {place} is not allowed: {name_problem(sample_id)}. An ID must be one plain "
+            "file name (no '/', '\\', NUL or control characters, not '.' or '..')")
+
+
+def _schema_message(error) -> str:
+    place = _place(error.absolute_path)
+    if error.validator == "pattern" and error.validator_value == manifest_schema()["$defs"]["sample_id"]["pattern"]:
+        if len(error.absolute_path) >= 1 and error.absolute_path[0] == "storage" and "file" in error.absolute_path:
+            return f"shard file name {error.instance!r} in {place} is not allowed: {name_problem(error.instance)}"
+        return _id_message(error.instance, place)
+    if error.validator == "pattern" and error.validator_value == manifest_schema()["$defs"]["relative_path"]["pattern"]:
+        return (f"{place} {error.instance!r} points outside the dataset folder (absolute paths, '..', backslashes "
+                "and NUL are refused)")
+    return f"{place}: {error.message}"
+
+
+def validate_manifest_dict(d: Any, where: str = "") -> None:
+    """Check the content of ``manifest.json`` against `manifest_schema`, before anything is converted.
+
+    The per-sample collections (``labels``, ``partition`` lists,
+    ``sample_weights``, ``sample_checksums``, shard ``ids``) can hold millions
+    of values: the document is validated by jsonschema with each of them cut
+    to its first item, and every item is then checked by an exact,
+    vectorizable equivalent of its ``$defs`` entry (`_FAST_CHECKS`); an item
+    that fails is re-validated by jsonschema for the message.
+
+    Raises:
+        ManifestError: One line naming the first problem and its place.
+    """
+    if not isinstance(d, dict):
+        raise ManifestError(f"Manifest{where} is not a JSON object.")
+    version = d.get("format_version")
+    if type(version) is int and version > FORMAT_VERSION:
+        raise ManifestError(
+            f"Manifest{where} has format_version {version}, newer than this kpipe understands "
+            f"({FORMAT_VERSION}). Upgrade kpipe."
+        )
+    head, bulk = _split_bulk(d)
+    errors = sorted(_validator().iter_errors(head), key=lambda e: list(e.absolute_path))
+    if errors:
+        import jsonschema
+
+        best = jsonschema.exceptions.best_match(errors)
+        raise ManifestError(f"Manifest{where} is invalid: {_schema_message(best)}. It was not written by "
+                            "`kpipe prepare`, or was edited; prepare the dataset again.")
+    for place, definition, values in bulk:
+        check = _FAST_CHECKS[definition]
+        if all(map(check, values)):
+            continue
+        bad = next(v for v in values if not check(v))
+        if definition == "sample_id":
+            reason = name_problem(bad)
+            raise ManifestError(f"Manifest{where} is invalid: sample ID {bad!r} in {place} is not allowed: {reason}. "
+                                "An ID must be one plain file name (no '/', '\\', NUL or control characters, not "
+                                "'.' or '..'); prepare the dataset again.")
+        err = next(iter(_validator(definition).iter_errors(bad)), None)
+        reason = err.message if err is not None else f"{bad!r} is not a valid {definition}"
+        raise ManifestError(f"Manifest{where} is invalid: {place}: {reason}. It was not written by "
+                            "`kpipe prepare`, or was edited; prepare the dataset again.")
+
+
+def _split_bulk(d: dict) -> tuple[dict, list[tuple[str, str, Sequence[Any]]]]:
+    """``d`` with each per-sample collection cut to its first item, and the collections to check in bulk."""
+    head = dict(d)
+    bulk: list[tuple[str, str, Sequence[Any]]] = []
+    for key, value_def in (("labels", "label"), ("sample_weights", "weight")):
+        value = d.get(key)
+        if isinstance(value, dict) and len(value) > 1:
+            head[key] = dict([next(iter(value.items()))])
+            bulk.append((f"{key} (keys)", "sample_id", list(value)))
+            bulk.append((f"{key} (values)", value_def, list(value.values())))
+    checksums = d.get("sample_checksums")
+    digests = checksums.get("digests") if isinstance(checksums, dict) else None
+    if isinstance(digests, dict) and len(digests) > 1:
+        head["sample_checksums"] = {**checksums, "digests": dict([next(iter(digests.items()))])}
+        bulk.append(("sample_checksums.digests (keys)", "sample_id", list(digests)))
+        bulk.append(("sample_checksums.digests (values)", "checksum", list(digests.values())))
+    partition = d.get("partition")
+    if isinstance(partition, dict):
+        head["partition"] = {}
+        for name, ids in partition.items():
+            if isinstance(ids, list) and len(ids) > 1:
+                head["partition"][name] = ids[:1]
+                bulk.append((f"partition.{name}", "sample_id", ids))
+            else:
+                head["partition"][name] = ids
+    storage = d.get("storage")
+    if isinstance(storage, dict) and isinstance(storage.get("shards"), list):
+        shards = []
+        for k, shard in enumerate(storage["shards"]):
+            if isinstance(shard, dict) and isinstance(shard.get("ids"), list) and len(shard["ids"]) > 1:
+                bulk.append((f"storage.shards[{k}].ids", "sample_id", shard["ids"]))
+                shard = {**shard, "ids": shard["ids"][:1]}
+            shards.append(shard)
+        head["storage"] = {**storage, "shards": shards}
+    return head, bulk
 
 
 @dataclasses.dataclass
@@ -64,6 +226,10 @@ class Manifest:
             in every storage format; `kpipe.verify.verify` checks it.
         path: File the manifest was loaded from or saved to (not serialized);
             relative storage roots resolve against its folder.
+        file_identity: ``(st_dev, st_ino, st_size, st_mtime_ns)`` of that
+            file when it was loaded or saved (not serialized); stores opened
+            from this manifest fail if the file changes (the dataset was
+            replaced under them), see `kpipe.storage.base.DatasetGuard`.
     """
 
     classes: list[str]
@@ -82,6 +248,7 @@ class Manifest:
     kpipe_version: str | None = None
     sample_checksums: dict[str, Any] | None = None
     path: Path | None = dataclasses.field(default=None, compare=False, repr=False)
+    file_identity: tuple[int, int, int, int] | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         self.sample_shape = tuple(int(d) for d in self.sample_shape)
@@ -101,17 +268,28 @@ class Manifest:
 
     @property
     def root(self) -> Path:
-        """Absolute folder of the stored samples (``storage["root"]``)."""
-        root = Path(self.storage.get("root", "data"))
-        if not root.is_absolute():
-            if self.path is None:
-                raise ManifestError(
-                    "This manifest has no `path`, so its relative storage root "
-                    f"{str(root)!r} cannot be resolved. Load it with "
-                    "`Manifest.load(path)` or save it first."
-                )
-            root = self.path.parent / root
-        return root
+        """Folder of the stored samples (``storage["root"]``), inside the manifest's folder.
+
+        A manifest read from (or saved to) a file has a relative root that must
+        resolve inside the manifest's folder (no absolute path, no ``..``, no
+        symbolic link leading out). Only a manifest built in code, without a
+        `path` (e.g. the classic ``list_IDs`` / ``data_dir`` form of
+        `DataGenerator`), may name an absolute root: the caller's own folder.
+
+        Raises:
+            ManifestError: If the root leaves the dataset folder, or is relative
+                and the manifest has no `path`.
+        """
+        root = self.storage.get("root", "data")
+        if self.path is None:
+            if Path(root).is_absolute():
+                return Path(root)
+            raise ManifestError(
+                "This manifest has no `path`, so its relative storage root "
+                f"{str(root)!r} cannot be resolved. Load it with "
+                "`Manifest.load(path)` or save it first."
+            )
+        return confined(self.path.parent, root, what="storage root", where=f" in {self.path}")
 
     def ids(self, partition: str) -> list[str]:
         """Sample IDs of one partition, in manifest order.
@@ -153,9 +331,19 @@ class Manifest:
             raise ManifestError(f"Manifest{where} lists no classes.")
         if len(set(self.classes)) != len(self.classes):
             raise ManifestError(f"Manifest{where} lists a class name twice: {self.classes}")
+        if self.sample_dtype not in SAMPLE_DTYPES:
+            raise ManifestError(
+                f"Manifest{where} has sample_dtype {self.sample_dtype!r}; kpipe stores plain numeric samples: "
+                f"{', '.join(SAMPLE_DTYPES)}."
+            )
+        if any(d < 1 for d in self.sample_shape):
+            raise ManifestError(f"Manifest{where} has sample_shape {self.sample_shape}; every size must be >= 1.")
         n = len(self.classes)
+        for sid in self.labels:
+            if not is_safe_name(sid):
+                check_sample_id(sid, where=where)
         for sid, label in self.labels.items():
-            if not isinstance(label, (int, np.integer)) or not 0 <= int(label) < n:
+            if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 0 <= int(label) < n:
                 raise ManifestError(
                     f"Sample {sid!r}{where} has label {label!r}, not a class index in "
                     f"[0, {n}). The manifest is corrupt; run `kpipe prepare` again."
@@ -178,7 +366,7 @@ class Manifest:
             for sid, w in self.sample_weights.items():
                 if sid not in self.labels:
                     raise ManifestError(f"Sample weight{where} for unknown sample {sid!r}.")
-                if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
+                if isinstance(w, bool) or not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
                     raise ManifestError(
                         f"Sample {sid!r}{where} has weight {w!r}; weights must be finite "
                         "and >= 0."
@@ -195,10 +383,6 @@ class Manifest:
             unknown = next((k for k in digests if k not in self.labels), None)
             if unknown is not None:
                 raise ManifestError(f"Manifest{where} has a sample checksum for unknown sample {unknown!r}.")
-        try:
-            np.dtype(self.sample_dtype)
-        except TypeError as e:
-            raise ManifestError(f"Manifest{where} has an unknown sample_dtype {self.sample_dtype!r}.") from e
 
     # ------------------------------------------------------------ (de)serialize
     def to_dict(self) -> dict[str, Any]:
@@ -236,12 +420,13 @@ class Manifest:
         """
         where = f" {path}" if path else ""
         required = ("format_version", "classes", "labels", "partition", "sample", "storage")
-        missing = [k for k in required if k not in d]
+        missing = [k for k in required if isinstance(d, Mapping) and k not in d]
         if missing:
             raise ManifestError(
                 f"Manifest{where} lacks required keys: {', '.join(missing)}. "
                 "Was it written by `kpipe prepare`?"
             )
+        validate_manifest_dict(dict(d) if isinstance(d, Mapping) else d, where)
         try:
             return cls(
                 classes=list(d["classes"]),
@@ -278,23 +463,35 @@ class Manifest:
         Returns:
             The `Manifest`, with `path` set to the resolved file.
 
+        If the dataset folder is missing because a ``prepare`` / ``convert
+        --overwrite`` was killed between its two renames, the previous dataset
+        is restored first (see `kpipe._staging.recover_interrupted`).
+
         Raises:
             ManifestError: If there is no manifest at ``path`` or it is invalid.
         """
         path = Path(path)
         if path.is_dir():
             path = path / MANIFEST_NAME
+        if not path.exists() and not path.parent.exists() and path.name == MANIFEST_NAME:
+            from kpipe._staging import recover_interrupted
+
+            recover_interrupted(path.parent)  # a replacement killed between its two renames: restored
         if not path.is_file():
             raise ManifestError(
                 f"No manifest at {path}. Run `kpipe prepare RAW_DIR --out {path.parent}` first."
             )
         try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            with os.fdopen(open_regular(path, what="manifest"), "rb") as f:
+                identity = stat_identity(os.fstat(f.fileno()))
+                d = json.loads(f.read().decode("utf-8"), parse_constant=_refuse_constant)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
             raise ManifestError(f"Cannot read manifest {path}: {e}") from e
         if not isinstance(d, dict):
             raise ManifestError(f"Manifest {path} is not a JSON object.")
-        return cls.from_dict(d, path=path.resolve())
+        manifest = cls.from_dict(d, path=path.resolve())
+        manifest.file_identity = identity
+        return manifest
 
     def save(self, path: str | os.PathLike | None = None) -> Path:
         """Write ``manifest.json`` atomically (temporary file, then rename).
@@ -315,7 +512,12 @@ class Manifest:
         self.created, self.kpipe_version = d["created"], d["kpipe_version"]
         atomic_write_json(target, d)
         self.path = target.resolve()
+        self.file_identity = stat_identity(os.stat(self.path))
         return self.path
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"it holds {name}, which is not a JSON number (JSON numbers are finite)")
 
 
 def load_manifest(manifest: Manifest | str | os.PathLike) -> Manifest:

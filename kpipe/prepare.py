@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
-import uuid
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -15,7 +13,7 @@ from typing import Any
 import numpy as np
 from joblib import Parallel, delayed
 
-from kpipe._io import check_output_folder, staging_folder
+from kpipe._staging import check_output_folder, staged_dataset
 from kpipe._validation import check_choice
 from kpipe.errors import InputError, SplitError
 from kpipe.ingest import (
@@ -38,8 +36,7 @@ from kpipe.ingest import (
 )
 from kpipe.manifest import MANIFEST_NAME, Manifest
 from kpipe.split import SMALL_CLASS_POLICIES, parse_split, stratified_split
-from kpipe.storage import FORMATS, check_format, make_writer  # noqa: F401 - FORMATS re-exported
-from kpipe.storage.hdf5 import check_compression
+from kpipe.storage import FORMATS, check_storage_options  # noqa: F401 - FORMATS re-exported
 from kpipe.storage.npy import write_npy_sample
 from kpipe.verify import CHECKSUM_ALGORITHM, sample_digest
 from kpipe.weights import read_weights_file, weights_for_samples
@@ -293,7 +290,9 @@ def prepare(
             ``"gzip"`` or ``"lzf"`` (chunked per sample, read through h5py).
             Defaults to ``"none"``.
         n_jobs: Parallel workers, as joblib (``-1``: all cores).
-        overwrite: Replace ``out`` if it exists.
+        overwrite: Replace ``out`` if it exists and is a dataset kpipe wrote
+            (its ``.kpipe-dataset`` marker, see `kpipe._staging`); never the
+            working directory, a home folder, the input or a folder above them.
         progress: Called with the number of samples done since the last call.
         on_start: Called once with the number of samples to convert.
 
@@ -307,8 +306,10 @@ def prepare(
             kind (and the image sizes found), so nothing is lost with the
             staging folder.
         SplitError: If a class is too small for the split (``small_classes="error"``).
-        OutputExistsError: If ``out`` exists and ``overwrite`` is False.
-        OSError: If the output cannot be written (e.g. the disk is full).
+        OutputExistsError: If ``out`` exists and ``overwrite`` is False, or
+            ``overwrite`` is True but ``out`` is not a dataset kpipe wrote.
+        StoreError: If the output cannot be written (disk full, read-only file
+            system...); ``out`` is left as it was.
 
     Example:
         >>> result = prepare("sample_data/digits", "prepared")
@@ -326,13 +327,7 @@ def prepare(
     check_choice(duplicates, "duplicates", DUPLICATE_POLICIES, error=InputError)
     check_choice(small_classes, "small_classes", SMALL_CLASS_POLICIES, error=InputError)
     parse_missing(missing)
-    check_format(format)
-    compression = check_compression(compression)
-    if format != "hdf5" and (compression != "none" or shard_size is not None):
-        raise InputError(
-            "`shard_size` and `compression` apply to --format hdf5 only. "
-            f"Received: format={format!r}, shard_size={shard_size!r}, compression={compression!r}"
-        )
+    compression = check_storage_options(format, shard_size, compression)
     if not isinstance(n_jobs, int) or n_jobs == 0:
         raise InputError(f"`n_jobs` must be a non-zero integer (-1 for all cores). Received: n_jobs={n_jobs!r}")
     check_output_folder(out, raw, overwrite=overwrite, what="input")
@@ -350,11 +345,10 @@ def prepare(
     samples = found.samples
     image_options, shape, dtype_name = _probe(found, raw, size, color_mode, dtype, background, skipped)
 
-    staging = staging_folder(out)
-    # npy: workers write the files; hdf5: workers return arrays to the writer here.
-    writer = make_writer(format, staging, shape, dtype_name, shard_size=shard_size, compression=compression)
-    data_dir = str(writer.root) if format == "npy" else None
-    try:
+    with staged_dataset(out, source=raw, overwrite=overwrite, what="input") as staging:
+        # npy: workers write the files; hdf5: workers return arrays to the writer here.
+        writer = staging.writer(format, shape, dtype_name, shard_size=shard_size, compression=compression)
+        data_dir = str(writer.root) if format == "npy" else None
         if on_start:
             on_start(len(samples))
         converted = _convert_all(samples, found.layout, image_options, shape, dtype_name, data_dir, writer,
@@ -438,12 +432,7 @@ def prepare(
             sample_checksums={"algorithm": CHECKSUM_ALGORITHM,
                               "digests": {s.id: converted.digests[s.id] for s in kept}},
         )
-        manifest.save(staging / MANIFEST_NAME)
-        _swap_into_place(staging, out)
-    except BaseException:
-        writer.abort()
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        manifest.save(staging.path / MANIFEST_NAME)
     manifest.path = (out / MANIFEST_NAME).resolve()
     conflicting = sum(len({label_of.get(i, -1) for i in g if i in label_of}) > 1 for g in dup_groups)
     report = {"notes": dict(converted.notes), "duplicate_groups": dup_groups, "conflicting_labels": conflicting,
@@ -556,22 +545,6 @@ def _size_counts(skipped_sizes: Counter, image_options: ImageOptions | None, num
         h, w = image_options.image_size
         counts[f"{h}x{w}"] += num_kept
     return counts
-
-
-def _swap_into_place(staging: Path, out: Path) -> None:
-    """Move the finished staging folder to ``out``, replacing an old one last."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out, old)
-    if old is not None and (old / "runs").is_dir() and not (staging / "runs").exists():
-        os.replace(old / "runs", staging / "runs")  # training runs kept next to the data are not lost
-    os.replace(staging, out)
-    if old is not None:
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
 
 
 def _kind(sample: RawSample, layout: str) -> tuple | None:

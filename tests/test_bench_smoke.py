@@ -23,3 +23,17 @@ def test_bench_tiny(tmp_path):
     assert set(report["sizes"]["32x32x3 float32"]["targets"]) == {
         "hdf5 >= 1.5x tf.data mem", "hdf5 >= 0.3x numpy", "npy >= 3x classic", "npy >= 1.0x tf.data files"}
     assert list(tmp_path.iterdir()) == [out]  # temporary data removed
+
+
+def test_bench_integrity_tiny(tmp_path):
+    """`--integrity` reports the read-path checks' cost side by side with the unchecked memory-mapped path."""
+    spec = importlib.util.spec_from_file_location("kpipe_bench", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--no-speed", "--integrity", "--num-samples", "256", "--integrity-rounds", "1", "--sizes",
+                       "128x128x3 uint8", "--json", str(out), "--tmp", str(tmp_path)]) == 0
+    result = json.loads(out.read_text())["integrity"]["128x128x3 uint8"]
+    assert set(result["kpipe_vs_reference"]) == {"store", "generator"}
+    assert all(v > 0 for v in result["samples_per_s"].values()) and result["hash_once_s"] > 0
+    assert list(tmp_path.iterdir()) == [out]

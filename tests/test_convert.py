@@ -49,10 +49,15 @@ def test_convert_refuses_bad_output(indexed_manifest, tmp_path):
     (tmp_path / "taken" / "file").write_text("x")
     with pytest.raises(OutputExistsError, match="--overwrite"):
         convert(indexed_manifest, tmp_path / "taken", to="hdf5")
-    convert(indexed_manifest, tmp_path / "taken", to="hdf5", overwrite=True)
+    with pytest.raises(OutputExistsError, match="not a dataset written by kpipe"):  # a foreign folder
+        convert(indexed_manifest, tmp_path / "taken", to="hdf5", overwrite=True)
+    assert (tmp_path / "taken" / "file").read_text() == "x"
+    convert(indexed_manifest, tmp_path / "h5", to="hdf5")
+    convert(indexed_manifest, tmp_path / "h5", to="npy", overwrite=True)  # kpipe's own dataset: replaced
+    assert Manifest.load(tmp_path / "h5").storage["format"] == "npy"
     with pytest.raises(InputError, match="source dataset"):
         convert(indexed_manifest, indexed_manifest.parent, to="hdf5", overwrite=True)
-    with pytest.raises(InputError, match="hdf5 only"):
+    with pytest.raises(InputError, match="hdf5 format only"):
         convert(indexed_manifest, tmp_path / "x", to="npy", compression="gzip")
     with pytest.raises(InputError, match="format"):
         convert(indexed_manifest, tmp_path / "x", to="zarr")
@@ -64,7 +69,7 @@ def test_prepare_hdf5_matches_npy(image_folder, tmp_path):
     assert h5.prepare["format"] == "hdf5" and h5.prepare["compression"] == "none"
     assert sum(s["num_samples"] for s in h5.storage["shards"]) == 45
     _same_dataset(npy, h5)
-    with pytest.raises(InputError, match="hdf5 only"):
+    with pytest.raises(InputError, match="hdf5 format only"):
         prepare(image_folder, tmp_path / "bad", shard_size=10)
 
 
@@ -93,7 +98,7 @@ def test_cli_prepare_hdf5_and_convert(image_folder, tmp_path):
     assert "Traceback" not in res.output
 
     res = runner.invoke(main, ["prepare", str(image_folder), "--out", str(tmp_path / "z"), "--compression", "lzf"])
-    assert res.exit_code == 1 and "hdf5 only" in res.output
+    assert res.exit_code == 1 and "hdf5 format only" in res.output
     res = runner.invoke(main, ["convert", str(out), "--to", "parquet", "--out", str(tmp_path / "p")])
     assert res.exit_code == 2
 
@@ -101,7 +106,6 @@ def test_cli_prepare_hdf5_and_convert(image_folder, tmp_path):
 def test_shard_reads_sample_values(tmp_path):
     """The HDF5 files are plain HDF5: h5py alone reads the samples back."""
     import h5py
-
     from conftest import make_indexed_npy_folder
 
     raw = make_indexed_npy_folder(tmp_path / "raw", {"a": 6, "b": 6})

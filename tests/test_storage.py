@@ -131,7 +131,7 @@ def test_threads_share_a_store(datasets, expected):
     for kind in ("npy", "hdf5", "hdf5-pread", "hdf5-gzip"):
         s = _open(kind, datasets)
         with ThreadPoolExecutor(4) as pool:
-            batches = list(pool.map(lambda k: s.read_many(ids[k % 4 :: 4]), range(8)))
+            batches = list(pool.map(lambda k, s=s: s.read_many(ids[k % 4 :: 4]), range(8)))
         for k, b in enumerate(batches):
             np.testing.assert_array_equal(b, np.stack([expected[i] for i in ids[k % 4 :: 4]]))
 
@@ -235,7 +235,7 @@ def test_npy_truncated_file_names_file_and_id(datasets, tmp_path):
 
 def test_auto_read_mode_follows_data_size(datasets, monkeypatch, expected):
     """`mmap="auto"` maps small stores and reads large ones with preadv (flat RSS)."""
-    import kpipe.storage.hdf5 as hdf5
+    from kpipe.storage import hdf5
 
     m = Manifest.load(datasets["hdf5"])
     assert open_store(m).read_mode == "mmap"
@@ -312,3 +312,175 @@ def test_generator_over_hdf5_with_keras_multiprocessing(datasets):
             np.testing.assert_array_equal(x, ref[i][0])
             np.testing.assert_array_equal(y, ref[i][1])
         ref.on_epoch_end()
+
+
+# ------------------------------------------------- integrity and faults (issue 9, issue 10)
+def _x_offset(path: Path) -> int:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return f["x"].id.get_offset()
+
+
+@pytest.mark.parametrize("mmap", [True, "pread", False])
+def test_overwritten_bytes_in_an_uncompressed_shard_are_detected(datasets, tmp_path, mmap):
+    """64 bytes overwritten inside `x` (same size, valid HDF5): a StoreError, never garbage samples."""
+    m = _copy_dataset(datasets["hdf5"], tmp_path / "copy")
+    ids = sorted(m.labels)
+    open_store(m, mmap=mmap).read_many(ids)  # verified once (and marked) while intact
+    shard = m.storage["shards"][3]
+    path = m.root / shard["file"]
+    st = path.stat()
+    with open(path, "r+b") as f:
+        f.seek(_x_offset(path) + 40)
+        f.write(b"\x7f" * 64)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # even with the old mtime back (ctime still moves)
+    with pytest.raises(StoreError, match="sha256") as info:
+        open_store(Manifest.load(m.path), mmap=mmap).read_many(ids)
+    assert shard["file"] in str(info.value) and "corrupt" in str(info.value)
+
+
+def test_shards_are_hashed_once_per_file_version(datasets, tmp_path, monkeypatch):
+    from kpipe.storage import hdf5
+
+    calls = []
+    real = hdf5.file_sha256
+    monkeypatch.setattr(hdf5, "file_sha256", lambda p: calls.append(p) or real(p))
+    m = _copy_dataset(datasets["hdf5"], tmp_path / "copy")  # copied files: new inodes, not verified yet
+    ids = sorted(m.labels)
+    open_store(m).read_many(ids)
+    assert len(calls) == 9
+    open_store(Manifest.load(m.path)).read_many(ids)
+    assert len(calls) == 9  # unchanged files are not hashed again
+    open_store(Manifest.load(m.path), verify="always").read_many(ids)
+    assert len(calls) == 18
+    open_store(Manifest.load(m.path), verify=False).read_many(ids)
+    assert len(calls) == 18
+    fresh = convert(m.path, tmp_path / "fresh", to="hdf5", shard_size=20).manifest
+    calls.clear()
+    open_store(Manifest.load(fresh.path)).read_many(ids)
+    assert calls == []  # the writer hashed the shards as it wrote them
+
+
+@pytest.mark.parametrize("kind", ["hdf5", "gzip"])
+def test_manifest_ids_disagreeing_with_the_shard_are_detected(datasets, tmp_path, kind):
+    """Permuted shard IDs in the manifest would give samples the wrong labels: refused."""
+    import json
+
+    m = _copy_dataset(datasets[kind], tmp_path / "copy")
+    d = json.loads(m.path.read_text())
+    ids = d["storage"]["shards"][0]["ids"]
+    ids[1], ids[2] = ids[2], ids[1]
+    m.path.write_text(json.dumps(d))
+    store = open_store(Manifest.load(m.path))
+    with pytest.raises(StoreError, match=rf"row 1 of the shard holds sample '{ids[2]}', the manifest says '{ids[1]}'"):
+        store.read(ids[0])
+
+
+def test_a_dataset_replaced_under_a_reader_is_detected(tmp_path):
+    """`prepare --overwrite` while a reader runs: open shards keep serving the old files, new opens fail."""
+    raw = make_indexed_npy_folder(tmp_path / "raw", {"a": 12, "b": 12})
+    out = tmp_path / "ds"
+    m = prepare(raw, out, split="0.5,0.25,0.25", format="hdf5", shard_size=4, n_jobs=1, seed=0).manifest
+    value = {sid: float(np.load(m.root.parent.parent / "raw" / sid[0] / f"{sid[2:]}.npy").flat[0])
+             for sid in m.labels}
+    store = open_store(m)
+    first = m.storage["shards"][0]["ids"]
+    np.testing.assert_array_equal(store.read_many(first)[:, 0, 0, 0], [value[i] for i in first])
+    prepare(raw, out, split="0.5,0.25,0.25", format="hdf5", shard_size=4, n_jobs=1, seed=1, overwrite=True)
+    np.testing.assert_array_equal(store.read_many(first)[:, 0, 0, 0], [value[i] for i in first])  # still right
+    with pytest.raises(StoreError, match="changed while this process was reading it"):
+        store.read_many(m.storage["shards"][4]["ids"])
+    npy = prepare(raw, tmp_path / "npy", n_jobs=1, split="0.5,0.25,0.25").manifest
+    npy_store = open_store(npy)
+    npy_store.read_many(npy.ids("train"))
+    prepare(raw, tmp_path / "npy", n_jobs=1, split="0.5,0.25,0.25", seed=3, overwrite=True)
+    with pytest.raises(StoreError, match="changed while"):
+        npy_store.read_many(npy.ids("train"))
+
+
+@pytest.mark.parametrize("mmap", [True, "pread"])
+def test_many_shards_under_a_low_open_file_limit(datasets, mmap, expected):
+    """60 one-sample shards with ~10 free file descriptors: the pool of open shards adapts (LRU); with none
+    free, the error says it is the open-file limit (not "corrupt")."""
+    import resource
+
+    m = Manifest.load(datasets["npy"])
+    ids = sorted(m.labels)
+    h5 = convert(m, datasets["npy"].parent.parent / f"one_per_shard_{mmap}", to="hdf5", shard_size=1).manifest
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    probe = os.open(os.devnull, os.O_RDONLY)  # the lowest free descriptor: opens fail once it reaches the limit
+    os.close(probe)
+    store = open_store(Manifest.load(h5.path), mmap=mmap)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (probe + 10, hard))
+        for lo in range(0, 60, 20):
+            batch = ids[lo:lo + 20]
+            np.testing.assert_array_equal(store.read_many(batch), np.stack([expected[i] for i in batch]))
+        store.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (probe, hard))
+        with pytest.raises(StoreError, match=r"too many open files .*ulimit -n"):
+            store.read(ids[0])
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    small = open_store(Manifest.load(h5.path), mmap=mmap, max_open_shards=3)
+    np.testing.assert_array_equal(small.read_many(ids[::-1]), np.stack([expected[i] for i in ids[::-1]]))
+    assert len(small._readers) <= 3
+
+
+_HOLD_FOR_WRITING = """
+import sys, time, h5py
+f = h5py.File(sys.argv[1], "a")
+print("open", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_shard_locked_by_a_writer_is_reported_as_locked(datasets, tmp_path):
+    import subprocess
+    import sys
+
+    m = _copy_dataset(datasets["hdf5"], tmp_path / "copy")
+    shard = m.storage["shards"][0]
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_FOR_WRITING, str(m.root / shard["file"])],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(StoreError, match="HDF5_USE_FILE_LOCKING=FALSE") as info:
+            open_store(m, verify=False).read(shard["ids"][0])
+        assert "corrupt" not in str(info.value)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+_TRUNCATE_WHILE_MAPPED = """
+import os, sys
+import numpy as np
+from kpipe.errors import StoreError
+from kpipe.storage import Hdf5Store
+from kpipe.storage.hdf5 import Hdf5Writer
+root = sys.argv[1]
+w = Hdf5Writer(root, (1024,), "float32")
+ids = [f"s{k}" for k in range(64)]  # 256 KiB of samples: pages past the cut are gone, not zero-filled
+w.add_many(ids, np.ones((64, 1024), np.float32))
+shards = w.finish({i: 0 for i in ids})["shards"]
+store = Hdf5Store(root, shards, (1024,), "float32", mmap=True)
+store.read_many(ids)
+os.truncate(os.path.join(root, shards[0]["file"]), 100)
+try:
+    store.read_many(ids)
+    print("no error")
+except StoreError as e:
+    print("StoreError:", e)
+"""
+
+
+def test_a_shard_truncated_while_mapped_is_an_error_not_sigbus(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _TRUNCATE_WHILE_MAPPED, str(tmp_path / "shards")],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])  # -7: killed by SIGBUS
+    assert "StoreError:" in proc.stdout and "shrank" in proc.stdout

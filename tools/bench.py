@@ -25,14 +25,18 @@ plus references: ``h5py naive`` (h5py sorted fancy indexing per batch),
 
 Every figure gets its ratio to (1) and to (3). Two data sets: 20,000 samples
 of 32x32x3 float32 and 5,000 of 128x128x3 uint8 (``--quick``: 4,000 and 1,000).
-Optional checks: ``--memory`` (RSS over HDF5 epochs of a ~2 GB data set) and
-``--training`` (``model.fit`` epoch time, generator over hdf5 vs arrays in memory).
+Optional checks: ``--memory`` (RSS over HDF5 epochs of a ~2 GB data set),
+``--training`` (``model.fit`` epoch time, generator over hdf5 vs arrays in memory) and
+``--integrity`` (the cost of the read-path integrity checks: the default memory-mapped
+HDF5 path against the same path without any check, `ReferenceMmapStore`, interleaved;
+plus the one-time sha256 of the shards).
 
 Usage::
 
     python tools/bench.py                     # full sizes, table + bench.json
     python tools/bench.py --quick --epochs 3  # a quick look
     python tools/bench.py --memory --training --json bench.json
+    python tools/bench.py --no-speed --integrity        # the integrity checks' cost only
 
 Data is written under ``--tmp`` (default: a fresh folder in /tmp) and deleted.
 """
@@ -484,6 +488,148 @@ def training_check(args, tmp: Path) -> dict:
     return out
 
 
+# ------------------------------------------------------------ integrity cost
+class ReferenceMmapStore:
+    """The yardstick of the integrity checks: kpipe 0.1.0's memory-mapped read path, kept here verbatim in
+    spirit (``np.memmap`` of each shard's ``x``, one ``np.take`` per batch) with none of today's checks
+    (confinement, regular file, sha256 verified once, shard ``ids`` vs manifest, dataset replacement,
+    size before each batch). Same interface as a `kpipe.storage.Store` for `DataGenerator`."""
+
+    def __init__(self, manifest):
+        import h5py
+
+        shards = manifest.storage["shards"]
+        first = shards[0]
+        with h5py.File(manifest.root / first["file"], "r") as f:
+            self.sample_shape, self.dtype = f["x"].shape[1:], f["x"].dtype
+        self.format = "hdf5"
+        self._starts = np.cumsum([0] + [len(s["ids"]) for s in shards])
+        self._index = {sid: g for g, sid in enumerate(i for s in shards for i in s["ids"])}
+        self._maps = []
+        for s in shards:
+            with h5py.File(manifest.root / s["file"], "r") as f:
+                offset = f["x"].id.get_offset()
+            self._maps.append(np.memmap(manifest.root / s["file"], dtype=self.dtype, mode="r", offset=offset,
+                                        shape=(len(s["ids"]), *self.sample_shape)))
+
+    @property
+    def ids(self):
+        return list(self._index)
+
+    def read_into(self, ids, out):
+        g = np.fromiter(map(self._index.__getitem__, ids), dtype=np.int64, count=len(ids))
+        if len(self._maps) == 1:
+            np.take(self._maps[0], g, axis=0, out=out[: len(ids)], mode="clip")
+            return out
+        shard_of = np.searchsorted(self._starts, g, side="right") - 1
+        for s in np.unique(shard_of):
+            where = np.flatnonzero(shard_of == s)
+            out[where] = self._maps[s][g[where] - self._starts[s]]
+        return out
+
+    def read_many(self, ids, out=None):
+        if out is None:
+            out = np.empty((len(ids), *self.sample_shape), self.dtype)
+        return self.read_into(ids, out)[: len(ids)]
+
+    def close(self):
+        self._maps = []
+
+
+def integrity_check(args, tmp: Path) -> dict:
+    """Cost of the read-path integrity checks against `ReferenceMmapStore`, side by side.
+
+    * one-time: hashing the shards (`Hdf5Store.verify`), done once per shard file version (``verify="once"``);
+    * steady state: epochs of ``read_many`` batches (store level) and of `DataGenerator` batches, the
+      two read paths interleaved round by round; the figure is the median of the per-round ratios.
+    """
+    return {name: _integrity_size(name, SIZES[name], args, tmp) for name in args.sizes.split(",")}
+
+
+def _store_epoch(store, ids: list[str], seed: int) -> tuple[float, float]:
+    """One epoch of ``read_many`` batches: (samples per wall second, samples per CPU second of this process)."""
+    perm = np.random.default_rng(seed).permutation(len(ids))
+    batches = [[ids[i] for i in perm[lo : lo + BATCH]] for lo in range(0, len(ids), BATCH)]
+    buf = np.empty((BATCH, *store.sample_shape), store.dtype)
+    t, c = time.perf_counter(), time.process_time()
+    for batch in batches:
+        store.read_many(batch, out=buf)
+    return len(ids) / (time.perf_counter() - t), len(ids) / max(1e-9, time.process_time() - c)
+
+
+def _generator_epoch(gen, n: int) -> tuple[float, float]:
+    t, c = time.perf_counter(), time.process_time()
+    for i in range(len(gen)):
+        gen[i]
+    gen.on_epoch_end()
+    return n / (time.perf_counter() - t), n / max(1e-9, time.process_time() - c)
+
+
+def _integrity_size(name: str, spec: dict, args, tmp: Path) -> dict:
+    from kpipe import DataGenerator
+    from kpipe.convert import convert
+    from kpipe.manifest import Manifest
+    from kpipe.storage import open_store
+
+    n = args.num_samples or (spec["quick"] if args.quick else spec["n"])
+    x, y = make_arrays(n, spec["shape"], spec["dtype"])
+    folder = tmp / ("integrity_" + name.replace(" ", "_"))
+    m_npy = write_dataset(folder / "npy", x, y, "npy")
+    del x
+    m = Manifest.load(convert(m_npy, folder / "hdf5", to="hdf5").manifest.path)
+    nbytes = sum(s["num_bytes"] for s in m.storage["shards"])
+    t = time.perf_counter()
+    open_store(m).verify(recheck=True)
+    hash_s = time.perf_counter() - t
+    ids = m.ids("train")
+    stores = {"reference": ReferenceMmapStore(m),
+              "kpipe": open_store(m, mmap=True)}  # the default: verify="once" (the shards are marked verified)
+    gens = {}
+    for who, store in stores.items():
+        gens[who] = DataGenerator(m, "train", batch_size=BATCH, seed=0, dtype=spec["dtype"])
+        gens[who].store = store
+    for who, store in stores.items():  # warm-up
+        _store_epoch(store, ids, 0)
+        _generator_epoch(gens[who], n)
+    wall: dict[str, list[float]] = {f"{level} {who}": [] for level in ("store", "generator") for who in stores}
+    cpu: dict[str, list[float]] = {k: [] for k in wall}
+    for r in range(args.integrity_rounds):
+        order = ("reference", "kpipe") if r % 2 == 0 else ("kpipe", "reference")
+        for level in ("store", "generator"):
+            for who in order:
+                w, c = _store_epoch(stores[who], ids, r) if level == "store" else _generator_epoch(gens[who], n)
+                wall[f"{level} {who}"].append(w)
+                cpu[f"{level} {who}"].append(c)
+
+    def ratios(rows):
+        return {level: statistics.median(k / ref for k, ref in zip(rows[f"{level} kpipe"], rows[f"{level} reference"]))
+                for level in ("store", "generator")}
+
+    ratio, cpu_ratio = ratios(wall), ratios(cpu)
+    epoch_s = n / statistics.median(wall["generator reference"])
+    result = {
+        "num_samples": n, "shard_bytes": nbytes, "rounds": args.integrity_rounds,
+        "samples_per_s": {k: statistics.median(v) for k, v in wall.items()},
+        "samples_per_cpu_s": {k: statistics.median(v) for k, v in cpu.items()},
+        "kpipe_vs_reference": ratio, "kpipe_vs_reference_cpu": cpu_ratio,
+        "slowdown_pct": {k: round((1 - v) * 100, 1) for k, v in ratio.items()},
+        "hash_once_s": hash_s, "hash_mb_per_s": nbytes / 2**20 / hash_s, "hash_once_vs_one_epoch": hash_s / epoch_s,
+    }
+    print(f"\n== integrity checks, {name}: {n} samples, {nbytes / 2**20:.0f} MiB of shards, "
+          f"{args.integrity_rounds} interleaved rounds ==")
+    for k, v in result["samples_per_s"].items():
+        print(f"  {k:<22} {v:>10,.0f} samples/s  {result['samples_per_cpu_s'][k]:>10,.0f} samples/CPU-s")
+    print(f"  kpipe / reference (median of per-round ratios): store {ratio['store']:.3f}, generator "
+          f"{ratio['generator']:.3f}; by CPU time {cpu_ratio['store']:.3f}, {cpu_ratio['generator']:.3f} "
+          "(target >= 0.90)")
+    print(f"  one-time sha256 of the shards: {hash_s:.2f} s ({result['hash_mb_per_s']:,.0f} MiB/s), "
+          f"{result['hash_once_vs_one_epoch']:.2f}x one epoch")
+    for store in stores.values():
+        store.close()
+    shutil.rmtree(folder, ignore_errors=True)
+    return result
+
+
 # ------------------------------------------------------------------ main
 def machine() -> dict:
     cpu = platform.processor()
@@ -515,6 +661,9 @@ def main(argv=None) -> int:
     p.add_argument("--memory-epochs", type=int, default=10)
     p.add_argument("--training", action="store_true", help="Also run the model.fit epoch-time check.")
     p.add_argument("--train-epochs", type=int, default=4, help="Timed fit epochs (after one warm-up).")
+    p.add_argument("--integrity", action="store_true",
+                   help="Also measure the read-path integrity checks against the unchecked memory-mapped path.")
+    p.add_argument("--integrity-rounds", type=int, default=7, help="Interleaved rounds of the integrity check.")
     p.add_argument("--json", default="bench.json", help="Where to write the results.")
     p.add_argument("--tmp", default=None, help="Parent folder of the temporary data (default: /tmp).")
     p.add_argument("--_memory-child", nargs=3, help=argparse.SUPPRESS)
@@ -541,6 +690,8 @@ def main(argv=None) -> int:
             report["memory"] = memory_check(args, tmp)
         if args.training:
             report["training"] = training_check(args, tmp)
+        if args.integrity:
+            report["integrity"] = integrity_check(args, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

@@ -15,13 +15,15 @@ from pathlib import Path
 
 from kpipe.errors import ArgumentError, InputError, ManifestError
 from kpipe.manifest import Manifest
-from kpipe.storage.base import Store, StoreWriter
-from kpipe.storage.hdf5 import COMPRESSIONS, Hdf5Store, Hdf5Writer, open_hdf5
+from kpipe.storage.base import DatasetGuard, Store, StoreWriter
+from kpipe.storage.hdf5 import COMPRESSIONS, Hdf5Store, Hdf5Writer, check_compression, open_hdf5
 from kpipe.storage.memory import MemoryStore
 from kpipe.storage.npy import NpyStore, NpyWriter
 
 
 def _open_npy(manifest: Manifest, **kwargs) -> Store:
+    # A manifest read from a file is untrusted: a sample file that is a link (out of the dataset) is refused.
+    kwargs.setdefault("follow_links", manifest.path is None)
     return NpyStore(manifest.root, manifest.sample_shape, manifest.sample_dtype,
                     ids=list(manifest.labels), **kwargs)
 
@@ -39,11 +41,6 @@ CACHE_MODES = (None, "memory")
 
 
 def _npy_writer(root: Path, sample_shape, dtype, **options) -> StoreWriter:
-    if options.get("compression") not in (None, "none"):
-        raise InputError(
-            f"`compression` applies to --format hdf5 only. Received: compression={options['compression']!r} "
-            "with format='npy'"
-        )
     return NpyWriter(root)
 
 
@@ -67,6 +64,28 @@ def check_format(format: str) -> str:  # noqa: A002 - the field's term
     return format
 
 
+def check_storage_options(format: str, shard_size: int | None = None,
+                          compression: str | None = "none") -> str:
+    """Validate a storage format with its options; returns the normalized compression.
+
+    The one place that knows which options apply to which format (used by
+    `kpipe.prepare`, `kpipe.convert` and `make_writer`).
+
+    Raises:
+        InputError: If the format is unknown, the compression invalid, or
+            ``shard_size`` / ``compression`` are given for a format other
+            than ``"hdf5"``.
+    """
+    check_format(format)
+    compression = check_compression(compression)
+    if format != "hdf5" and (compression != "none" or shard_size is not None):
+        raise InputError(
+            "`shard_size` and `compression` apply to the hdf5 format only. "
+            f"Received: format={format!r}, shard_size={shard_size!r}, compression={compression!r}"
+        )
+    return compression
+
+
 def make_writer(format: str, dataset_dir: str | Path, sample_shape, dtype, **options) -> StoreWriter:  # noqa: A002
     """A writer of ``format`` whose files go under ``dataset_dir / STORAGE_ROOTS[format]``.
 
@@ -80,7 +99,7 @@ def make_writer(format: str, dataset_dir: str | Path, sample_shape, dtype, **opt
     Raises:
         InputError: If the format or an option is invalid.
     """
-    check_format(format)
+    check_storage_options(format, options.get("shard_size"), options.get("compression"))
     return STORE_WRITERS[format](Path(dataset_dir) / STORAGE_ROOTS[format], sample_shape, dtype, **options)
 
 
@@ -94,14 +113,19 @@ def open_store(manifest: Manifest, *, cache: str | None = None, ids: Sequence[st
             samples ``ids`` into RAM now, once (a `MemoryStore`).
         ids: With ``cache="memory"``, the IDs to load (e.g. one partition).
             Defaults to every sample.
-        **kwargs: Passed to the backend (``num_threads`` for npy; ``mmap``,
-            ``verify`` for hdf5).
+        **kwargs: Passed to the backend (``num_threads``, ``follow_links``
+            for npy; ``mmap``, ``verify``, ``max_open_shards`` for hdf5).
 
     Returns:
         A `Store` for ``manifest.storage["format"]``.
 
+    The store is bound to the manifest file as it was loaded: if the dataset
+    is replaced while the store reads it (``prepare --overwrite``), reads that
+    open files fail with `StoreError` (see `kpipe.storage.base.DatasetGuard`).
+
     Raises:
-        ManifestError: If the storage format is unknown.
+        ManifestError: If the storage format is unknown, or the storage root
+            or a shard file leaves the dataset folder.
         ValueError: If ``cache`` is not `None` or ``"memory"``.
     """
     if cache not in CACHE_MODES:
@@ -113,6 +137,8 @@ def open_store(manifest: Manifest, *, cache: str | None = None, ids: Sequence[st
             f"{', '.join(STORE_OPENERS)}."
         )
     store = STORE_OPENERS[fmt](manifest, **kwargs)
+    if manifest.path is not None and manifest.file_identity is not None:
+        store.guard = DatasetGuard(manifest.path, manifest.file_identity)
     if cache == "memory":
         store = MemoryStore(store, list(manifest.labels) if ids is None else ids)
     return store
@@ -121,15 +147,17 @@ def open_store(manifest: Manifest, *, cache: str | None = None, ids: Sequence[st
 __all__ = [
     "COMPRESSIONS",
     "FORMATS",
+    "STORE_OPENERS",
+    "STORE_WRITERS",
+    "DatasetGuard",
     "Hdf5Store",
     "Hdf5Writer",
     "MemoryStore",
     "NpyStore",
     "NpyWriter",
-    "STORE_OPENERS",
-    "STORE_WRITERS",
     "Store",
     "StoreWriter",
+    "check_storage_options",
     "make_writer",
     "open_store",
 ]

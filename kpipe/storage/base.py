@@ -9,9 +9,56 @@ send to `fork`, `spawn` and `forkserver` worker processes.
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
+
+from kpipe._io import stat_identity
+from kpipe.errors import StoreError
+
+
+class DatasetGuard:
+    """Detects a dataset replaced under a reader.
+
+    Records the identity (device, inode, size, mtime) of the dataset's
+    ``manifest.json`` as it was when the manifest was loaded. ``kpipe prepare``
+    and ``kpipe convert`` always write a new manifest file (a new inode), so if
+    the dataset folder is replaced while a process reads it, `check` fails
+    instead of letting the process read the new files through the old
+    manifest's ID -> file / row map. Picklable (plain values).
+
+    Args:
+        path: The manifest file.
+        identity: ``(st_dev, st_ino, st_size, st_mtime_ns)`` of it when loaded.
+    """
+
+    __slots__ = ("identity", "path")
+
+    def __init__(self, path: str | os.PathLike, identity: tuple[int, int, int, int]) -> None:
+        self.path = str(path)
+        self.identity = tuple(identity)
+
+    def check(self) -> None:
+        """Raise `StoreError` if the manifest file is not the one that was loaded (one ``stat``)."""
+        try:
+            now = stat_identity(os.stat(self.path))
+        except OSError:
+            now = None
+        if now != self.identity:
+            what = "removed" if now is None else "replaced"
+            raise StoreError(
+                f"The dataset {Path(self.path).parent} changed while this process was reading it: its manifest.json "
+                f"was {what} after it was loaded (was the dataset prepared or converted again?). Samples read now "
+                "could come from the new files through the old manifest; restart to read the new dataset."
+            )
+
+    def __getstate__(self) -> tuple:
+        return (self.path, self.identity)
+
+    def __setstate__(self, state: tuple) -> None:
+        self.path, self.identity = state
 
 
 class Store(abc.ABC):
@@ -29,6 +76,8 @@ class Store(abc.ABC):
     def __init__(self, sample_shape: Sequence[int], dtype: str | np.dtype) -> None:
         self.sample_shape = tuple(int(d) for d in sample_shape)
         self.dtype = np.dtype(dtype)
+        self.guard: DatasetGuard | None = None
+        """Set by `open_store`: checked before files are opened, it fails if the dataset was replaced."""
 
     @property
     @abc.abstractmethod

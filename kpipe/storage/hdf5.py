@@ -16,7 +16,7 @@ Layout and reads:
   run of bytes at ``offset + row * sample_nbytes``. The store asks h5py once
   for the dataset's file offset (``dset.id.get_offset()``) and closes the
   file; no HDF5 call, lock or handle is on the read path. Then either
-  - it memory-maps that byte range with NumPy: a batch read is one
+  - it memory-maps that byte range: a batch read is one
     ``np.take`` (fancy indexing) on the map, straight into the batch array
     (the fastest; used when the store's data is at most `MMAP_LIMIT_BYTES`,
     because mapped pages count in the process' RSS and the kernel maps
@@ -31,6 +31,20 @@ Layout and reads:
   are read with h5py: each shard's rows once, in increasing order, then put
   back in the requested order, duplicates included.
 
+Integrity, checked when a process opens a shard: the file name is a plain
+name and the file a regular file inside the store's root (links are resolved
+and must stay inside); its byte size matches the manifest; its sha256 matches
+(``verify="once"``: hashed the first time, then trusted while its device,
+inode, size, mtime and ctime are unchanged, see `mark_verified`); its own
+``ids`` dataset lists the manifest's IDs row by row; and the dataset's
+``manifest.json`` is still the file the manifest was loaded from (a dataset
+replaced under a reader is an error, see `kpipe.storage.base.DatasetGuard`).
+Before every batch from a memory map, the file's size is checked (a mapped
+page past the end of a truncated file would kill the process with SIGBUS).
+At most ``max_open_shards`` shards are open per process (least recently
+used closed first); an OS error is reported as what it is (open-file limit,
+HDF5 lock held by a writer, permission...), never as "corrupt".
+
 Fork- and spawn-safety: no file is opened until a process reads; handles are
 tagged with the process id and reopened when it changes (an inherited h5py
 handle is never used, nor closed, in a child); a store pickles as its recipe
@@ -39,18 +53,26 @@ handle is never used, nor closed, in a child); a store pickles as its recipe
 
 from __future__ import annotations
 
+import errno
+import gc
 import hashlib
 import math
+import mmap as _mmap
 import os
+import stat
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from kpipe.errors import InputError, SampleNotFoundError, StoreError
+from kpipe._io import describe_os_error, os_error_errno
+from kpipe._paths import confined, is_safe_name, name_problem, open_regular
+from kpipe._validation import check_positive_int
+from kpipe.errors import ArgumentError, InputError, ManifestError, SampleNotFoundError, StoreError
 from kpipe.storage.base import Store, StoreWriter
 
 COMPRESSIONS = ("none", "gzip", "lzf")
@@ -102,22 +124,111 @@ def check_compression(compression: str | None) -> str:
 
 
 def file_sha256(path: str | os.PathLike, block: int = 8 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
+    """Hex sha256 of a regular file's bytes.
+
+    Raises:
+        StoreError: If ``path`` is not a regular file (a FIFO or a device is
+            never read: it could block or never end).
+        OSError: If it cannot be read.
+    """
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with os.fdopen(open_regular(path, what="shard file"), "rb") as f:
         while chunk := f.read(block):
             h.update(chunk)
     return h.hexdigest()
 
 
+# ------------------------------------------------------- verified-once cache
+def cache_dir() -> Path:
+    """kpipe's cache folder: ``$KPIPE_CACHE_DIR``, else ``$XDG_CACHE_HOME/kpipe``, else ``~/.cache/kpipe``."""
+    env = os.environ.get("KPIPE_CACHE_DIR")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path("~/.cache").expanduser()) / "kpipe"
+
+
+def _verified_path(st: os.stat_result, sha256: str) -> Path:
+    """Marker of "this file, unchanged since, matched ``sha256``": keyed by device, inode, size, mtime and ctime.
+
+    Any write to the file changes its mtime and ctime (ctime cannot be set
+    back by a user), and a replaced file has another inode, so a marker never
+    vouches for content that was not hashed.
+    """
+    key = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{sha256}"
+    return cache_dir() / "verified" / hashlib.sha256(key.encode()).hexdigest()
+
+
+def _is_verified(st: os.stat_result, sha256: str) -> bool:
+    return _verified_path(st, sha256).exists()
+
+
+def mark_verified(path: str | os.PathLike, sha256: str) -> None:
+    """Record that the file ``path``, as it is now, has this sha256 (best effort: a read-only cache is skipped)."""
+    try:
+        marker = _verified_path(os.stat(path), sha256)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    except OSError:
+        pass
+
+
+def _too_many_files(e: BaseException) -> bool:
+    return os_error_errno(e) in (errno.EMFILE, errno.ENFILE)
+
+
+class _Fd:
+    """An owned file descriptor, closed when the last user drops it (an evicted shard may still be read
+    by another thread: its descriptor must not be closed, or reused, under that thread)."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except OSError:
+            pass
+
+
 class _Reader:
     """The open state of one shard in one process: a memory map, a file descriptor + offset, or h5py."""
 
-    __slots__ = ("file", "dset", "mmap", "fd", "offset")
+    __slots__ = ("array", "dset", "fd", "file", "mmap", "need", "offset")
 
-    def __init__(self, file=None, dset=None, mmap: np.ndarray | None = None, fd: int | None = None,
-                 offset: int = 0) -> None:
-        self.file, self.dset, self.mmap, self.fd, self.offset = file, dset, mmap, fd, offset
+    def __init__(self, file=None, dset=None, mmap: _mmap.mmap | None = None, array: np.ndarray | None = None,
+                 fd: _Fd | None = None, offset: int = 0, need: int = 0) -> None:
+        self.file, self.dset, self.mmap, self.array = file, dset, mmap, array
+        self.fd, self.offset, self.need = fd, offset, need
+
+
+VERIFY_MODES = ("once", "always", "never")
+"""Values of `Hdf5Store`'s ``verify``: when a shard's sha256 is checked against the manifest."""
+
+
+def _check_verify(verify: bool | str) -> str:
+    value = {True: "always", False: "never"}.get(verify, verify) if isinstance(verify, bool) else verify
+    if value not in VERIFY_MODES:
+        raise ArgumentError(f"`verify` must be 'once', 'always', 'never', True or False. Received: verify={verify!r}")
+    return value
+
+
+def _default_max_open() -> int:
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return 64
+    if soft == getattr(resource, "RLIM_INFINITY", -1) or soft <= 0:
+        return 128
+    return max(4, min(128, soft // 8))
 
 
 class Hdf5Store(Store):
@@ -128,6 +239,7 @@ class Hdf5Store(Store):
         shards: One dict per shard, in order: ``{"file": "shard-00000.h5",
             "ids": [...], "num_bytes": int, "sha256": str}`` (``num_bytes`` and
             ``sha256`` optional); the ``manifest.storage["shards"]`` list.
+            File names are plain names inside ``root`` (no ``/``, no ``..``).
         sample_shape: Shape of one sample, e.g. ``(32, 32, 3)``.
         dtype: Dtype of stored samples, e.g. ``"float32"``.
         mmap: How to read contiguous, uncompressed shards: ``"auto"`` maps
@@ -136,13 +248,23 @@ class Hdf5Store(Store):
             (fastest, but the mapped file counts in RSS); ``"pread"`` never
             maps; `False` reads everything through h5py (slow; a reference).
             Defaults to ``"auto"``.
-        verify: Check each shard's sha256 against the manifest when a process
-            first opens it (reads the whole file once). Defaults to `False`;
-            the byte size is always checked.
+        verify: When a shard's sha256 is checked against the manifest, as a
+            process opens it: ``"once"`` (hash the file the first time, then
+            trust it while its device, inode, size, mtime and ctime are
+            unchanged: a marker under `cache_dir` ``/verified`` records it),
+            ``"always"`` (`True`: hash at every open) or ``"never"``
+            (`False`: only the byte size is checked). Defaults to ``"once"``.
+        max_open_shards: Shards kept open at once per process (least
+            recently used closed first). Defaults to an eighth of the
+            open-file limit (``ulimit -n``), between 4 and 128.
 
     Raises:
-        StoreError: On reads, if a shard is missing, truncated, corrupt or does
-            not match the manifest (the message names the file and the ID).
+        ManifestError: If a shard file name is not a plain name.
+        StoreError: On reads, if a shard is missing, not a regular file,
+            truncated, corrupt (sha256), locked by a writer, unreadable, or does
+            not match the manifest (its own ``ids`` differ), or if the dataset
+            was replaced since its manifest was loaded; the message names the
+            file, the sample ID and the cause.
         SampleNotFoundError: On reads, if an ID is in no shard.
 
     Example:
@@ -155,7 +277,7 @@ class Hdf5Store(Store):
 
     def __init__(self, root: str | os.PathLike, shards: Sequence[Mapping[str, Any]],
                  sample_shape: Sequence[int], dtype: str | np.dtype, *, mmap: bool | str = "auto",
-                 verify: bool = False) -> None:
+                 verify: bool | str = "once", max_open_shards: int | None = None) -> None:
         super().__init__(sample_shape, dtype)
         self.root = Path(root)
         self.shards = [
@@ -163,9 +285,15 @@ class Hdf5Store(Store):
              "num_bytes": s.get("num_bytes"), "sha256": s.get("sha256")}
             for s in shards
         ]
+        for s in self.shards:
+            if not is_safe_name(s["file"]):
+                raise ManifestError(f"Shard file {s['file']!r} is not allowed: {name_problem(s['file'])}. A shard "
+                                    f"is named by a plain file name inside {self.root}.")
         if mmap not in (True, False, "auto", "pread"):
             raise ValueError(f"`mmap` must be 'auto', True, False or 'pread'. Received: mmap={mmap!r}")
-        self.verify_on_open = bool(verify)
+        self.verify_mode = _check_verify(verify)
+        self.max_open_shards = (_default_max_open() if max_open_shards is None
+                                else check_positive_int(max_open_shards, "max_open_shards"))
         self._sample_nbytes = int(np.prod(self.sample_shape, dtype=np.int64)) * self.dtype.itemsize
         self._starts = np.cumsum([0] + [len(s["ids"]) for s in self.shards]).astype(np.int64)
         if mmap == "auto":
@@ -174,14 +302,20 @@ class Hdf5Store(Store):
         self.mmap = mmap
         self.read_mode = "h5py" if mmap is False else "mmap" if mmap is True else "pread"
         """``"mmap"``, ``"pread"`` or ``"h5py"``: how contiguous shards are read."""
-        # Plain-integer layout facts (picklable): shard -> file offset of `x`, or -1 for h5py reads.
+        # Plain-integer layout facts (picklable), set once a shard's `x` and `ids` were checked against the
+        # manifest: shard -> file offset of `x`, or -1 for h5py reads.
         self._offsets: dict[int, int] = {}
         self._init_process_state()
+
+    @property
+    def verify_on_open(self) -> bool:
+        """Whether shards are hashed when opened (``verify`` is not ``"never"``)."""
+        return self.verify_mode != "never"
 
     def _init_process_state(self) -> None:
         self._index: dict[str, int] | None = None
         self._all_ids: list[str] | None = None
-        self._readers: dict[int, _Reader] = {}
+        self._readers: OrderedDict[int, _Reader] = OrderedDict()
         self._pid = os.getpid()
         self._lock = threading.Lock()
 
@@ -242,49 +376,98 @@ class Hdf5Store(Store):
                     _INHERITED.extend(r.file for r in self._readers.values() if r.file is not None)
                     for r in self._readers.values():
                         if r.fd is not None:  # the child's copy of the descriptor
-                            os.close(r.fd)
-                    self._readers = {}
+                            r.fd.close()
+                    self._readers = OrderedDict()
                     self._lock = threading.Lock()
                     self._pid = os.getpid()
-        reader = self._readers.get(s)
-        if reader is None:
-            with self._lock:
-                reader = self._readers.get(s)
-                if reader is None:
+        readers = self._readers
+        reader = readers.get(s)
+        if reader is not None:
+            try:
+                readers.move_to_end(s)
+            except KeyError:  # evicted by another thread meanwhile: still usable
+                pass
+            return reader
+        with self._lock:
+            reader = readers.get(s)
+            if reader is None:
+                try:
                     reader = self._open(s, sample_id)
-                    self._readers[s] = reader
+                except OSError as e:
+                    if isinstance(e, StoreError) or not _too_many_files(e):
+                        raise
+                    readers.clear()  # close what no other thread is reading, then try once more
+                    gc.collect()
+                    try:
+                        reader = self._open(s, sample_id)
+                    except OSError as again:
+                        if isinstance(again, StoreError) or not _too_many_files(again):
+                            raise
+                        raise StoreError(
+                            f"Sample {sample_id!r} (shard {self._shard_path(s)}): cannot open the shard: "
+                            f"{describe_os_error(again)}. kpipe keeps at most {self.max_open_shards} shards "
+                            "open per process (`max_open_shards`)."
+                        ) from None
+                readers[s] = reader
+                while len(readers) > self.max_open_shards:
+                    readers.popitem(last=False)  # closed when no thread reads it any more
         return reader
 
     def _open(self, s: int, sample_id: str) -> _Reader:
+        """Check shard ``s`` and open it; raises `StoreError`, or a plain `OSError` for the open-file limit."""
         path = self._shard_path(s)
         shard = self.shards[s]
         n = len(shard["ids"])
         where = f"Sample {sample_id!r} (shard {path})"
+        if self.guard is not None:
+            self.guard.check()
         try:
-            size = os.stat(path).st_size
+            confined(self.root, shard["file"], what="shard file", error=StoreError)
+            st = os.stat(path)
         except FileNotFoundError:
             raise StoreError(f"{where}: the shard file does not exist. Run `kpipe prepare` again.") from None
+        except StoreError as e:
+            raise StoreError(f"{where}: {e}") from None
+        except OSError as e:
+            raise StoreError(f"{where}: cannot read the shard: {describe_os_error(e)}.") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreError(f"{where}: the shard is not a regular file; kpipe reads only regular files.")
         expected = shard.get("num_bytes")
-        if expected is not None and size != int(expected):
+        if expected is not None and st.st_size != int(expected):
             raise StoreError(
-                f"{where}: the file has {size} bytes, the manifest says {expected}; it is truncated or was "
+                f"{where}: the file has {st.st_size} bytes, the manifest says {expected}; it is truncated or was "
                 "modified. Run `kpipe prepare` (or `kpipe convert` from a good copy) again."
             )
-        if self.verify_on_open and shard.get("sha256"):
-            digest = file_sha256(path)
-            if digest != shard["sha256"]:
+        sha = shard.get("sha256")
+        if sha and (self.verify_mode == "always" or (self.verify_mode == "once" and not _is_verified(st, sha))):
+            try:
+                digest = file_sha256(path)
+            except StoreError as e:
+                raise StoreError(f"{where}: {e}") from None
+            except OSError as e:
+                if _too_many_files(e):
+                    raise
+                raise StoreError(f"{where}: cannot read the shard: {describe_os_error(e)}.") from None
+            if digest != sha:
                 raise StoreError(
-                    f"{where}: the file's sha256 is {digest}, the manifest says {shard['sha256']}; it is "
-                    "corrupt. Run `kpipe prepare` (or `kpipe convert` from a good copy) again."
+                    f"{where}: the file's sha256 is {digest}, the manifest says {sha}; it is corrupt (checksum "
+                    "mismatch). Run `kpipe prepare` (or `kpipe convert` from a good copy) again."
                 )
+            if self.verify_mode == "once":
+                mark_verified(path, sha)
         offset = self._offsets.get(s)
         if self.read_mode != "h5py" and offset is not None and offset >= 0:  # layout known: no HDF5 call
-            return self._map(path, offset, n, size, where)
+            return self._map(path, offset, n, st.st_size, where)
         import h5py
 
         try:
             f = h5py.File(path, "r")
         except OSError as e:
+            if _too_many_files(e):
+                raise
+            code = os_error_errno(e)
+            if "unable to lock file" in str(e) or code in (errno.EACCES, errno.EPERM, errno.ENOENT, errno.EIO):
+                raise StoreError(f"{where}: cannot open the shard: {describe_os_error(e)}.") from None
             raise StoreError(f"{where}: not a readable HDF5 file ({e}); it is truncated or corrupt.") from None
         try:
             dset = f["x"]
@@ -296,6 +479,8 @@ class Hdf5Store(Store):
             plain = (dset.chunks is None and dset.compression is None and not dset.shuffle
                      and not dset.fletcher32 and dset.scaleoffset is None)
             file_offset = dset.id.get_offset() if plain and n > 0 else None
+            if s not in self._offsets:
+                self._check_ids(f, s, where)
         except StoreError:
             f.close()
             raise
@@ -306,15 +491,48 @@ class Hdf5Store(Store):
         if self.read_mode == "h5py" or file_offset is None:
             return _Reader(file=f, dset=dset)
         f.close()
-        return self._map(path, int(file_offset), n, size, where)
+        return self._map(path, int(file_offset), n, st.st_size, where)
+
+    def _check_ids(self, f, s: int, where: str) -> None:
+        """The shard's own ``ids`` dataset must list the manifest's IDs, row by row."""
+        expected = self.shards[s]["ids"]
+        try:
+            ids = f["ids"].asstr()[:].tolist()
+        except (KeyError, OSError, RuntimeError, ValueError, TypeError) as e:
+            raise StoreError(f"{where}: the shard has no readable `ids` dataset ({e}); it is corrupt.") from None
+        if ids != expected:
+            row = next((r for r, (a, b) in enumerate(zip(ids, expected)) if a != b), min(len(ids), len(expected)))
+            held = repr(ids[row]) if row < len(ids) else "nothing"
+            said = repr(expected[row]) if row < len(expected) else "nothing"
+            raise StoreError(
+                f"{where}: row {row} of the shard holds sample {held}, the manifest says {said}. The manifest does "
+                "not describe this shard (its shard `ids` were edited, or the shard was replaced); reading it would "
+                "give samples the wrong labels. Run `kpipe prepare` again."
+            )
 
     def _map(self, path: Path, offset: int, n: int, size: int, where: str) -> _Reader:
-        if offset + n * self._sample_nbytes > size:
+        need = offset + n * self._sample_nbytes
+        if need > size:
             raise StoreError(f"{where}: the file is too short for its {n} samples; it is truncated.")
+        try:
+            fd = open_regular(path, what="shard file")
+        except StoreError as e:
+            raise StoreError(f"{where}: {e}") from None
+        except OSError as e:
+            if _too_many_files(e):
+                raise
+            raise StoreError(f"{where}: cannot open the shard: {describe_os_error(e)}.") from None
         if self.read_mode == "pread":
-            return _Reader(fd=os.open(path, os.O_RDONLY), offset=offset)
-        mm = np.memmap(path, dtype=self.dtype, mode="r", offset=offset, shape=(n, *self.sample_shape))
-        return _Reader(mmap=mm)
+            return _Reader(fd=_Fd(fd), offset=offset)
+        try:
+            if n == 0:
+                return _Reader(array=np.empty((0, *self.sample_shape), self.dtype), need=need)
+            start = offset - offset % _mmap.ALLOCATIONGRANULARITY
+            mm = _mmap.mmap(fd, need - start, access=_mmap.ACCESS_READ, offset=start)
+        finally:
+            os.close(fd)
+        array = np.frombuffer(mm, dtype=self.dtype, count=n * math.prod(self.sample_shape), offset=offset - start)
+        return _Reader(mmap=mm, array=array.reshape(n, *self.sample_shape), need=need - start)
 
     # ----------------------------------------------------------------- reads
     def read_into(self, ids: Sequence[str], out: np.ndarray) -> np.ndarray:
@@ -341,12 +559,21 @@ class Hdf5Store(Store):
         """Read ``rows`` of shard ``s`` into ``out[where]`` (or ``out[:len(rows)]``)."""
         first_id = ids[0] if where is None else ids[int(where[0])]
         reader = self._reader(s, first_id)
-        if reader.mmap is not None:
+        if reader.array is not None:
+            # A mapped page past the end of a file that shrank would kill the process (SIGBUS): check the
+            # size (one fstat) before every batch.
+            if reader.mmap is not None and reader.mmap.size() < reader.need:
+                self._readers.pop(s, None)
+                raise StoreError(
+                    f"Sample {first_id!r} (shard {self._shard_path(s)}): the file shrank to {reader.mmap.size()} "
+                    "bytes while it was being read; it was truncated or rewritten in place. Run `kpipe prepare` "
+                    "again, and do not change a dataset while it is read."
+                )
             if where is None:
                 # mode="clip": rows are valid, and mode="raise" would copy through a buffer.
-                np.take(reader.mmap, rows, axis=0, out=out[: len(rows)], mode="clip")
+                np.take(reader.array, rows, axis=0, out=out[: len(rows)], mode="clip")
             else:
-                out[where] = reader.mmap[rows]
+                out[where] = reader.array[rows]
             return
         if reader.fd is not None:
             if out.flags.c_contiguous:
@@ -382,7 +609,7 @@ class Hdf5Store(Store):
         nb = self._sample_nbytes
         dest = np.arange(len(rows)) if where is None else where
         order = np.argsort(rows, kind="stable")
-        fd, base = reader.fd, reader.offset
+        fd, base = reader.fd.fd, reader.offset
         flat = out.reshape(len(out), -1).view(np.uint8)
         for i, r in zip(dest[order].tolist(), rows[order].tolist()):
             try:
@@ -391,10 +618,11 @@ class Hdf5Store(Store):
                 got = e
             if got != nb:
                 sid = self.shards[s]["ids"][r]
+                what = (describe_os_error(got) if isinstance(got, OSError)
+                        else f"{got} of {nb} bytes; the file is truncated")
                 raise StoreError(
-                    f"Sample {sid!r} (row {r} of shard {self._shard_path(s)}): read "
-                    f"{got if isinstance(got, OSError) else f'{got} of {nb} bytes'}; the file is truncated or "
-                    "unreadable. Run `kpipe prepare` again."
+                    f"Sample {sid!r} (row {r} of shard {self._shard_path(s)}): read {what}. "
+                    "Run `kpipe prepare` again."
                 )
 
     @staticmethod
@@ -406,8 +634,13 @@ class Hdf5Store(Store):
                 return int(r)
         return None
 
-    def verify(self) -> None:
+    def verify(self, *, recheck: bool = True) -> None:
         """Check every shard's byte size and sha256 against the manifest.
+
+        Args:
+            recheck: Hash every shard now (`True`, the default), or trust a
+                shard verified before and unchanged since (``verify="once"``'s
+                marker, `False`).
 
         Raises:
             StoreError: Naming the first shard that differs (and its first ID).
@@ -417,14 +650,31 @@ class Hdf5Store(Store):
             first = shard["ids"][0] if shard["ids"] else "?"
             where = f"Shard {path} (first sample {first!r})"
             try:
-                size = os.stat(path).st_size
+                confined(self.root, shard["file"], what="shard file", error=StoreError)
+                st = os.stat(path)
             except FileNotFoundError:
                 raise StoreError(f"{where} does not exist. Run `kpipe prepare` again.") from None
-            if shard.get("num_bytes") is not None and size != int(shard["num_bytes"]):
-                raise StoreError(f"{where} has {size} bytes, the manifest says {shard['num_bytes']}; "
+            except StoreError as e:
+                raise StoreError(f"{where}: {e}") from None
+            except OSError as e:
+                raise StoreError(f"{where}: cannot read it: {describe_os_error(e)}.") from None
+            if not stat.S_ISREG(st.st_mode):
+                raise StoreError(f"{where} is not a regular file; kpipe reads only regular files.")
+            if shard.get("num_bytes") is not None and st.st_size != int(shard["num_bytes"]):
+                raise StoreError(f"{where} has {st.st_size} bytes, the manifest says {shard['num_bytes']}; "
                                  "it is truncated or was modified.")
-            if shard.get("sha256") and file_sha256(path) != shard["sha256"]:
+            sha = shard.get("sha256")
+            if not sha or (not recheck and _is_verified(st, sha)):
+                continue
+            try:
+                digest = file_sha256(path)
+            except StoreError as e:
+                raise StoreError(f"{where}: {e}") from None
+            except OSError as e:
+                raise StoreError(f"{where}: cannot read it: {describe_os_error(e)}.") from None
+            if digest != sha:
                 raise StoreError(f"{where} does not match its sha256 in the manifest; it is corrupt.")
+            mark_verified(path, sha)
 
     def close(self) -> None:
         if self._pid == os.getpid():
@@ -432,8 +682,8 @@ class Hdf5Store(Store):
                 if r.file is not None:
                     r.file.close()
                 if r.fd is not None:
-                    os.close(r.fd)
-        self._readers = {}
+                    r.fd.close()
+        self._readers = OrderedDict()
 
 
 class Hdf5Writer(StoreWriter):
@@ -560,6 +810,7 @@ class Hdf5Writer(StoreWriter):
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        mark_verified(final, digest)  # hashed as written: readers need not hash it again
         return {"file": name, "num_samples": n, "num_bytes": size, "sha256": digest, "ids": list(ids)}
 
     def abort(self) -> None:

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kpipe._io import atomic_save_npy
+from kpipe._io import atomic_save_npy, describe_os_error, output_write_error
+from kpipe._paths import check_sample_id, open_regular
 from kpipe.errors import SampleNotFoundError, StoreError
 from kpipe.storage.base import Store, StoreWriter
 
@@ -50,6 +51,12 @@ class NpyStore(Store):
         ids: IDs held, if known (used only by `ids`; reads go to disk).
         num_threads: Threads reading one batch; ``0`` reads in the calling
             thread. Defaults to ``min(8, os.cpu_count())``.
+        follow_links: Read a sample file that is a symbolic link. Defaults
+            to `True`; `open_store` passes `False` for a manifest loaded from
+            a file (a link planted in a dataset could lead outside it).
+
+    Only regular files are read: a FIFO or a device named ``<ID>.npy`` gives
+    a `StoreError` (it is opened without blocking and checked before reading).
 
     Example:
         >>> store = NpyStore("prepared/data", (8, 8, 1), "uint8")
@@ -60,12 +67,16 @@ class NpyStore(Store):
     format = "npy"
 
     def __init__(self, root: str | os.PathLike, sample_shape: Sequence[int], dtype: str | np.dtype,
-                 ids: Sequence[str] | None = None, *, num_threads: int | None = None) -> None:
+                 ids: Sequence[str] | None = None, *, num_threads: int | None = None,
+                 follow_links: bool = True) -> None:
         super().__init__(sample_shape, dtype)
         self.root = Path(root)
         self._ids = list(ids) if ids is not None else []
         self.num_threads = min(8, os.cpu_count() or 1) if num_threads is None else int(num_threads)
         self._root_str = os.fspath(self.root)
+        self.follow_links = bool(follow_links)
+        self._open_flags = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+                            | (0 if follow_links else getattr(os, "O_NOFOLLOW", 0)))
         self._header = expected_header(self.sample_shape, self.dtype)
         self._nbytes = int(np.prod(self.sample_shape, dtype=np.int64)) * self.dtype.itemsize
         self._pool: ThreadPoolExecutor | None = None
@@ -107,21 +118,26 @@ class NpyStore(Store):
             # One open, one preadv (header | data | 1 byte that must not exist), one close.
             header, extra = bytearray(len(self._header)), bytearray(1)
             try:
-                fd = os.open(path, os.O_RDONLY)
+                fd = os.open(path, self._open_flags)  # O_NONBLOCK: a FIFO does not block the open
             except FileNotFoundError:
                 raise SampleNotFoundError(
                     f"Sample {sample_id!r} has no file {path}. Check the ID, or run `kpipe prepare` again."
                 ) from None
             except OSError as e:
-                raise StoreError(f"Sample {sample_id!r}: cannot read {path}: {e}") from e
+                self._check_regular(sample_id, path)  # a refused link says so
+                raise StoreError(f"Sample {sample_id!r}: cannot read {path}: {describe_os_error(e)}") from e
             try:
                 got = os.preadv(fd, [header, out_row.reshape(-1).view(np.uint8), extra], 0)
             except OSError as e:
-                raise StoreError(f"Sample {sample_id!r}: cannot read {path}: {e}") from e
+                got = e
             finally:
                 os.close(fd)
+            if isinstance(got, OSError):  # e.g. ESPIPE: not a regular file
+                self._check_regular(sample_id, path)
+                raise StoreError(f"Sample {sample_id!r}: cannot read {path}: {describe_os_error(got)}") from got
             if header == self._header:
                 if got != len(header) + self._nbytes:
+                    self._check_regular(sample_id, path)
                     held = "more than " if got > len(header) + self._nbytes else ""
                     raise StoreError(
                         f"Sample {sample_id!r}: file {path} holds {held}{got - len(header)} data bytes, expected "
@@ -130,7 +146,7 @@ class NpyStore(Store):
                 return
         else:
             try:
-                with open(path, "rb", buffering=0) as f:
+                with os.fdopen(self._open_regular(sample_id, path), "rb", buffering=0) as f:
                     header = f.read(len(self._header))
                     if header == self._header:
                         view = memoryview(out_row.reshape(-1).view(np.uint8))
@@ -152,7 +168,10 @@ class NpyStore(Store):
                 raise StoreError(f"Sample {sample_id!r}: cannot read {path}: {e}") from e
         # Header differs (another numpy version, Fortran order...): load and check.
         try:
-            arr = np.load(path, allow_pickle=False)
+            with os.fdopen(self._open_regular(sample_id, path), "rb") as f:
+                arr = np.load(f, allow_pickle=False)
+        except StoreError:
+            raise
         except (OSError, ValueError, EOFError) as e:
             raise StoreError(f"Sample {sample_id!r}: file {path} is not a readable .npy file: {e}") from e
         if arr.shape != self.sample_shape or arr.dtype != self.dtype:
@@ -162,8 +181,26 @@ class NpyStore(Store):
             )
         out_row[...] = arr
 
+    def _open_regular(self, sample_id: str, path: str) -> int:
+        try:
+            return open_regular(path, what=f"file of sample {sample_id!r}", follow_links=self.follow_links)
+        except FileNotFoundError:
+            raise SampleNotFoundError(
+                f"Sample {sample_id!r} has no file {path}. Check the ID, or run `kpipe prepare` again."
+            ) from None
+        except StoreError:
+            raise
+        except OSError as e:
+            raise StoreError(f"Sample {sample_id!r}: cannot read {path}: {describe_os_error(e)}") from e
+
+    def _check_regular(self, sample_id: str, path: str) -> None:
+        """Raise `StoreError` if ``path`` is not a regular file (a FIFO, a device, a refused link)."""
+        os.close(self._open_regular(sample_id, path))
+
     def read_into(self, ids: Sequence[str], out: np.ndarray) -> np.ndarray:
         self._check_out(len(ids), out)
+        if self.guard is not None:
+            self.guard.check()  # one stat per batch: the dataset was not replaced
         if not out.flags.c_contiguous:  # rows are read in place: they must be contiguous
             tmp = np.empty((len(ids), *self.sample_shape), self.dtype)
             out[: len(ids)] = self.read_into(ids, tmp)
@@ -199,9 +236,19 @@ class NpyStore(Store):
 
 
 def write_npy_sample(root: str | os.PathLike, sample_id: str, array: np.ndarray) -> Path:
-    """Write one sample atomically as ``root/<ID>.npy`` and return its path."""
+    """Write one sample atomically as ``root/<ID>.npy`` and return its path.
+
+    Raises:
+        ManifestError: If ``sample_id`` is not a plain file name (``/``, ``..``, NUL...).
+        StoreError: If the file cannot be written (disk full, read-only file
+            system...): an output error, never the input's fault.
+    """
+    check_sample_id(sample_id)
     path = Path(root) / f"{sample_id}.npy"
-    atomic_save_npy(path, array)
+    try:
+        atomic_save_npy(path, array)
+    except OSError as e:
+        raise output_write_error(e, path) from None
     return path
 
 
