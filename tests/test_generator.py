@@ -75,7 +75,9 @@ def test_epoch_order_is_pure_function_of_seed_and_epoch(indexed_manifest: Path):
     first = [a.batch_ids(i) for i in range(len(a))]
     assert first == [b.batch_ids(i) for i in range(len(b))]
     assert first != [c.batch_ids(i) for i in range(len(c))]
-    a.on_epoch_end()
+    a.on_epoch_end()  # no batch of this epoch was served: the position does not move
+    assert a.epoch == 0 and [a.batch_ids(i) for i in range(len(a))] == first
+    a.epoch = 1
     second = [a.batch_ids(i) for i in range(len(a))]
     assert second != first
     assert sorted(sum(second, [])) == sorted(sum(first, []))  # each epoch: every ID exactly once
