@@ -5,10 +5,12 @@ store, into one array; batch reads are then NumPy fancy indexing on it. The
 wrapper pickles as its recipe (the wrapped store and the IDs), not the array:
 a process that receives it by pickling (``spawn``, ``forkserver``) loads its
 own copy on its first read, while a ``fork`` child shares the parent's pages.
+`MemoryStore.close` releases the array (a later read loads it again).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -42,6 +44,7 @@ class MemoryStore(Store):
         self._ids = list(store.ids if ids is None else dict.fromkeys(ids))
         self._data: np.ndarray | None = None
         self._index: dict[str, int] | None = None
+        self._lock = threading.Lock()
         if not lazy:
             self.load()
 
@@ -49,7 +52,12 @@ class MemoryStore(Store):
         state = self.__dict__.copy()
         state["_data"] = None
         state["_index"] = None
+        state["_lock"] = None
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     @property
     def ids(self) -> Sequence[str]:
@@ -76,28 +84,39 @@ class MemoryStore(Store):
         self._index = {sid: i for i, sid in enumerate(self._ids)}
         self._data = data
 
+    def _loaded(self) -> tuple[np.ndarray, dict[str, int]]:
+        data, index = self._data, self._index
+        if data is None or index is None:
+            with self._lock:
+                self.load()
+                data, index = self._data, self._index
+        return data, index
+
     def read_into(self, ids: Sequence[str], out: np.ndarray) -> np.ndarray:
-        if self._data is None:
-            self.load()
-        index = self._index
+        data, index = self._loaded()
         try:
             rows = np.fromiter(map(index.__getitem__, ids), dtype=np.int64, count=len(ids))
         except KeyError:
-            return self._read_mixed(ids, out)
+            return self._read_mixed(ids, out, data, index)
         self._check_out(len(ids), out)
-        np.take(self._data, rows, axis=0, out=out[: len(ids)], mode="clip")  # "raise" would buffer a copy
+        np.take(data, rows, axis=0, out=out[: len(ids)], mode="clip")  # "raise" would buffer a copy
         return out
 
-    def _read_mixed(self, ids: Sequence[str], out: np.ndarray) -> np.ndarray:
+    def _read_mixed(self, ids: Sequence[str], out: np.ndarray, data: np.ndarray,
+                    index: dict[str, int]) -> np.ndarray:
         """IDs not all cached: read the uncached ones from the wrapped store."""
-        missing = [i for i, sid in enumerate(ids) if sid not in self._index]
+        missing = [i for i, sid in enumerate(ids) if sid not in index]
         out[missing] = self.store.read_many([ids[i] for i in missing])  # SampleNotFoundError if unknown
         for i, sid in enumerate(ids):
-            row = self._index.get(sid)
+            row = index.get(sid)
             if row is not None:
-                out[i] = self._data[row]
+                out[i] = data[row]
         return out
 
     def close(self) -> None:
+        """Release the cached samples (and the wrapped store's files); the next read loads them again."""
+        with self._lock:
+            self._data = None
+            self._index = None
         self.store.close()
 
