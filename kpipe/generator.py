@@ -61,7 +61,7 @@ from kpipe.sampling import (
     epoch_rng,
     sampler_from_options,
 )
-from kpipe.storage import CACHE_MODES, open_store
+from kpipe.storage import CACHE_MODES, MemoryStore, open_store
 from kpipe.storage.base import Store
 from kpipe.weights import SampleWeights
 
@@ -307,7 +307,12 @@ class DataGenerator(keras.utils.PyDataset):
         self.batches_per_sampler_epoch: int = n // b if self.drop_remainder else -(-n // b)
         self.num_dropped: int = n - self.batches_per_sampler_epoch * b if self.drop_remainder else 0
         self.steps_per_epoch: int = recipe["steps_per_epoch"] or self.batches_per_sampler_epoch
-        self.store: Store = open_store(self.manifest, cache=recipe["cache"], ids=self.ids)
+        self.store: Store = open_store(self.manifest)
+        if recipe["cache"] == "memory":  # shared by generators over the same files and IDs (see MemoryStore)
+            source = recipe["source"]
+            key = None if "path" not in source else (
+                source["path"], tuple(source["fingerprint"]), self.partition, len(self.ids), hash(tuple(self.ids)))
+            self.store = MemoryStore(self.store, self.ids, share_key=key)
         self.last_error: KpipeError | None = None
         self._order_cache: tuple[int, np.ndarray] | None = None
         self._lock = threading.Lock()

@@ -475,6 +475,11 @@ def test_rebuilt_generators_keep_threads_and_memory_flat(tmp_path: Path):
         threads.append(threading.active_count())
     assert threads[-1] <= threads[1], threads
     assert rss[-1] - rss[2] < 2 * 5.2, rss  # a leak of the cache would be 5.2 MB per round
+    # without close(), rebuilt generators over the same files share one cached array
+    a = DataGenerator(m, "train", batch_size=64, cache="memory")
+    b = DataGenerator(m.path, "train", batch_size=64, cache="memory")
+    c = DataGenerator(m.path, "train", batch_size=64, cache="memory")
+    assert b.store._cached is c.store._cached and a.store._cached is not b.store._cached  # a: an object
 
 
 def _rss_mb() -> float:

@@ -17,7 +17,7 @@ from kpipe.weights import WeightError
 
 def _index(x: np.ndarray) -> list[int]:
     """Global sample indices encoded in the data (each sample is filled with its index)."""
-    return [int(round(v)) for v in x.reshape(len(x), -1)[:, 0]]
+    return [round(v) for v in x.reshape(len(x), -1)[:, 0]]
 
 
 def augment(x, y, rng):
@@ -35,7 +35,7 @@ def test_balanced_generator_batches(indexed_manifest: Path):
         gen.epoch = epoch
         ids = []
         for i in range(len(gen)):
-            x, y = gen[i]
+            _, y = gen[i]
             assert np.bincount(y, minlength=3).tolist() == [2, 2, 2]
             assert [m.labels[s] for s in gen.batch_ids(i)] == y.tolist()
             ids += gen.batch_ids(i)
@@ -66,7 +66,7 @@ def test_weights_are_yielded_as_a_third_element(indexed_manifest: Path):
     assert len(plain[0]) == 2 and not plain.yields_weights
     gen = DataGenerator(indexed_manifest, "train", batch_size=6, class_weight="balanced",
                         condition_weights={"c": 3})
-    x, y, w = gen[0]
+    _, y, w = gen[0]
     assert w.dtype == np.float32 and w.shape == (6,)
     # 36 / (3 * [18, 12, 6]) = [2/3, 1, 2]; class c also x3
     np.testing.assert_allclose(w, np.array([2 / 3, 1.0, 6.0], np.float32)[y], rtol=1e-6)
@@ -94,7 +94,7 @@ def test_weight_and_sampling_errors(indexed_manifest: Path):
     with pytest.raises(WeightError, match=r"gives class 'a' \(index 0\) twice"):
         DataGenerator(indexed_manifest, "train", class_weight={"a": 2, 0: 5})
     cw = DataGenerator(indexed_manifest, "train", batch_size=6, class_weight=np.array([1.0, 2.0, 4.0]))
-    x, y, w = cw[0]  # an array was numpy's "truth value of an array ... is ambiguous"
+    _, y, w = cw[0]  # an array was numpy's "truth value of an array ... is ambiguous"
     np.testing.assert_array_equal(w, np.array([1.0, 2.0, 4.0], np.float32)[y])
 
 
@@ -102,7 +102,7 @@ def test_per_sample_weights_from_the_manifest(indexed_manifest: Path):
     m = Manifest.load(indexed_manifest)
     m.sample_weights = {sid: 0.5 + (k % 2) for k, sid in enumerate(m.labels)}
     gen = DataGenerator(m, "train", batch_size=6, use_sample_weights=True, class_weight={"a": 2, "*": 1})
-    _, y, w = gen[1]
+    *_, w = gen[1]
     ids = gen.batch_ids(1)
     expected = [m.sample_weights[s] * (2.0 if m.labels[s] == 0 else 1.0) for s in ids]
     np.testing.assert_allclose(w, expected)

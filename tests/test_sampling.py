@@ -16,10 +16,10 @@ from kpipe.sampling import (
     SequentialSampler,
     ShuffleSampler,
     check_balance,
-    epoch_rng,
-    sampler_from_options,
     check_target_distribution,
+    epoch_rng,
     make_sampler,
+    sampler_from_options,
 )
 
 PROPS = settings(max_examples=40, deadline=None)

@@ -36,7 +36,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 BATCH = 64
 
@@ -58,6 +58,7 @@ def make_dataset(root: Path, n: int, shape, fmt: str = "npy") -> Path:
     for lo in range(0, n, 1000):
         writer.add_many(ids[lo : lo + 1000], rng.integers(0, 256, (min(1000, n - lo), *shape), dtype=np.uint8))
     storage = writer.finish(labels, ids)
+    root.mkdir(parents=True, exist_ok=True)
     m = Manifest(classes=["a", "b", "c", "d"], labels=labels, partition={"train": ids[: n * 8 // 10],
                                                                            "validation": ids[n * 8 // 10 :]},
                  sample_shape=shape, sample_dtype="uint8", storage=storage)
@@ -102,7 +103,7 @@ def fit_check(tmp: Path, rounds: int, n: int) -> None:
         return net
 
     for mp in (False, True):
-        common = dict(batch_size=BATCH, rescale=1 / 255, transform=augment)
+        common = {"batch_size": BATCH, "rescale": 1 / 255, "transform": augment}
         data = {
             "own": DataGenerator(manifest, "train", workers=2, use_multiprocessing=mp, **common),
             "keras": KerasPrefetched(DataGenerator(manifest, "train", **common), workers=2,
@@ -134,6 +135,7 @@ def pickle_check(tmp: Path, n: int = 200_000) -> None:
     m = Manifest(classes=[str(c) for c in range(10)], labels={s: i % 10 for i, s in enumerate(ids)},
                  partition={"train": ids}, sample_shape=(8, 8, 1), sample_dtype="uint8",
                  storage={"format": "npy", "root": "data"})
+    (tmp / "big").mkdir()
     path = m.save(tmp / "big" / "manifest.json")
     by_path = len(pickle.dumps(DataGenerator(path, "train", sampling="balanced")))
     by_object = len(pickle.dumps(DataGenerator(Manifest.load(path), "train", sampling="balanced")))
@@ -181,10 +183,12 @@ def dead_worker_check(tmp: Path) -> None:
     t = time.perf_counter()
     try:
         net.fit(gen, epochs=1, verbose=0)
-    except Exception:  # noqa: BLE001 - the error is reported below
-        pass
-    print(f"dead worker (SIGKILL): fit failed after {time.perf_counter() - t:.2f} s with: {gen.last_error}",
-          flush=True)
+    except Exception as e:  # noqa: BLE001 - any wrapping TensorFlow adds
+        wrapped = type(e).__name__
+    else:
+        wrapped = "no error"
+    print(f"dead worker (SIGKILL): fit failed after {time.perf_counter() - t:.2f} s ({wrapped}); "
+          f"generator.last_error: {gen.last_error}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
