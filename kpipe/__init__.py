@@ -27,7 +27,9 @@ from kpipe.errors import (  # noqa: E402
     SamplingError,
     SplitError,
     StoreError,
+    TransformError,
     WeightError,
+    WorkerError,
 )
 from kpipe.manifest import Manifest  # noqa: E402
 from kpipe.prepare import PrepareResult, prepare  # noqa: E402
@@ -40,7 +42,7 @@ from kpipe.sampling import (  # noqa: E402
     make_sampler,
 )
 from kpipe.storage import Hdf5Store, MemoryStore, NpyStore, Store, open_store  # noqa: E402
-from kpipe.weights import compute_sample_weights  # noqa: E402
+from kpipe.weights import SampleWeights, compute_sample_weights  # noqa: E402
 
 _LAZY = {
     "DataGenerator": "kpipe.generator",
@@ -81,6 +83,7 @@ __all__ = [
     "OutputExistsError",
     "PrepareResult",
     "SampleNotFoundError",
+    "SampleWeights",
     "Sampler",
     "SamplingError",
     "SequentialSampler",
@@ -91,7 +94,9 @@ __all__ = [
     "TapeLoop",
     "TrainConfig",
     "TrainResult",
+    "TransformError",
     "WeightError",
+    "WorkerError",
     "__version__",
     "compute_sample_weights",
     "convert",

@@ -31,6 +31,7 @@ __all__ = [
     "check_bool",
     "check_choice",
     "check_class_index",
+    "check_class_labels",
     "check_int",
     "check_number",
     "check_positive_int",
@@ -224,3 +225,83 @@ def check_class_index(key: Any, classes: Sequence[str], *, argument: str,
         f"`{argument}` has a key that is not a class: {key!r}. Use class names ({shown}) or "
         f"class indices 0..{len(classes) - 1}. Received: {argument} key={key!r}"
     )
+
+
+def check_class_labels(labels: Any, name: str = "labels", *, num_classes: int | None = None,
+                       where: str = "", error: type[KpipeError] = ArgumentError) -> Any:
+    """Class indices from labels given as indices ``(n,)``, binary ``(n, 1)`` or one-hot ``(n, K)``.
+
+    Every row must name exactly one class: an integer-valued index in
+    ``[0, num_classes)`` (``1.0`` is accepted, ``1.5``, ``-1`` and
+    ``num_classes`` are not), or a one-hot row of ``K == num_classes`` values
+    with exactly one ``1`` (k-hot and all-zero rows are refused, never
+    argmaxed).
+
+    Args:
+        labels: Array-like of labels.
+        name: The argument's name, for the message.
+        num_classes: Number of classes; defaults to ``max(index) + 1``
+            (one-hot: ``K``).
+        where: Words added after the row number in messages, e.g.
+            ``" of partition 'train'"``.
+        error: The exception class to raise.
+
+    Returns:
+        int64 NumPy array of shape ``(n,)``.
+
+    Raises:
+        ArgumentError: (or ``error``) If a row names no class, several
+            classes, or a class outside ``[0, num_classes)`` (the message
+            gives the row and its value).
+
+    Example:
+        >>> check_class_labels([[0, 1, 0], [1, 0, 0]]).tolist()
+        [1, 0]
+    """
+    import numpy as np
+
+    y = np.asarray(labels)
+    if y.ndim == 2 and y.shape[1] > 1:
+        if num_classes is not None and y.shape[1] != num_classes:
+            raise error(f"`{name}` as one-hot rows needs {num_classes} columns (one per class). "
+                        f"Received: {name} with shape {y.shape}")
+        if not (np.issubdtype(y.dtype, np.number) or y.dtype == bool):
+            raise error(f"`{name}` must hold numbers. Received: {name} with dtype {y.dtype}")
+        ones, zeros = (y == 1), (y == 0)
+        bad = np.flatnonzero((ones.sum(axis=1) != 1) | ((ones | zeros).sum(axis=1) != y.shape[1]))
+        if bad.size:
+            row = int(bad[0])
+            kind = "all zero" if not y[row].any() else "not one-hot (k-hot or not 0/1)"
+            raise error(
+                f"`{name}` row {row}{where} is {kind}: {y[row].tolist()!r}. Each one-hot row must hold exactly "
+                f"one 1 (its class) and zeros; give class indices for multi-label data. Received: {name}[{row}]"
+            )
+        return np.argmax(y, axis=1).astype(np.int64)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise error(f"`{name}` must be class indices (n,), binary (n, 1) or one-hot (n, K) labels. "
+                    f"Received: {name} with shape {y.shape}")
+    if y.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if not (np.issubdtype(y.dtype, np.number) or y.dtype == bool) or np.issubdtype(y.dtype, np.complexfloating):
+        raise error(f"`{name}` must hold class indices (integers). Received: {name} with dtype {y.dtype}")
+    as_int = y.astype(np.int64) if np.issubdtype(y.dtype, np.integer) or y.dtype == bool else None
+    if as_int is None:
+        finite = np.isfinite(y)
+        whole = finite & (np.floor(np.where(finite, y, 0)) == np.where(finite, y, 0))
+        bad = np.flatnonzero(~whole)
+        if bad.size:
+            row = int(bad[0])
+            raise error(f"`{name}` must hold whole class indices; row {row}{where} holds {y[row].item()!r}. "
+                        f"Received: {name}[{row}]={y[row].item()!r}")
+        as_int = y.astype(np.int64)
+    k = int(as_int.max()) + 1 if num_classes is None else int(num_classes)
+    bad = np.flatnonzero((as_int < 0) | (as_int >= k))
+    if bad.size:
+        row = int(bad[0])
+        raise error(
+            f"`{name}` row {row}{where} holds class index {int(as_int[row])}, outside 0..{k - 1} "
+            f"({k} classes). Labels are class indices, never negative. Received: {name}[{row}]={y[row].item()!r}"
+        )
+    return as_int

@@ -55,6 +55,37 @@ class LoadError(KpipeError, ImportError):
     """A user object (`module:function` or `path.py:function`) that cannot be loaded."""
 
 
+class TransformError(KpipeError, RuntimeError):
+    """The user's ``transform`` raised (or returned something else than a batch).
+
+    The message names the batch index, the epoch and the sample IDs; the
+    original exception is the ``__cause__``, also when the batch was made in
+    a worker process (it travels with the error when it pickles, else as a
+    `RuntimeError` quoting it).
+    """
+
+    def __reduce__(self):
+        cause = self.__cause__
+        if cause is not None:
+            import pickle
+
+            try:
+                pickle.dumps(cause)
+            except Exception:  # noqa: BLE001 - any unpicklable cause travels as its text
+                cause = RuntimeError(f"{type(cause).__name__}: {cause}")
+        return _rebuild_with_cause, (type(self), self.args, cause)
+
+
+class WorkerError(KpipeError, RuntimeError):
+    """A worker process making batches died (a signal, ``os._exit``, a native crash, the OOM killer)."""
+
+
+def _rebuild_with_cause(cls: type[BaseException], args: tuple, cause: BaseException | None) -> BaseException:
+    error = cls(*args)
+    error.__cause__ = cause
+    return error
+
+
 def kpipe_error_in(message: str) -> KpipeError | None:
     """The kpipe error quoted in an error message from another layer, if any.
 
@@ -70,7 +101,7 @@ def kpipe_error_in(message: str) -> KpipeError | None:
     """
     import re
 
-    match = re.search(r"kpipe\.[\w.]*?(\w+Error): (.*?)(?:\n\s*\[\[|\n*$)", message, flags=re.S)
+    match = re.search(r"kpipe\.[\w.]*?(\w+Error): (.*?)(?:\n\s*\[\[|\n*$)", message, flags=re.DOTALL)
     if match is None:
         return None
     cls = globals().get(match.group(1))

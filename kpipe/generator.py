@@ -1,77 +1,156 @@
-"""`DataGenerator`: a `keras.utils.PyDataset` over a prepared dataset."""
+"""`DataGenerator`: a `keras.utils.PyDataset` over a prepared dataset.
+
+How batches are numbered (the ``steps_per_epoch`` policy)
+---------------------------------------------------------
+
+A generator serves one endless *stream* of batches. Global batch ``k`` is
+batch ``k mod P`` of sampler epoch ``k div P``, where ``P`` =
+`DataGenerator.batches_per_sampler_epoch` (``ceil(epoch_size / batch_size)``,
+``floor`` with ``drop_remainder``): every sample is served once per sampler
+epoch (shuffle, sequential), or as the sampler plans it (balanced,
+bootstrap). ``fit`` epoch ``e`` reads the window ``e * S .. e * S + S - 1``
+of the stream, ``S = steps_per_epoch`` (a generator argument; default ``P``,
+so fit epochs and sampler epochs coincide). Batch ``k`` is a pure function of
+``k`` (`DataGenerator.make_batch`), so it is the same whichever thread or
+process makes it, whatever ``workers`` is, on every Keras backend, and after
+resuming at epoch ``e`` (``initial_epoch``, `DataGenerator.load_state_dict`,
+or `EpochSync`).
+
+The generator's position (its fit epoch, `DataGenerator.epoch`) moves with
+the public `PyDataset` hooks only: ``on_epoch_end`` moves to the next window
+once the current window's last batch has been asked for, so the extra calls
+Keras makes around its shape inference (``on_epoch_end`` before the first
+epoch, one ``on_epoch_begin``/``on_epoch_end`` around a one-batch peek on
+JAX and PyTorch) do not move it. ``fit(gen, steps_per_epoch=n)`` with ``n``
+below ``len(gen)`` makes Keras read a window over several of its epochs:
+the window then still holds the same batches, and Keras ends the epoch that
+reaches the window's end early ("Your input ran out of data"). To get ``n``
+batches in every fit epoch, give ``steps_per_epoch=n`` to the generator.
+"""
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import multiprocessing
 import os
-import sys
+import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import keras
 import numpy as np
 
-from kpipe.errors import ArgumentError, KpipeError
-from kpipe.manifest import Manifest, load_manifest
-from kpipe.sampling import SAMPLERS, STREAM_AUGMENT, BootstrapSampler, Sampler, SamplingError, epoch_rng, make_sampler
-from kpipe.storage import open_store
+from kpipe._prefetch import IDLE_RELEASE_SECONDS, Prefetcher
+from kpipe._validation import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_number,
+    check_positive_int,
+)
+from kpipe.errors import ArgumentError, KpipeError, ManifestError, SamplingError, TransformError, WeightError
+from kpipe.manifest import MANIFEST_NAME, Manifest, load_manifest
+from kpipe.sampling import (
+    DEFAULT_BATCH_SIZE,
+    STREAM_AUGMENT,
+    BootstrapSampler,
+    Sampler,
+    check_seed_value,
+    epoch_rng,
+    sampler_from_options,
+)
+from kpipe.storage import CACHE_MODES, MemoryStore, open_store
 from kpipe.storage.base import Store
+from kpipe.weights import SampleWeights
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 LABEL_MODES = ("int", "categorical", "binary", None)
+
+_SAMPLING_OPTIONS = ("sampling", "balance", "samples_per_epoch", "target_distribution")
+_WEIGHT_OPTIONS = ("class_weight", "condition_weights", "use_sample_weights")
+_LOADER_OPTIONS = ("workers", "use_multiprocessing", "max_queue_size")
+_CLASSIC_OPTIONS = ("list_IDs", "labels", "data_dir", "num_classes")
+
+
+class Prefetch(NamedTuple):
+    """How a generator makes batches ahead: the ``workers``, ``use_multiprocessing`` and ``max_queue_size`` asked for.
+
+    Keras sees ``workers=1`` and ``use_multiprocessing=False`` (it reads the
+    batches in order, in one thread); the generator's own pool does this.
+    """
+
+    workers: int = 1
+    use_multiprocessing: bool = False
+    max_queue_size: int = 10
+
+    @property
+    def parallel(self) -> bool:
+        """True if batches are made by a pool (as Keras: ``workers > 1`` or processes)."""
+        return self.workers > 1 or (self.workers > 0 and self.use_multiprocessing)
 
 
 class DataGenerator(keras.utils.PyDataset):
     """Batches ``(x, y)`` or ``(x, y, sample_weight)`` of one partition of a prepared dataset, for `model.fit`.
 
+    A generator is a stream of batches: global batch ``k`` is batch
+    ``k mod P`` of sampler epoch ``k div P`` (``P`` =
+    `batches_per_sampler_epoch`), and ``fit`` epoch ``e`` reads batches
+    ``e * S .. e * S + S - 1``, ``S = steps_per_epoch`` (default ``P``).
     An epoch's order is a pure function of ``(seed, epoch)`` (see
-    `kpipe.sampling`): batch ``i`` of epoch ``e`` is the same whichever
-    thread or process makes it, so ``workers > 1`` and
-    ``use_multiprocessing=True`` produce exactly the batches of a single
-    process, and so does a generator resumed at epoch ``e``
-    (``initial_epoch=e``, `load_state_dict`, or `EpochSync` with Keras'
-    `BackupAndRestore`). `on_epoch_end` moves to the next epoch. Pass
-    ``shuffle=False`` to `model.fit`: the generator owns the shuffling
-    (Keras' own only reorders whole batches).
+    `kpipe.sampling`), so ``workers > 1``, ``use_multiprocessing=True``, every
+    Keras backend, and a run resumed at epoch ``e`` (``initial_epoch``,
+    `load_state_dict`, or `EpochSync` with Keras' `BackupAndRestore`) all
+    serve exactly the batches of one process. Pass ``shuffle=False`` to
+    `model.fit`: the generator owns the shuffling (Keras' own only reorders
+    whole batches). See the module docstring for how the position moves.
 
-    Batches are ``(x, y)``; with any weight configured (``class_weight``,
-    ``condition_weights``, ``use_sample_weights``) they are ``(x, y,
+    The generator makes batches ahead itself, with ``workers`` threads (or
+    processes with ``use_multiprocessing=True``, which receive the generator
+    once, as its recipe, and then only batch numbers) keeping up to
+    ``max_queue_size`` batches ready; Keras is shown ``workers=1`` and reads
+    the batches in order (what was asked for is in `prefetch`). A worker
+    process that dies makes the request fail with a `WorkerError` naming the
+    batch. The pool is stopped by `close` (or ``with DataGenerator(...) as
+    gen:``), or after a few idle seconds at an epoch's end (Keras keeps the
+    datasets given to ``fit`` alive after it returns).
+
+    Batches are ``(x, y)``; with any weight configured they are ``(x, y,
     sample_weight)``, ``sample_weight`` float32 of shape ``(batch,)``, the
     product of the configured factors (see `kpipe.weights`), computed from
     class indices whatever ``label_mode``. Do not also pass ``class_weight``
     to `fit` (Keras refuses both; `kpipe.weights.check_fit_class_weight`).
 
-    ``len(generator)`` is ``ceil(epoch_size / batch_size)`` (``floor`` with
-    ``drop_remainder``), fixed for the generator's life; ``epoch_size`` is:
-    the partition size for ``"shuffle"``, ``"sequential"`` and
-    ``"bootstrap"`` (or ``samples_per_epoch``); for ``"balanced"``
-    ``num_classes x smallest class count`` (``"undersample"``),
-    ``num_classes x largest class count`` (``"oversample"``) or
-    ``samples_per_epoch``.
+    Three ways to build one:
 
-    Two ways to build one:
-
-    * from a manifest: ``DataGenerator("prepared/manifest.json", "train")``;
+    * from a manifest: ``DataGenerator("prepared/manifest.json", "train")``
+      (a path pickles as a small recipe: worker processes load the manifest
+      themselves, and refuse one that changed since);
+    * with the sampling options grouped in a sampler, and the weights in a
+      `SampleWeights`: ``DataGenerator("prepared", "train",
+      sampler=BalancedSampler(batch_size=64, seed=5, balance="oversample"),
+      weights=SampleWeights(class_weight="balanced"))``;
     * as the classic Keras ``DataGenerator`` (per-ID ``.npy`` files):
       ``DataGenerator(list_IDs=ids, labels={id: class_index}, data_dir="data/")``.
 
     Args:
         manifest: A `Manifest`, or the path of ``manifest.json`` (or its folder).
         partition: ``"train"``, ``"validation"`` or ``"test"``. Defaults to ``"train"``.
-        list_IDs: Sample IDs, instead of a manifest (classic layout).
-        labels: Sample ID -> class index (int), with ``list_IDs``.
-        data_dir: Folder of ``<ID>.npy`` files, with ``list_IDs``.
-        num_classes: Number of classes, with ``list_IDs``; defaults to
-            ``max(label) + 1``.
-        batch_size: Samples per batch (positive int). Defaults to 32.
+        sampler: A `kpipe.sampling.Sampler` (usually unbound: built without
+            labels): the one owner of ``seed``, ``batch_size`` and the
+            sampling options. Defaults to one built from the shortcuts below.
+        weights: A `kpipe.weights.SampleWeights`. Defaults to one built from
+            the weight shortcuts below (none: no weights).
+        batch_size: Samples per batch (positive int). Defaults to the
+            sampler's, else 32.
+        seed: Seed of the sampling and of the ``transform`` generator: an
+            integer in ``[0, 2**64)``, used whole. Defaults to the sampler's, else 0.
         shuffle: New random order every epoch (``sampling="shuffle"``) or
             manifest order (``"sequential"``). Defaults to `True` for
-            ``"train"`` and `False` otherwise. Leave it `None` when passing
-            ``sampling``.
-        seed: Seed of the sampling and of the ``transform`` generator (int).
-            Defaults to 0.
+            ``"train"`` and `False` otherwise.
         label_mode: ``"int"``: ``y`` int32 of shape ``(batch,)``;
             ``"categorical"``: one-hot float32 ``(batch, num_classes)``;
             ``"binary"``: float32 0/1 of shape ``(batch, 1)`` (two classes only);
@@ -79,50 +158,42 @@ class DataGenerator(keras.utils.PyDataset):
         rescale: Factor applied to ``x`` after the cast, e.g. ``1/255`` for
             uint8 images. Defaults to `None` (no scaling).
         dtype: Dtype of ``x``. Defaults to ``"float32"``.
-        drop_remainder: Drop the last, partial batch. Defaults to `False`: the
-            partial batch is served.
-        initial_epoch: Epoch the generator starts at (to resume a run).
-        sampling: ``"shuffle"``, ``"sequential"``, ``"balanced"``,
-            ``"bootstrap"`` (see `kpipe.sampling`), or a `Sampler` built for
-            this partition. Defaults to ``shuffle``'s choice.
-        balance: With ``"balanced"``: ``"undersample"`` (default) or
-            ``"oversample"``; with ``"bootstrap"``: ``"none"`` (default),
-            ``"stratified"`` (keep each class's count) or ``"balanced"``
-            (the same count per class).
-        samples_per_epoch: Epoch size for ``"balanced"`` / ``"bootstrap"``
-            (default: from ``balance``).
-        target_distribution: With ``"balanced"``: class name (or index) ->
-            share, e.g. ``{"cat": 0.5, "dog": 0.25, "bird": 0.25}``, instead
-            of uniform.
-        class_weight: ``"balanced"`` (``n_samples / (n_classes * count)``
-            over this partition, scikit-learn's ``compute_class_weight``), or
-            class name (or index) -> weight. Defaults to `None`.
-        condition_weights: Class name (or index) -> factor multiplying the
-            weight of that class's samples. Defaults to `None`.
-        use_sample_weights: Multiply by the manifest's per-sample weights
-            (``kpipe prepare --weight-column`` / ``--weights``). Defaults to `False`.
+        drop_remainder: Drop the last, partial batch of every sampler epoch
+            (a warning says how many samples that is). Defaults to `False`.
         transform: ``fn(x_batch, y_batch, rng) -> (x_batch, y_batch)`` (or
             just ``x_batch``), applied after the cast and rescale; ``rng`` is
-            a `np.random.Generator` from ``(seed, epoch, batch index)``: the
-            same augmentation whichever worker makes the batch and on a rerun,
-            different across batches and epochs. Must pickle (a module-level
-            function) for ``use_multiprocessing=True``. Defaults to `None`.
+            a `np.random.Generator` from ``(seed, sampler epoch, batch
+            index)``: the same augmentation whichever worker makes the batch
+            and on a rerun. Must pickle (a module-level function) for
+            ``use_multiprocessing=True``. Anything it raises becomes a
+            `TransformError` naming the batch, the epoch and the sample IDs.
+            Defaults to `None`.
+        steps_per_epoch: Batches per ``fit`` epoch (``len(generator)``), read
+            from the stream in order. Defaults to `batches_per_sampler_epoch`.
+        initial_epoch: The ``fit`` epoch the generator starts at (to resume).
         state: A `state_dict` to resume from (instead of ``initial_epoch``).
-        workers: As `keras.utils.PyDataset`: number of threads or processes
-            making batches. Defaults to 1.
-        use_multiprocessing: As `keras.utils.PyDataset`: processes, not
-            threads. Defaults to `False`.
-        max_queue_size: As `keras.utils.PyDataset`: batches (not samples) kept
-            ready ahead. Defaults to 10.
         cache: `None` (read from storage every batch) or ``"memory"``: load
             the partition into RAM once, here (it must fit). Defaults to `None`.
+        **options: Keyword shortcuts, all optional:
+            ``workers`` (threads or processes making batches, default 1),
+            ``use_multiprocessing`` (processes, default `False`),
+            ``max_queue_size`` (batches, not samples, made ahead, default 10),
+            as `keras.utils.PyDataset`;
+            ``sampling`` (``"shuffle"``, ``"sequential"``, ``"balanced"``,
+            ``"bootstrap"``, or a `Sampler` as ``sampler``), ``balance``,
+            ``samples_per_epoch``, ``target_distribution`` (see
+            `kpipe.sampling.sampler_from_options`);
+            ``class_weight``, ``condition_weights``, ``use_sample_weights``
+            (see `kpipe.weights.SampleWeights`);
+            ``list_IDs``, ``labels`` (ID -> class index), ``data_dir``,
+            ``num_classes`` (the classic form, instead of ``manifest``).
 
     Raises:
-        ArgumentError: On an invalid argument (the message names it; a `ValueError`).
-        SamplingError: On an invalid sampling option, or a class to balance
-            that has no sample in the partition (named).
-        WeightError: On an invalid weight (unknown class key, negative, NaN
-            or infinite value, missing per-sample weights).
+        ArgumentError: On an invalid or unknown argument (the message names it; a `ValueError`).
+        SamplingError: On an invalid sampling option, options given both to
+            the sampler and to the generator, or a class to balance that has
+            no sample in the partition (named, with its index).
+        WeightError: On an invalid weight (see `kpipe.weights`).
         ManifestError: If the manifest cannot be read or the partition is unknown.
 
     Example:
@@ -131,8 +202,9 @@ class DataGenerator(keras.utils.PyDataset):
         >>> x.shape, x.dtype, y.shape
         ((64, 8, 8, 1), dtype('float32'), (64,))
         >>> model.fit(train, epochs=5, shuffle=False)
-        >>> balanced = DataGenerator("prepared/manifest.json", "train", sampling="balanced",
-        ...                          balance="oversample", condition_weights={"7": 2.0})
+        >>> balanced = DataGenerator("prepared/manifest.json", "train",
+        ...                          sampler=BalancedSampler(batch_size=32, balance="oversample"),
+        ...                          condition_weights={"7": 2.0}, workers=4)
         >>> x, y, w = balanced[0]  # w: float32 (32,)
     """
 
@@ -141,145 +213,214 @@ class DataGenerator(keras.utils.PyDataset):
         manifest: Manifest | str | os.PathLike | None = None,
         partition: str = "train",
         *,
-        list_IDs: Sequence[str] | None = None,  # noqa: N803 - the classic name
-        labels: Mapping[str, int] | None = None,
-        data_dir: str | os.PathLike | None = None,
-        num_classes: int | None = None,
-        batch_size: int = 32,
+        sampler: Sampler | None = None,
+        weights: SampleWeights | None = None,
+        batch_size: int | None = None,
+        seed: int | None = None,
         shuffle: bool | None = None,
-        seed: int = 0,
         label_mode: str | None = "int",
         rescale: float | None = None,
         dtype: str = "float32",
         drop_remainder: bool = False,
-        initial_epoch: int = 0,
-        sampling: str | Sampler | None = None,
-        balance: str | None = None,
-        samples_per_epoch: int | None = None,
-        target_distribution: Mapping[str, float] | Sequence[float] | str | None = None,
-        class_weight: str | Mapping[Any, float] | Sequence[float] | None = None,
-        condition_weights: Mapping[Any, float] | str | None = None,
-        use_sample_weights: bool = False,
         transform: Callable[..., Any] | None = None,
+        steps_per_epoch: int | None = None,
+        initial_epoch: int = 0,
         state: Mapping[str, Any] | None = None,
-        workers: int = 1,
-        use_multiprocessing: bool = False,
-        max_queue_size: int = 10,
         cache: str | None = None,
+        **options: Any,
     ) -> None:
-        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
-        if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size <= 0:
-            raise ArgumentError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
-        if label_mode not in LABEL_MODES:
+        unknown = sorted(set(options) - set(_SAMPLING_OPTIONS + _WEIGHT_OPTIONS + _LOADER_OPTIONS + _CLASSIC_OPTIONS))
+        if unknown:
             raise ArgumentError(
-                f"`label_mode` must be one of 'int', 'categorical', 'binary' or None. Received: label_mode={label_mode!r}"
+                f"`DataGenerator` has no argument {unknown[0]!r}. Keyword shortcuts: "
+                f"{', '.join(_SAMPLING_OPTIONS + _WEIGHT_OPTIONS + _LOADER_OPTIONS + _CLASSIC_OPTIONS)}. "
+                f"Received: {unknown[0]}={options[unknown[0]]!r}"
             )
-        if not isinstance(seed, (int, np.integer)):
-            raise ArgumentError(f"`seed` must be an integer. Received: seed={seed!r}")
-        if rescale is not None and not (isinstance(rescale, (int, float)) and math.isfinite(rescale)):
-            raise ArgumentError(f"`rescale` must be a finite number or None. Received: rescale={rescale!r}")
-        if initial_epoch < 0:
-            raise ArgumentError(f"`initial_epoch` must be >= 0. Received: initial_epoch={initial_epoch!r}")
+        prefetch = Prefetch(
+            workers=check_int(options.get("workers", 1), "workers", minimum=0),
+            use_multiprocessing=check_bool(options.get("use_multiprocessing", False), "use_multiprocessing"),
+            max_queue_size=check_positive_int(options.get("max_queue_size", 10), "max_queue_size"),
+        )
+        # Keras reads the batches in order, in one thread; the generator's own pool makes them ahead.
+        super().__init__(workers=1, use_multiprocessing=False, max_queue_size=prefetch.max_queue_size)
+        if batch_size is not None:
+            batch_size = check_positive_int(batch_size, "batch_size")
+        recipe = {
+            "partition": partition,
+            "source": _source(manifest, partition, {k: options.get(k) for k in _CLASSIC_OPTIONS}),
+            "sampler": _sampler_options(partition, sampler, batch_size, seed, shuffle,
+                                        {k: options.get(k) for k in _SAMPLING_OPTIONS}),
+            "weights": _weight_options(weights, {k: options[k] for k in _WEIGHT_OPTIONS if k in options}),
+            "label_mode": check_choice(label_mode, "label_mode", LABEL_MODES),
+            "rescale": check_number(rescale, "rescale", allow_none=True),
+            "dtype": _check_dtype(dtype),
+            "drop_remainder": check_bool(drop_remainder, "drop_remainder"),
+            "transform": _check_transform(transform),
+            "steps_per_epoch": check_positive_int(steps_per_epoch, "steps_per_epoch", allow_none=True),
+            "cache": check_choice(cache, "cache", CACHE_MODES),
+            "prefetch": prefetch,
+        }
+        self._setup(recipe, epoch=check_int(initial_epoch, "initial_epoch", minimum=0), warn=True)
+        if state is not None:
+            self.load_state_dict(state)
 
-        if list_IDs is not None:
-            if manifest is not None:
-                raise ArgumentError("Pass either `manifest` or `list_IDs` (with `labels` and `data_dir`), not both.")
-            manifest = _manifest_from_ids(list_IDs, labels, data_dir, num_classes, partition)
-        elif manifest is None:
-            raise ArgumentError("`DataGenerator` needs a `manifest`, or `list_IDs` with `labels` and `data_dir`.")
-        self.manifest = load_manifest(manifest)
-        self.partition = partition
-        self.ids = self.manifest.ids(partition)
+    # ------------------------------------------------------------- building
+    def _setup(self, recipe: dict[str, Any], *, epoch: int, warn: bool) -> None:
+        """Derive everything from the recipe (at construction, and in a process that unpickled it)."""
+        self._recipe = recipe
+        self.partition: str = recipe["partition"]
+        self.manifest: Manifest = _load_source(recipe["source"])
+        self.ids: list[str] = self.manifest.ids(self.partition)
         if not self.ids:
             raise KpipeError(
-                f"Partition {partition!r} of {self.manifest.path or 'the manifest'} is empty; "
+                f"Partition {self.partition!r} of {self.manifest.path or 'the manifest'} is empty; "
                 "there is nothing to iterate. Prepare with a split that gives it samples."
             )
-        self.num_classes = self.manifest.num_classes
-        if label_mode == "binary" and self.num_classes != 2:
+        self.num_classes: int = self.manifest.num_classes
+        self.label_mode: str | None = recipe["label_mode"]
+        if self.label_mode == "binary" and self.num_classes != 2:
             raise ArgumentError(
                 f"`label_mode='binary'` needs exactly 2 classes; this dataset has {self.num_classes}. "
                 "Use label_mode='int' or 'categorical'."
             )
-        self.batch_size = int(batch_size)
-        self.seed = int(seed)
-        self.label_mode = label_mode
-        self.rescale = rescale
-        self.dtype = np.dtype(dtype)
-        self.drop_remainder = bool(drop_remainder)
-        self.epoch = int(initial_epoch)
-        self.labels = self.manifest.label_array(self.ids)
-        # --- sampling, weights, transform (issue 4)
-        self.sampler: Sampler = self._make_sampler(partition, shuffle, sampling, balance, samples_per_epoch,
-                                                   target_distribution)
-        self.sampling = _SAMPLER_NAMES.get(type(self.sampler), type(self.sampler).__name__)
-        self.shuffle = self.sampling != "sequential"
-        self.balance = _balance_of(self.sampler)
-        if transform is not None and not callable(transform):
-            raise ArgumentError(f"`transform` must be a callable fn(x, y, rng). Received: transform={transform!r}")
-        self.transform = transform
-        self.sample_weights, self.weight_details = self._make_weights(class_weight, condition_weights,
-                                                                      use_sample_weights)
-        if self.sample_weights is not None and label_mode is None:
+        self.labels: np.ndarray = self.manifest.label_array(self.ids)
+        self.sampler: Sampler = recipe["sampler"].bind(self.labels, class_names=self.manifest.classes,
+                                                       partition=self.partition)
+        self.weights: SampleWeights = recipe["weights"]
+        self.sample_weights, self.weight_details = self.weights.compute(
+            self.labels, self.manifest.classes, manifest=self.manifest, ids=self.ids, partition=self.partition)
+        if self.sample_weights is not None and self.label_mode is None:
             raise ArgumentError("Sample weights need labels: batches would be (x, None, w). "
-                             "Use label_mode='int' (or another) with class_weight / condition_weights / "
-                             "use_sample_weights.")
-        if class_weight == "balanced" and (self.sampling == "balanced" or self.balance == "balanced"):
+                                "Use label_mode='int' (or another) with class_weight / condition_weights / "
+                                "use_sample_weights.")
+        self.rescale: float | None = recipe["rescale"]
+        self.dtype = np.dtype(recipe["dtype"])
+        self.drop_remainder: bool = recipe["drop_remainder"]
+        self.transform: Callable[..., Any] | None = recipe["transform"]
+        self.prefetch: Prefetch = recipe["prefetch"]
+        n, b = self.sampler.epoch_size, self.batch_size
+        if self.drop_remainder and n < b:
+            raise ArgumentError(
+                f"`drop_remainder=True` with batch_size={b} leaves no batch: partition "
+                f"{self.partition!r} has {n} samples per epoch."
+            )
+        self.batches_per_sampler_epoch: int = n // b if self.drop_remainder else -(-n // b)
+        self.num_dropped: int = n - self.batches_per_sampler_epoch * b if self.drop_remainder else 0
+        self.steps_per_epoch: int = recipe["steps_per_epoch"] or self.batches_per_sampler_epoch
+        self.store: Store = open_store(self.manifest)
+        if recipe["cache"] == "memory":  # shared by generators over the same files and IDs (see MemoryStore)
+            source = recipe["source"]
+            key = None if "path" not in source else (
+                source["path"], tuple(source["fingerprint"]), self.partition, len(self.ids), hash(tuple(self.ids)))
+            self.store = MemoryStore(self.store, self.ids, share_key=key)
+        self.last_error: KpipeError | None = None
+        self._order_cache: tuple[int, np.ndarray] | None = None
+        self._lock = threading.Lock()
+        self._epoch = int(epoch)
+        self._reset_window()
+        self._prefetcher = (Prefetcher(self, workers=self.prefetch.workers,
+                                       use_multiprocessing=self.prefetch.use_multiprocessing,
+                                       ahead=max(self.prefetch.max_queue_size, self.prefetch.workers),
+                                       describe=self._describe)
+                            if self.prefetch.parallel else None)
+        if warn:
+            self._warn_about_options(recipe)
+
+    def _warn_about_options(self, recipe: dict[str, Any]) -> None:
+        if self.num_dropped:
+            warnings.warn(
+                f"drop_remainder=True drops {self.num_dropped} of the {self.sampler.epoch_size} samples of every "
+                f"epoch of partition {self.partition!r} (the last, partial batch of {self.batch_size}).",
+                UserWarning, stacklevel=4,
+            )
+        if self.weights.balances_classes and (self.sampling == "balanced" or self.balance == "balanced"):
             warnings.warn(
                 f"sampling={self.sampling!r} already balances the classes, and class_weight='balanced' "
                 "corrects for the imbalance a second time (the rare classes end up over-weighted). "
                 "Use one of the two.",
-                stacklevel=2,
+                UserWarning, stacklevel=4,
             )
-        if state is not None:
-            self.load_state_dict(state)
-        self.store: Store = open_store(self.manifest, cache=cache, ids=self.ids)
-        if cache == "memory" and use_multiprocessing and multiprocessing.get_start_method() != "fork":
+        if recipe["cache"] == "memory" and self.prefetch.use_multiprocessing \
+                and multiprocessing.get_start_method() != "fork":
             warnings.warn(
                 f"cache='memory' with use_multiprocessing=True under the {multiprocessing.get_start_method()!r} "
-                "start method: each worker process reloads the partition (Keras starts new workers every "
-                "epoch). Use threads (use_multiprocessing=False), which share the cache, or the 'fork' start method.",
-                stacklevel=2,
+                "start method: each worker process loads its own copy of the partition. Use threads "
+                "(use_multiprocessing=False), which share the cache, or the 'fork' start method.",
+                UserWarning, stacklevel=4,
             )
-        if self.drop_remainder and self.sampler.epoch_size < self.batch_size:
-            raise ArgumentError(
-                f"`drop_remainder=True` with batch_size={self.batch_size} leaves no batch: partition "
-                f"{partition!r} has {self.sampler.epoch_size} samples per epoch."
-            )
-        self._order_cache: tuple[int, np.ndarray] | None = None
+
+    # ----------------------------------------------------- options (owned by the sampler)
+    @property
+    def seed(self) -> int:
+        """The sampler's seed (of the sampling and of the ``transform`` generator)."""
+        return self.sampler.seed
+
+    @property
+    def batch_size(self) -> int:
+        """The sampler's batch size."""
+        return int(self.sampler.batch_size)
+
+    @property
+    def sampling(self) -> str:
+        """The sampling mode: ``"shuffle"``, ``"sequential"``, ``"balanced"``, ``"bootstrap"`` (or the class name)."""
+        return self.sampler.mode or type(self.sampler).__name__
+
+    @property
+    def shuffle(self) -> bool:
+        """False for sequential sampling."""
+        return self.sampling != "sequential"
+
+    @property
+    def balance(self) -> str | None:
+        """The sampler's ``balance`` (`None` for shuffle and sequential)."""
+        return self.sampler.balance
+
+    @property
+    def yields_weights(self) -> bool:
+        """True if batches are ``(x, y, sample_weight)``."""
+        return self.sample_weights is not None
 
     # ------------------------------------------------------------- PyDataset
     @property
     def num_batches(self) -> int:
-        """Batches per epoch: ``ceil(n / batch_size)``, or ``floor`` with `drop_remainder`."""
-        n = self.sampler.epoch_size
-        return n // self.batch_size if self.drop_remainder else -(-n // self.batch_size)
+        """Batches per ``fit`` epoch: ``steps_per_epoch`` (``len(generator)``)."""
+        return self.steps_per_epoch
 
     def __len__(self) -> int:
-        return self.num_batches
-
-    def epoch_order(self, epoch: int | None = None) -> np.ndarray:
-        """Positions (into `ids`) visited in ``epoch`` (default: the current one), in order."""
-        epoch = self.epoch if epoch is None else int(epoch)
-        cached = self._order_cache
-        if cached is not None and cached[0] == epoch:
-            return cached[1]
-        order = self.sampler.indices(epoch)
-        self._order_cache = (epoch, order)  # a race here only recomputes the same value
-        return order
-
-    def batch_ids(self, index: int, epoch: int | None = None) -> list[str]:
-        """Sample IDs of batch ``index`` of ``epoch`` (default: the current one)."""
-        return [self.ids[p] for p in self._batch_positions(index, epoch)]
-
-    def _batch_positions(self, index: int, epoch: int | None = None) -> np.ndarray:
-        if not 0 <= index < self.num_batches:
-            raise IndexError(f"Batch index {index} is out of range for {self.num_batches} batches.")
-        order = self.epoch_order(epoch)
-        return order[index * self.batch_size : (index + 1) * self.batch_size]
+        return self.steps_per_epoch
 
     def __getitem__(self, index: int):
-        positions = self._batch_positions(int(index))
+        """Batch ``index`` of the current ``fit`` epoch (global batch ``epoch * len(self) + index``).
+
+        Raises:
+            IndexError: If ``index`` is not in ``[0, len(self))``.
+            KpipeError: If the batch cannot be made (a missing or corrupt
+                sample, a failing ``transform``, a dead worker process);
+                kept in `last_error` too.
+        """
+        index = self._check_index(index)
+        with self._lock:
+            k = self._epoch * self.steps_per_epoch + index
+            self._served_since_end = True
+            if index == self.steps_per_epoch - 1:
+                self._window_complete = True
+        try:
+            return self.make_batch(k) if self._prefetcher is None else self._prefetcher.get(k)
+        except KpipeError as e:
+            self.last_error = e
+            raise
+
+    def make_batch(self, k: int):
+        """Global batch ``k`` of the stream: batch ``k mod P`` of sampler epoch ``k div P``.
+
+        A pure function of ``k`` (and of the generator's arguments): what
+        worker threads and processes run. All of a batch is assembled here.
+
+        Returns:
+            ``(x,)``, ``(x, y)`` or ``(x, y, sample_weight)``.
+        """
+        epoch, index = divmod(int(k), self.batches_per_sampler_epoch)
+        positions = self._positions(epoch, index)
         ids = [self.ids[p] for p in positions]
         raw = self.store.read_many(ids)
         x = raw.astype(self.dtype, copy=raw.dtype != self.dtype)
@@ -287,20 +428,38 @@ class DataGenerator(keras.utils.PyDataset):
             x *= self.dtype.type(self.rescale)
         y = None if self.label_mode is None else self._encode(self.labels[positions])
         if self.transform is not None:
-            x, y = self._apply_transform(x, y, int(index))
+            x, y = self._apply_transform(x, y, epoch, index, k, ids)
         if y is None:
             return (x,)
         if self.sample_weights is None:
             return x, y
         return x, y, self.sample_weights[positions]
 
-    def _apply_transform(self, x: np.ndarray, y: np.ndarray | None, index: int):
-        rng = epoch_rng(self.seed, self.epoch, STREAM_AUGMENT, index)
-        out = self.transform(x, y, rng)
+    def _check_index(self, index: Any) -> int:
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise TypeError(f"Batch indices are integers. Received: index={index!r}")
+        if not 0 <= index < self.steps_per_epoch:
+            raise IndexError(f"Batch index {index} is out of range for {self.steps_per_epoch} batches.")
+        return int(index)
+
+    def _positions(self, epoch: int, index: int) -> np.ndarray:
+        order = self.epoch_order(epoch)
+        return order[index * self.batch_size : (index + 1) * self.batch_size]
+
+    def _apply_transform(self, x: np.ndarray, y: np.ndarray | None, epoch: int, index: int, k: int,
+                         ids: list[str]):
+        rng = epoch_rng(self.seed, epoch, STREAM_AUGMENT, index)
+        try:
+            out = self.transform(x, y, rng)
+        except Exception as e:
+            raise TransformError(
+                f"`transform` failed on {self._describe(k, ids)}: {type(e).__name__}: {e}"
+            ) from e
         if isinstance(out, tuple):
             if len(out) != 2:
-                raise ArgumentError(
-                    f"`transform` must return x_batch or (x_batch, y_batch). Received: a tuple of {len(out)} items"
+                raise TransformError(
+                    f"`transform` must return x_batch or (x_batch, y_batch); on {self._describe(k, ids)} it "
+                    f"returned a tuple of {len(out)} items."
                 )
             return out
         return out, y
@@ -314,97 +473,141 @@ class DataGenerator(keras.utils.PyDataset):
             return onehot
         return y.astype(np.float32)[:, None]  # binary
 
-    def on_epoch_end(self) -> None:
-        """Move to the next epoch's order (called by Keras after each epoch).
+    def _describe(self, k: int, ids: Sequence[str] | None = None) -> str:
+        """Words naming global batch ``k``: its fit epoch, index and sample IDs."""
+        epoch, index = divmod(int(k), self.steps_per_epoch)
+        if ids is None:
+            e, i = divmod(int(k), self.batches_per_sampler_epoch)
+            ids = [self.ids[p] for p in self._positions(e, i)]
+        shown = ", ".join(repr(s) for s in ids[:8]) + (f", ... ({len(ids)} in all)" if len(ids) > 8 else "")
+        return f"batch {index} of epoch {epoch} of partition {self.partition!r} (sample IDs {shown})"
 
-        Keras 3's `fit` also calls this once *before* the first epoch (its
-        ``EpochIterator.reset()`` after reading batches 0 and 1 to infer
-        shapes); that call is ignored, so that epoch ``e`` of `fit` is epoch
-        ``e`` of the generator, as in a hand-written loop.
-        """
-        if _called_by_keras_reset():
-            return
-        self.epoch += 1
-
-    # ------------------------------------------------- sampling and weights (issue 4)
-    def _make_sampler(self, partition, shuffle, sampling, balance, samples_per_epoch, target_distribution) -> Sampler:
-        if isinstance(sampling, Sampler):
-            if sampling.num_samples != len(self.ids):
-                raise SamplingError(
-                    f"The sampler covers {sampling.num_samples} positions, but partition {partition!r} has "
-                    f"{len(self.ids)} samples. Build it from this partition's labels. "
-                    f"Received: sampling={sampling!r}"
-                )
-            if getattr(sampling, "batch_size", self.batch_size) != self.batch_size:
-                raise SamplingError(
-                    f"The sampler plans batches of {sampling.batch_size}, the generator's batch_size is "
-                    f"{self.batch_size}. Build both with the same batch_size."
-                )
-            if any(v is not None for v in (shuffle, balance, samples_per_epoch, target_distribution)):
-                raise SamplingError("With a `Sampler` as `sampling`, set its options on the sampler, not on "
-                                    "the generator (shuffle, balance, samples_per_epoch, target_distribution).")
-            return sampling
-        if sampling is None:
-            sampling = "shuffle" if ((partition == "train") if shuffle is None else shuffle) else "sequential"
-        elif shuffle is not None and bool(shuffle) != (sampling != "sequential"):
-            raise SamplingError(
-                f"`shuffle={shuffle}` contradicts sampling={sampling!r}; leave `shuffle` unset when passing "
-                f"`sampling`. Received: shuffle={shuffle!r}, sampling={sampling!r}"
-            )
-        return make_sampler(sampling, labels=self.labels, classes=self.manifest.classes,
-                            batch_size=self.batch_size, seed=self.seed, balance=balance,
-                            samples_per_epoch=samples_per_epoch, target_distribution=target_distribution)
-
-    def _make_weights(self, class_weight, condition_weights, use_sample_weights):
-        from kpipe.weights import compute_sample_weights, manifest_sample_weights
-
-        per_sample = manifest_sample_weights(self.manifest, self.ids) if use_sample_weights else None
-        return compute_sample_weights(self.labels, self.manifest.classes, class_weight=class_weight,
-                                      condition_weights=condition_weights, per_sample=per_sample)
-
+    # ------------------------------------------------------------- position
     @property
-    def yields_weights(self) -> bool:
-        """True if batches are ``(x, y, sample_weight)``."""
-        return self.sample_weights is not None
+    def epoch(self) -> int:
+        """The ``fit`` epoch the generator serves: ``self[i]`` is global batch ``epoch * len(self) + i``.
+
+        Setting it (as `EpochSync` does) moves the generator there.
+        """
+        return self._epoch
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        value = check_int(value, "epoch", minimum=0)
+        with self._lock:
+            self._epoch = value
+            self._reset_window()
+
+    def _reset_window(self) -> None:
+        self._window_complete = False  # the window's last batch was asked for
+        self._served_since_end = False  # a batch was asked for since the last on_epoch_end
+        self._in_epoch = False  # on_epoch_begin was called since the last on_epoch_end
+        self._bare_advance = False  # the last move came from an on_epoch_end without on_epoch_begin
+
+    def on_epoch_begin(self) -> None:
+        """Called by Keras (and by loops) at the start of each epoch.
+
+        An ``on_epoch_end`` that came without an ``on_epoch_begin`` before it
+        and is followed by this call with no batch asked for in between is
+        Keras' reset before an epoch (after its shape peek): that move is
+        taken back.
+        """
+        with self._lock:
+            if self._bare_advance and not self._served_since_end:
+                self._epoch -= 1
+            self._bare_advance = False
+            self._in_epoch = True
+
+    def on_epoch_end(self) -> None:
+        """Called by Keras (and by loops) after each epoch: moves to the next window if this one was served.
+
+        The position moves when the current window's last batch
+        (``self[len(self) - 1]``) has been asked for; other calls (Keras'
+        reset and shape peeks, an epoch cut short) leave it. To move without
+        serving, set `epoch`.
+        """
+        with self._lock:
+            bare = not self._in_epoch
+            self._in_epoch = False
+            if not self._window_complete:
+                return
+            self._epoch += 1
+            self._window_complete = False
+            self._served_since_end = False
+            self._bare_advance = bare
+        if self._prefetcher is not None:
+            self._prefetcher.release_when_idle(IDLE_RELEASE_SECONDS)
+
+    # ------------------------------------------------------------- inspection
+    def epoch_order(self, epoch: int | None = None) -> np.ndarray:
+        """Positions (into `ids`) visited in sampler epoch ``epoch``, in order.
+
+        Defaults to the sampler epoch of the current ``fit`` epoch's first batch.
+        """
+        if epoch is None:
+            epoch = self._epoch * self.steps_per_epoch // self.batches_per_sampler_epoch
+        epoch = int(epoch)
+        cached = self._order_cache
+        if cached is not None and cached[0] == epoch:
+            return cached[1]
+        order = self.sampler.indices(epoch)
+        self._order_cache = (epoch, order)  # a race here only recomputes the same value
+        return order
+
+    def batch_positions(self, index: int, epoch: int | None = None) -> np.ndarray:
+        """Positions (into `ids`) of batch ``index`` of ``fit`` epoch ``epoch`` (default: the current one)."""
+        return self._batch_positions(index, epoch)
+
+    def _batch_positions(self, index: int, epoch: int | None = None) -> np.ndarray:
+        index = self._check_index(index)
+        fit_epoch = self._epoch if epoch is None else check_int(epoch, "epoch", minimum=0)
+        e, i = divmod(fit_epoch * self.steps_per_epoch + index, self.batches_per_sampler_epoch)
+        return self._positions(e, i)
+
+    def batch_ids(self, index: int, epoch: int | None = None) -> list[str]:
+        """Sample IDs of batch ``index`` of ``fit`` epoch ``epoch`` (default: the current one)."""
+        return [self.ids[p] for p in self._batch_positions(index, epoch)]
 
     def oob_ids(self, epoch: int | None = None) -> list[str]:
-        """Out-of-bag sample IDs of ``epoch`` (default: the current one): those the bootstrap did not draw.
+        """Out-of-bag sample IDs of sampler epoch ``epoch`` (default as `epoch_order`): those the bootstrap did not draw.
 
         Raises:
             SamplingError: If the generator does not bootstrap.
         """
         if not isinstance(self.sampler, BootstrapSampler):
-            raise SamplingError(
-                f"`oob_ids` needs sampling='bootstrap'. Received: sampling={self.sampling!r}"
-            )
-        epoch = self.epoch if epoch is None else int(epoch)
-        return [self.ids[p] for p in self.sampler.oob(epoch)]
+            raise SamplingError(f"`oob_ids` needs sampling='bootstrap'. Received: sampling={self.sampling!r}")
+        if epoch is None:
+            epoch = self._epoch * self.steps_per_epoch // self.batches_per_sampler_epoch
+        return [self.ids[p] for p in self.sampler.oob(int(epoch))]
 
     # ------------------------------------------------------------- resuming
     def state_dict(self) -> dict[str, Any]:
         """The generator's position, JSON-ready.
 
-        Keys: ``epoch`` (the next epoch to serve), and ``seed``, ``sampling``,
-        ``balance``, ``num_batches``, ``partition`` (checked on loading).
+        Keys: ``epoch`` (the next ``fit`` epoch to serve), and ``seed``,
+        ``sampling``, ``balance``, ``batch_size``, ``num_batches`` (per fit
+        epoch), ``batches_per_sampler_epoch``, ``partition`` (checked on loading).
 
         A generator built with the same arguments and ``state=`` this dict (or
         `load_state_dict`) serves exactly the batches this one serves next.
         """
-        return {"epoch": int(self.epoch), "seed": self.seed, "sampling": self.sampling, "balance": self.balance,
-                "num_batches": self.num_batches, "partition": self.partition}
+        return {"epoch": int(self._epoch), "seed": self.seed, "sampling": self.sampling, "balance": self.balance,
+                "batch_size": self.batch_size, "num_batches": self.num_batches,
+                "batches_per_sampler_epoch": self.batches_per_sampler_epoch, "partition": self.partition}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume at ``state["epoch"]`` (see `state_dict`).
 
         Raises:
             SamplingError: If ``state`` has no valid epoch, or was saved by a
-                generator with another seed, sampling or number of batches
-                (its batches would differ).
+                generator with another seed, sampling, batch size or number
+                of batches (its batches would differ).
         """
         epoch = state.get("epoch") if isinstance(state, Mapping) else None
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
             raise SamplingError(f"`state` must hold an `epoch` >= 0 (see `state_dict()`). Received: state={state!r}")
-        for key in ("seed", "sampling", "balance", "num_batches", "partition"):
+        for key in ("seed", "sampling", "balance", "batch_size", "num_batches", "batches_per_sampler_epoch",
+                    "partition"):
             if key in state and state[key] != getattr(self, key):
                 raise SamplingError(
                     f"`state` was saved by a generator with {key}={state[key]!r}, this one has "
@@ -413,29 +616,38 @@ class DataGenerator(keras.utils.PyDataset):
                 )
         self.epoch = int(epoch)
 
-    # ------------------------------------------------------------- pickling
+    # ------------------------------------------------------------- resources
+    def close(self) -> None:
+        """Stop the prefetch pool and release the store's files and cache; a later batch reopens them."""
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+        self.store.close()
+        self._order_cache = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------- pickling: the recipe
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_order_cache"] = None
-        return state
+        """The recipe (manifest path or object, and the arguments) and the position; no data, pool or cache."""
+        return {"recipe": self._recipe, "epoch": self._epoch}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        recipe = state["recipe"]
+        keras.utils.PyDataset.__init__(self, workers=1, use_multiprocessing=False,
+                                       max_queue_size=recipe["prefetch"].max_queue_size)
+        self._setup(recipe, epoch=state["epoch"], warn=False)
 
     def __repr__(self) -> str:
+        dropped = f", dropped_per_epoch={self.num_dropped}" if self.drop_remainder else ""
         return (
             f"DataGenerator(partition={self.partition!r}, num_samples={len(self.ids)}, "
             f"batch_size={self.batch_size}, num_batches={self.num_batches}, sampling={self.sampling!r}, "
-            f"weights={self.yields_weights}, seed={self.seed}, epoch={self.epoch})"
+            f"weights={self.yields_weights}, seed={self.seed}, epoch={self.epoch}{dropped})"
         )
-
-
-_SAMPLER_NAMES: dict[type, str] = {cls: name for name, cls in SAMPLERS.items()}
-"""Sampler class -> sampling mode name (`DataGenerator.sampling`)."""
-
-
-def _balance_of(sampler: Sampler) -> str | None:
-    """The normalized ``balance`` of a sampler (`None` for shuffle and sequential)."""
-    if isinstance(sampler, BootstrapSampler):
-        return "stratified" if sampler.stratified else "balanced" if sampler.balanced else "none"
-    return getattr(sampler, "balance", None)
 
 
 class EpochSync(keras.callbacks.Callback):
@@ -444,12 +656,17 @@ class EpochSync(keras.callbacks.Callback):
     Needed when `fit` starts at an epoch the generator does not know, as
     after Keras' `BackupAndRestore` restores an interrupted run: the resumed
     run then serves exactly the batches of an uninterrupted one. Keras calls
-    callbacks' ``on_epoch_begin`` before it starts the epoch's workers, so
-    threads and processes see the new epoch.
+    callbacks' ``on_epoch_begin`` before it reads the epoch's first batch.
+    It also refuses a `fit` whose ``steps_per_epoch`` differs from
+    ``len(generator)`` (give ``steps_per_epoch`` to the generator instead).
 
     Args:
         *generators: The `DataGenerator` objects to keep in step (train;
             validation is sequential and needs none).
+
+    Raises:
+        ArgumentError: At the start of `fit`, if its ``steps_per_epoch``
+            differs from a generator's length.
 
     Example:
         >>> model.fit(train, epochs=10, shuffle=False,
@@ -460,39 +677,163 @@ class EpochSync(keras.callbacks.Callback):
         super().__init__()
         self.generators = generators
 
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        steps = (self.params or {}).get("steps")
+        for g in self.generators:
+            if steps is not None and steps != len(g):
+                raise ArgumentError(
+                    f"`fit` runs {steps} steps per epoch over a generator of {len(g)} batches per epoch, so its "
+                    "epochs and the generator's would drift apart. Give the generator the epoch length: "
+                    f"DataGenerator(..., steps_per_epoch={steps}), and call fit without steps_per_epoch. "
+                    f"Received: steps_per_epoch={steps}"
+                )
+
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         for g in self.generators:
             g.epoch = int(epoch)
 
 
-def _called_by_keras_reset(max_depth: int = 8) -> bool:
-    """True if the current `on_epoch_end` call comes from Keras' ``EpochIterator.reset``."""
-    frame = sys._getframe(2)
-    for _ in range(max_depth):
-        if frame is None:
-            return False
-        code = frame.f_code
-        if code.co_name == "reset" and code.co_filename.endswith("epoch_iterator.py"):
-            return True
-        frame = frame.f_back
-    return False
+# ------------------------------------------------------------------ argument groups
+def _source(manifest: Any, partition: str, classic: dict[str, Any]) -> dict[str, Any]:
+    """Where the manifest comes from: a file (path + fingerprint, loaded here) or an in-memory `Manifest`."""
+    if classic.get("list_IDs") is not None:
+        if manifest is not None:
+            raise ArgumentError("Pass either `manifest` or `list_IDs` (with `labels` and `data_dir`), not both.")
+        return {"manifest": _manifest_from_ids(partition=partition, **classic)}
+    given = [k for k in ("labels", "data_dir", "num_classes") if classic.get(k) is not None]
+    if given:
+        raise ArgumentError(f"`{given[0]}` goes with `list_IDs` (the classic form). Received: {given[0]}="
+                            f"{classic[given[0]]!r} without list_IDs")
+    if manifest is None:
+        raise ArgumentError("`DataGenerator` needs a `manifest`, or `list_IDs` with `labels` and `data_dir`.")
+    if isinstance(manifest, Manifest):
+        return {"manifest": manifest}
+    if not isinstance(manifest, (str, os.PathLike)):
+        raise ArgumentError(f"`manifest` must be a Manifest or the path of manifest.json. Received: manifest="
+                            f"{manifest!r}")
+    path = Path(manifest)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    loaded, fingerprint = _load_manifest_file(path)
+    return {"path": str(loaded.path), "fingerprint": fingerprint, "loaded": loaded}
 
 
-def _manifest_from_ids(list_IDs, labels, data_dir, num_classes, partition) -> Manifest:  # noqa: N803
+def _fingerprint(path: Path) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def _load_manifest_file(path: Path) -> tuple[Manifest, tuple[int, int, int]]:
+    """Load ``manifest.json`` and the (size, mtime, inode) it had while read."""
+    before = _fingerprint(path) if path.is_file() else None
+    manifest = load_manifest(path)  # ManifestError when missing or invalid
+    after = _fingerprint(manifest.path)
+    if before != after:
+        raise ManifestError(f"{manifest.path} changed while it was read. Build the generator again.")
+    return manifest, after
+
+
+def _load_source(source: dict[str, Any]) -> Manifest:
+    if "manifest" in source:
+        return source["manifest"]
+    loaded = source.pop("loaded", None)
+    if loaded is not None:  # the constructor's own load
+        return loaded
+    manifest, fingerprint = _load_manifest_file(Path(source["path"]))
+    if fingerprint != tuple(source["fingerprint"]):
+        raise ManifestError(
+            f"{source['path']} changed after the generator was built (it was re-prepared or edited), so this "
+            "process would read other samples than the generator's own. Build the generator again."
+        )
+    return manifest
+
+
+def _sampler_options(partition: str, sampler: Any, batch_size: int | None, seed: Any, shuffle: Any,
+                     shortcuts: dict[str, Any]) -> Sampler:
+    """The generator's sampler (unbound, or bound by the user): the one owner of seed and batch size."""
+    if isinstance(shortcuts.get("sampling"), Sampler):
+        if sampler is not None:
+            raise SamplingError("Pass the sampler once, as `sampler=` (or the older `sampling=`), not both.")
+        sampler, shortcuts = shortcuts["sampling"], {**shortcuts, "sampling": None}
+    if sampler is None:
+        sampling = shortcuts["sampling"]
+        if shuffle is not None:
+            shuffle = check_bool(shuffle, "shuffle", error=SamplingError)
+        if sampling is None:
+            sampling = "shuffle" if ((partition == "train") if shuffle is None else shuffle) else "sequential"
+        elif shuffle is not None and shuffle != (sampling != "sequential"):
+            raise SamplingError(
+                f"`shuffle={shuffle}` contradicts sampling={sampling!r}; leave `shuffle` unset when passing "
+                f"`sampling`. Received: shuffle={shuffle!r}, sampling={sampling!r}"
+            )
+        return sampler_from_options(
+            sampling, seed=0 if seed is None else seed, batch_size=batch_size or DEFAULT_BATCH_SIZE,
+            balance=shortcuts["balance"], samples_per_epoch=shortcuts["samples_per_epoch"],
+            target_distribution=shortcuts["target_distribution"])
+    if not isinstance(sampler, Sampler):
+        raise SamplingError(f"`sampler` must be a kpipe.sampling.Sampler, e.g. BalancedSampler(batch_size=32). "
+                            f"Received: sampler={sampler!r}")
+    extra = [k for k, v in (("shuffle", shuffle), *shortcuts.items()) if v is not None]
+    if extra:
+        raise SamplingError(
+            f"With a sampler, set its options on the sampler, not on the generator. Received: {extra[0]}="
+            f"{(shuffle if extra[0] == 'shuffle' else shortcuts[extra[0]])!r} and sampler={sampler!r}"
+        )
+    if seed is not None and check_seed_value(seed) != sampler.seed:
+        raise SamplingError(
+            f"The sampler is seeded {sampler.seed} and owns the seed; the generator was given seed={seed}. "
+            f"Build the sampler with seed={seed}, or leave the generator's `seed` unset."
+        )
+    if sampler.batch_size is None:
+        return dataclasses.replace(sampler, batch_size=batch_size or DEFAULT_BATCH_SIZE)
+    if batch_size is not None and batch_size != sampler.batch_size:
+        raise SamplingError(
+            f"The sampler plans batches of {sampler.batch_size} and owns the batch size; the generator was given "
+            f"batch_size={batch_size}. Build both with the same batch_size, or leave the generator's unset."
+        )
+    return sampler
+
+
+def _weight_options(weights: Any, shortcuts: dict[str, Any]) -> SampleWeights:
+    if weights is None:
+        return SampleWeights(**shortcuts)
+    if not isinstance(weights, SampleWeights):
+        raise WeightError(f"`weights` must be a kpipe.weights.SampleWeights. Received: weights={weights!r}")
+    if shortcuts:
+        name = next(iter(shortcuts))
+        raise WeightError(f"Set the weight options once: on `weights=` or as keywords, not both. "
+                          f"Received: weights={weights!r} and {name}={shortcuts[name]!r}")
+    return weights
+
+
+def _check_dtype(dtype: Any) -> str:
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        raise ArgumentError(f"`dtype` must be a NumPy dtype such as 'float32'. Received: dtype={dtype!r}") from None
+
+
+def _check_transform(transform: Any) -> Callable[..., Any] | None:
+    if transform is not None and not callable(transform):
+        raise ArgumentError(f"`transform` must be a callable fn(x, y, rng). Received: transform={transform!r}")
+    return transform
+
+
+def _manifest_from_ids(list_IDs, labels, data_dir, num_classes, partition) -> Manifest:
     """An in-memory manifest for the classic ``(list_IDs, labels, data_dir)`` form."""
     if labels is None or data_dir is None:
         raise ArgumentError("With `list_IDs`, pass `labels` (ID -> class index) and `data_dir` too.")
     ids = [str(i) for i in list_IDs]
+    if not ids:
+        raise ArgumentError("`list_IDs` is empty; there is nothing to iterate.")
     missing = [i for i in ids if i not in labels]
     if missing:
         raise ArgumentError(f"`labels` has no label for {len(missing)} of `list_IDs`, e.g. {missing[0]!r}.")
     values = {i: labels[i] for i in ids}
-    bad = [i for i, v in values.items() if not isinstance(v, (int, np.integer)) or v < 0]
-    if bad:
-        raise ArgumentError(
-            f"`labels` must map IDs to class indices (ints >= 0). Received: labels[{bad[0]!r}]={values[bad[0]]!r}"
-        )
-    n_classes = int(num_classes) if num_classes is not None else int(max(values.values())) + 1
+    for i, v in values.items():
+        check_int(v, f"labels[{i!r}]", minimum=0)
+    n_classes = (check_positive_int(num_classes, "num_classes") if num_classes is not None
+                 else int(max(values.values())) + 1)
     data_dir = Path(data_dir)
     first = data_dir / f"{ids[0]}.npy"
     try:

@@ -5,6 +5,13 @@ A sampler is a pure function of the epoch: ``indices(epoch)`` derives a fresh
 (as Grain's samplers do), so every thread, process or resumed run computes the
 same order for the same epoch. Positions index one partition's ID list.
 
+A sampler is also the one owner of the sampling options of a
+`kpipe.DataGenerator`: ``seed``, ``batch_size`` and its own options. Build it
+*unbound* (without labels) and give it to the generator, which binds it to the
+partition's labels (`Sampler.bind`)::
+
+    DataGenerator("prepared", "train", sampler=BalancedSampler(batch_size=64, seed=5, balance="oversample"))
+
 Modes (`SAMPLERS`, resolved by `make_sampler`):
 
 * ``"sequential"``: every position once, in manifest order (validation, test).
@@ -19,14 +26,23 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import json
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from kpipe.errors import KpipeError, SamplingError
+from kpipe._validation import (
+    check_bool,
+    check_choice,
+    check_class_index,
+    check_class_labels,
+    check_int,
+    check_number,
+    check_positive_int,
+    parse_json_value,
+)
+from kpipe.errors import SamplingError
 
 # Entropy words that keep the random streams of one (seed, epoch) apart.
 _STREAM_BATCH = 1  # within-batch shuffles of the balanced sampler
@@ -36,70 +52,47 @@ STREAM_AUGMENT = 4  # the `transform` hook's generator (seed, epoch, 4, batch in
 _STREAM_REPEAT = 5  # whole-class repeats when oversampling
 _STREAM_MIX = 6  # order of a class's samples within the epoch
 
+MAX_SEED = 2**64 - 1
+"""Largest seed: seeds are integers in ``[0, 2**64)``, each used whole (no wrapping)."""
+
 BALANCE_MODES = {
     "balanced": ("undersample", "oversample"),
     "bootstrap": ("none", "stratified", "balanced"),
 }
 """Sampling mode -> accepted ``balance`` values; the first is the default."""
 
-
+DEFAULT_BATCH_SIZE = 32
 
 
 def epoch_rng(seed: int, epoch: int, *stream: int) -> np.random.Generator:
-    """The generator for one epoch: ``np.random.default_rng([seed, epoch, *stream])``.
+    """The generator of one epoch (and stream): a pure function of ``(seed, epoch, *stream)``.
 
+    Seeds below ``2**32`` use ``np.random.default_rng([seed, epoch, *stream])``;
+    larger seeds (up to `MAX_SEED`) use ``SeedSequence(seed, spawn_key=(epoch,
+    *stream))``, so the whole integer counts: ``seed=0`` and ``seed=2**32``
+    give different streams, and no large seed shares a stream with a small
+    one (the large form's third entropy word is 0, which no stream number is).
     ``SeedSequence`` mixes the entropy words, so neighbouring seeds or epochs
     give independent streams.
+
+    Raises:
+        SamplingError: If ``seed`` is not an integer in ``[0, MAX_SEED]``.
     """
-    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), *map(int, stream)])
+    seed = check_seed_value(seed)
+    words = (int(epoch), *map(int, stream))
+    if seed < 2**32:
+        return np.random.default_rng([seed, *words])
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=words))
 
 
 # ---------------------------------------------------------------- validators
-def class_index(key: Any, classes: Sequence[str], *, argument: str,
-                error: type[KpipeError] = SamplingError) -> int:
-    """Resolve a class given by name or by index to its index.
-
-    A string is looked up among the class names first, then read as an index
-    (``"3"``); an int is an index.
-
-    Args:
-        key: A class name or index.
-        classes: Class names, in label order.
-        argument: The argument's name, for the message.
-        error: The exception class to raise.
+def check_seed_value(seed: Any, name: str = "seed") -> int:
+    """A sampling seed: an integer in ``[0, MAX_SEED]`` (see `epoch_rng`).
 
     Raises:
-        SamplingError: (or ``error``) If ``key`` names no class (the message lists them).
+        SamplingError: Otherwise.
     """
-    if isinstance(key, str):
-        if key in classes:
-            return list(classes).index(key)
-        if key.strip().lstrip("-").isdigit():
-            key = int(key)
-    if isinstance(key, (int, np.integer)) and not isinstance(key, bool) and 0 <= int(key) < len(classes):
-        return int(key)
-    shown = ", ".join(repr(c) for c in list(classes)[:20]) + (", ..." if len(classes) > 20 else "")
-    raise error(
-        f"`{argument}` has a key that is not a class: {key!r}. Use class names ({shown}) or "
-        f"class indices 0..{len(classes) - 1}. Received: {argument} key={key!r}"
-    )
-
-
-def parse_json_mapping(value: Any, *, argument: str, error: type[KpipeError] = SamplingError) -> Any:
-    """Return ``value``, or the JSON object a string holds (CLI options pass JSON text).
-
-    Raises:
-        SamplingError: (or ``error``) If a string is not valid JSON.
-    """
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError as e:
-            raise error(
-                f"`{argument}` must be a JSON object such as '{{\"cat\": 2.0}}'. "
-                f"Received: {argument}={value!r} ({e.msg})"
-            ) from None
-    return value
+    return check_int(seed, name, minimum=0, maximum=MAX_SEED, error=SamplingError)
 
 
 def check_sampling(sampling: str) -> str:
@@ -108,11 +101,7 @@ def check_sampling(sampling: str) -> str:
     Raises:
         SamplingError: If it is not a key of `SAMPLERS`.
     """
-    if sampling not in SAMPLERS:
-        raise SamplingError(
-            f"`sampling` must be one of {', '.join(map(repr, SAMPLERS))}. Received: sampling={sampling!r}"
-        )
-    return sampling
+    return check_choice(sampling, "sampling", SAMPLERS, error=SamplingError)
 
 
 def check_balance(sampling: str, balance: str | None) -> str | None:
@@ -143,22 +132,6 @@ def check_balance(sampling: str, balance: str | None) -> str | None:
     return balance
 
 
-def check_samples_per_epoch(samples_per_epoch: Any) -> int | None:
-    """Validate ``samples_per_epoch``: `None` or a positive int.
-
-    Raises:
-        SamplingError: If it is not a positive integer.
-    """
-    if samples_per_epoch is None:
-        return None
-    if isinstance(samples_per_epoch, bool) or not isinstance(samples_per_epoch, (int, np.integer)) \
-            or samples_per_epoch <= 0:
-        raise SamplingError(
-            f"`samples_per_epoch` must be a positive integer. Received: samples_per_epoch={samples_per_epoch!r}"
-        )
-    return int(samples_per_epoch)
-
-
 def check_target_distribution(target_distribution: Any, classes: Sequence[str]) -> np.ndarray | None:
     """Validate a target class distribution and return it as probabilities.
 
@@ -173,23 +146,32 @@ def check_target_distribution(target_distribution: Any, classes: Sequence[str]) 
         float64 array of shape ``(num_classes,)`` summing to 1, or `None`.
 
     Raises:
-        SamplingError: On an unknown class, a negative / NaN / infinite
-            share, a wrong length, or all shares zero.
+        SamplingError: On an unknown class, a class given twice, a negative /
+            NaN / infinite share, a wrong length, or all shares zero.
     """
-    value = parse_json_mapping(target_distribution, argument="target_distribution")
+    value = parse_json_value(target_distribution, "target_distribution", example='{"cat": 0.5, "dog": 0.5}',
+                             error=SamplingError)
     if value is None:
         return None
     p = np.zeros(len(classes), dtype=np.float64)
     if isinstance(value, Mapping):
+        given: dict[int, Any] = {}
         for key, share in value.items():
-            p[class_index(key, classes, argument="target_distribution")] = _share(share)
+            c = check_class_index(key, classes, argument="target_distribution", error=SamplingError)
+            if c in given:
+                raise SamplingError(
+                    f"`target_distribution` gives class {classes[c]!r} (index {c}) twice, as {given[c]!r} and "
+                    f"{key!r}. Give each class once. Received: target_distribution={value!r}"
+                )
+            given[c] = key
+            p[c] = _share(share, key)
     elif isinstance(value, (Sequence, np.ndarray)) and not isinstance(value, str):
         if len(value) != len(classes):
             raise SamplingError(
                 f"`target_distribution` as a list needs one share per class ({len(classes)}). "
                 f"Received: target_distribution={list(value)!r}"
             )
-        p[:] = [_share(s) for s in value]
+        p[:] = [_share(s, i) for i, s in enumerate(value)]
     else:
         raise SamplingError(
             "`target_distribution` must map classes to shares, e.g. {'cat': 0.5, 'dog': 0.25, 'bird': 0.25}. "
@@ -202,16 +184,8 @@ def check_target_distribution(target_distribution: Any, classes: Sequence[str]) 
     return p / p.sum()
 
 
-def _share(value: Any) -> float:
-    try:
-        share = float(value)
-    except (TypeError, ValueError):
-        share = math.nan
-    if not math.isfinite(share) or share < 0:
-        raise SamplingError(
-            f"`target_distribution` shares must be finite numbers >= 0. Received: share={value!r}"
-        )
-    return share
+def _share(value: Any, key: Any) -> float:
+    return check_number(value, f"target_distribution[{key!r}]", minimum=0, error=SamplingError)
 
 
 # ------------------------------------------------------------------ samplers
@@ -219,26 +193,101 @@ def _share(value: Any) -> float:
 class Sampler(abc.ABC):
     """Base sampler over ``num_samples`` positions of a partition.
 
+    A sampler built without ``num_samples`` (or ``labels``) is *unbound*: a
+    set of options that `kpipe.DataGenerator` binds to its partition
+    (`bind`). A bound sampler plans epochs.
+
     Attributes:
-        num_samples: Positions ``0 .. num_samples - 1`` of the partition.
-        seed: Seed of every random choice.
+        num_samples: Positions ``0 .. num_samples - 1`` of the partition, or
+            `None` (unbound).
+        seed: Seed of every random choice: an integer in ``[0, 2**64)``, used
+            whole (see `epoch_rng`). Defaults to 0.
+        batch_size: Samples per batch, or `None` to take the generator's
+            (default 32). The balanced sampler plans each batch's classes.
+
+    Raises:
+        SamplingError: On an invalid option (the message names it).
     """
 
-    num_samples: int
+    num_samples: int | None = None
     seed: int = 0
+    batch_size: int | None = None
+
+    mode: ClassVar[str] = ""
+    """The sampling mode name (``"shuffle"``...), `DataGenerator.sampling`."""
 
     def __post_init__(self) -> None:
-        if self.num_samples <= 0:
-            raise SamplingError(f"`num_samples` must be positive. Received: num_samples={self.num_samples}")
+        object.__setattr__(self, "seed", check_seed_value(self.seed))
+        object.__setattr__(self, "batch_size", check_positive_int(self.batch_size, "batch_size", allow_none=True,
+                                                                  error=SamplingError))
+        object.__setattr__(self, "num_samples", check_positive_int(self.num_samples, "num_samples", allow_none=True,
+                                                                   error=SamplingError))
+
+    @property
+    def bound(self) -> bool:
+        """True once the sampler knows its partition (``num_samples``)."""
+        return self.num_samples is not None
+
+    @property
+    def balance(self) -> str | None:
+        """The normalized ``balance`` option (`None` for shuffle and sequential)."""
+        return None
+
+    def bind(self, labels: Any, *, class_names: Sequence[str] | None = None,
+             partition: str | None = None) -> Sampler:
+        """This sampler over a partition whose samples have class indices ``labels``.
+
+        Args:
+            labels: Class index of every position: int array of shape ``(n,)``.
+            class_names: Class names, in label order (their number is the
+                number of classes; names appear in messages).
+            partition: The partition's name, for messages.
+
+        Returns:
+            A bound sampler with the same options (``self`` if it is bound
+            to ``n`` positions already).
+
+        Raises:
+            SamplingError: If a bound sampler covers another number of
+                positions, or the labels do not fit the options.
+        """
+        y = check_class_labels(labels, num_classes=None if class_names is None else len(class_names),
+                               error=SamplingError)
+        if self.bound:
+            if self.num_samples != len(y):
+                where = f"partition {partition!r}" if partition else "the partition"
+                raise SamplingError(
+                    f"The sampler covers {self.num_samples} positions, but {where} has {len(y)} samples. "
+                    f"Pass it unbound (without `num_samples` / `labels`) and the generator binds it. "
+                    f"Received: sampler={self!r}"
+                )
+            return self
+        return self._bound_copy(y, class_names, partition)
+
+    def _bound_copy(self, labels: np.ndarray, class_names: Sequence[str] | None, partition: str | None) -> Sampler:
+        return dataclasses.replace(self, num_samples=len(labels))
+
+    def _require_bound(self) -> None:
+        if not self.bound:
+            raise SamplingError(
+                f"This {type(self).__name__} is unbound (no `num_samples` / `labels`): give it to a "
+                "`DataGenerator` (`sampler=`), or call `bind(labels)` first."
+            )
 
     @property
     def epoch_size(self) -> int:
         """Number of positions one epoch visits (fixed for the sampler's life)."""
-        return self.num_samples
+        self._require_bound()
+        return int(self.num_samples)
 
     @abc.abstractmethod
     def indices(self, epoch: int) -> np.ndarray:
         """Positions visited in ``epoch``: int64 array of shape ``(epoch_size,)``."""
+
+    def describe(self) -> dict[str, Any]:
+        """The sampler's options, JSON-ready: ``sampling``, ``seed``, ``batch_size``, ``balance``."""
+        return {"sampling": self.mode or type(self).__name__, "seed": self.seed, "batch_size": self.batch_size,
+                "balance": self.balance}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,7 +297,10 @@ class SequentialSampler(Sampler):
     ``epoch_size == num_samples``.
     """
 
+    mode: ClassVar[str] = "sequential"
+
     def indices(self, epoch: int) -> np.ndarray:
+        self._require_bound()
         return np.arange(self.num_samples, dtype=np.int64)
 
 
@@ -260,7 +312,10 @@ class ShuffleSampler(Sampler):
     ``epoch_rng(seed, epoch).permutation(num_samples)``.
     """
 
+    mode: ClassVar[str] = "shuffle"
+
     def indices(self, epoch: int) -> np.ndarray:
+        self._require_bound()
         return epoch_rng(self.seed, epoch).permutation(self.num_samples).astype(np.int64)
 
 
@@ -269,30 +324,45 @@ def _class_positions(labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, 
 
 
 def _class_name(class_names: Sequence[str] | None, c: int) -> str:
-    return repr(class_names[c]) if class_names is not None and c < len(class_names) else str(c)
+    name = repr(class_names[c]) if class_names is not None and c < len(class_names) else repr(str(c))
+    return f"{name} (index {c})"
 
 
-def _init_labelled(sampler: Sampler) -> tuple[np.ndarray, int]:
-    """Validate a labelled sampler's ``labels``; set ``labels``, ``num_classes``, ``num_samples``."""
-    labels, k = _check_labels(sampler.labels, sampler.num_classes)
+def _in_partition(partition: str | None) -> str:
+    return f"partition {partition!r}" if partition else "this partition"
+
+
+def _init_labelled(sampler: Sampler) -> tuple[np.ndarray, int] | None:
+    """Validate a labelled sampler's options and ``labels``; `None` when unbound."""
+    Sampler.__post_init__(sampler)
+    if sampler.class_names is not None:
+        object.__setattr__(sampler, "class_names", tuple(str(c) for c in sampler.class_names))
+    num_classes = check_positive_int(sampler.num_classes, "num_classes", allow_none=True, error=SamplingError)
+    if sampler.labels is None:
+        if sampler.num_samples is not None:
+            raise SamplingError(f"A {type(sampler).__name__} needs `labels` (one class index per position), "
+                                f"not only `num_samples`. Received: num_samples={sampler.num_samples}")
+        return None
+    if num_classes is None and sampler.class_names is not None:
+        num_classes = len(sampler.class_names)
+    labels = check_class_labels(sampler.labels, num_classes=num_classes, error=SamplingError)
+    if labels.size == 0:
+        raise SamplingError("`labels` is empty: a sampler needs at least one position.")
+    k = int(labels.max()) + 1 if num_classes is None else num_classes
     object.__setattr__(sampler, "labels", labels)
     object.__setattr__(sampler, "num_classes", k)
     object.__setattr__(sampler, "num_samples", len(labels))
-    Sampler.__post_init__(sampler)
     return labels, k
 
 
-def _check_labels(labels: Any, num_classes: int | None) -> tuple[np.ndarray, int]:
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
-        raise SamplingError(
-            "`labels` must be a non-empty 1-D array of class indices (ints >= 0). "
-            f"Received: labels with shape {labels.shape} and dtype {labels.dtype}"
-        )
-    k = int(labels.max()) + 1 if num_classes is None else int(num_classes)
-    if labels.max() >= k:
-        raise SamplingError(f"`labels` holds class {int(labels.max())} but num_classes={k}.")
-    return labels.astype(np.int64), k
+def _labelled_copy(sampler: Sampler, labels: np.ndarray, class_names: Sequence[str] | None,
+                   partition: str | None) -> Sampler:
+    return dataclasses.replace(
+        sampler, labels=labels, num_samples=None,
+        num_classes=sampler.num_classes if sampler.num_classes is not None else (
+            len(class_names) if class_names is not None else None),
+        class_names=tuple(class_names) if class_names is not None else sampler.class_names,
+        partition=partition if partition is not None else sampler.partition)
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
@@ -323,21 +393,28 @@ class BalancedSampler(Sampler):
     * ``samples_per_epoch=N``: ``N`` exactly, whichever ``balance``.
 
     Attributes:
-        labels: Class index of every position: int array of shape ``(num_samples,)``.
-        batch_size: Samples per batch; the composition is planned per batch.
-        num_classes: Number of classes; defaults to ``max(labels) + 1``.
-        balance: ``"undersample"`` or ``"oversample"``.
+        labels: Class index of every position: int array of shape
+            ``(num_samples,)``; `None` for an unbound sampler.
+        batch_size: Samples per batch; the composition is planned per batch
+            (`None`: the generator's, 32 when planned without one).
+        num_classes: Number of classes; defaults to ``len(class_names)``, or
+            ``max(labels) + 1``.
+        balance: ``"undersample"`` (default) or ``"oversample"``.
         samples_per_epoch: Explicit epoch size, or `None`.
-        target_distribution: Class shares (float array of shape
-            ``(num_classes,)``, see `check_target_distribution`), or `None`
-            for uniform. Classes with share 0 are never served.
-        class_names: Names used in error messages.
+        target_distribution: Class shares: a mapping class name (or index)
+            -> share, a sequence of one share per class, JSON text of either,
+            or `None` for uniform (see `check_target_distribution`); held as
+            a float array ``(num_classes,)`` once bound. Classes with share 0
+            are never served.
+        class_names: Names used in messages and to resolve
+            ``target_distribution`` keys.
+        partition: The partition's name, used in messages.
         num_samples: Set from ``labels``.
         seed: Seed of every random choice.
 
     Raises:
         SamplingError: If a class to be served has no sample (the message
-            names it), or an argument is invalid.
+            names it, its index and the partition), or an option is invalid.
 
     Example:
         >>> s = BalancedSampler(labels=np.array([0] * 50 + [1] * 100 + [2] * 25), batch_size=6)
@@ -345,28 +422,35 @@ class BalancedSampler(Sampler):
         75
         >>> np.bincount(np.array([0] * 50 + [1] * 100 + [2] * 25)[s.indices(0)[:6]])
         array([2, 2, 2])
+        >>> unbound = BalancedSampler(batch_size=64, seed=5, balance="oversample")  # for DataGenerator(sampler=)
     """
 
-    num_samples: int = 0
-    labels: np.ndarray = dataclasses.field(repr=False)
-    batch_size: int
+    labels: np.ndarray | None = dataclasses.field(default=None, repr=False)
     num_classes: int | None = None
     balance: str = "undersample"
     samples_per_epoch: int | None = None
-    target_distribution: np.ndarray | None = None
+    target_distribution: Any = None
     class_names: tuple[str, ...] | None = dataclasses.field(default=None, repr=False)
-    _plan: dict = dataclasses.field(init=False, repr=False)
+    partition: str | None = dataclasses.field(default=None, repr=False)
+    _plan: dict | None = dataclasses.field(init=False, repr=False, default=None)
+
+    mode: ClassVar[str] = "balanced"
 
     def __post_init__(self) -> None:
-        labels, k = _init_labelled(self)
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, (int, np.integer)) \
-                or self.batch_size <= 0:
-            raise SamplingError(f"`batch_size` must be a positive integer. Received: batch_size={self.batch_size!r}")
-        check_balance("balanced", self.balance)
-        check_samples_per_epoch(self.samples_per_epoch)
+        object.__setattr__(self, "balance", check_balance("balanced", self.balance))
+        object.__setattr__(self, "samples_per_epoch", check_positive_int(
+            self.samples_per_epoch, "samples_per_epoch", allow_none=True, error=SamplingError))
+        bound = _init_labelled(self)
+        if bound is None:
+            if self.target_distribution is not None and not isinstance(self.target_distribution, np.ndarray):
+                parse_json_value(self.target_distribution, "target_distribution", error=SamplingError)
+            return
+        labels, k = bound
+        if self.batch_size is None:
+            object.__setattr__(self, "batch_size", DEFAULT_BATCH_SIZE)
         if self.target_distribution is None:
             p = np.full(k, 1.0 / k)
-        else:
+        elif isinstance(self.target_distribution, np.ndarray):
             p = np.asarray(self.target_distribution, dtype=np.float64)
             if p.shape != (k,) or not np.all(np.isfinite(p)) or p.min() < 0 or p.sum() <= 0:
                 raise SamplingError(
@@ -374,6 +458,9 @@ class BalancedSampler(Sampler):
                     f"Received: target_distribution={p.tolist()!r}"
                 )
             p = p / p.sum()
+        else:
+            names = self.class_names if self.class_names is not None else tuple(str(c) for c in range(k))
+            p = check_target_distribution(self.target_distribution, names)
         object.__setattr__(self, "target_distribution", p)
         positions = _class_positions(labels, k)
         counts = np.array([len(q) for q in positions])
@@ -381,22 +468,22 @@ class BalancedSampler(Sampler):
         if empty:
             names = ", ".join(_class_name(self.class_names, c) for c in empty)
             raise SamplingError(
-                f"Class {names} has no sample in this partition, so balanced batches cannot hold it. "
-                "Prepare with a split that gives every class training samples, or pass a "
-                "`target_distribution` that gives this class a share of 0."
+                f"Class {names} has no sample in {_in_partition(self.partition)}, so balanced batches cannot hold "
+                "it. Prepare with a split that gives every class samples there, or pass a `target_distribution` "
+                "that gives this class a share of 0."
             )
         active = np.flatnonzero(p > 0)
         if self.samples_per_epoch is not None:
             n = int(self.samples_per_epoch)
             plan = self._make_plan(n, p)
         elif self.balance == "oversample":
-            n = int(math.ceil(max(counts[c] / p[c] for c in active) - 1e-9))
+            n = math.ceil(max(counts[c] / p[c] for c in active) - 1e-9)
             plan = self._make_plan(n, p)
             while np.any(plan["totals"][active] < counts[active]):  # rounding left a class short
                 n += 1
                 plan = self._make_plan(n, p)
         else:  # undersample
-            n = int(math.floor(min(counts[c] / p[c] for c in active) + 1e-9))
+            n = math.floor(min(counts[c] / p[c] for c in active) + 1e-9)
             plan = self._make_plan(max(n, 1), p)
             while n > 1 and np.any(plan["totals"] > counts):  # rounding gave a class one too many
                 n -= 1
@@ -404,6 +491,9 @@ class BalancedSampler(Sampler):
         plan["positions"] = positions
         plan["counts"] = counts
         object.__setattr__(self, "_plan", plan)
+
+    def _bound_copy(self, labels, class_names, partition) -> Sampler:
+        return _labelled_copy(self, labels, class_names, partition)
 
     def _make_plan(self, n: int, p: np.ndarray) -> dict:
         """Per-batch class counts for an epoch of ``n`` samples (the same every epoch)."""
@@ -435,16 +525,19 @@ class BalancedSampler(Sampler):
 
     @property
     def epoch_size(self) -> int:
+        self._require_bound()
         return self._plan["epoch_size"]
 
     @property
     def batch_counts(self) -> np.ndarray:
         """Samples of each class in each batch: int64 array ``(num_batches, num_classes)``."""
+        self._require_bound()
         return self._plan["per_batch"]
 
     @property
     def class_totals(self) -> np.ndarray:
         """Samples of each class per epoch: int64 array ``(num_classes,)``."""
+        self._require_bound()
         return self._plan["totals"]
 
     def _class_window(self, c: int, epoch: int) -> np.ndarray:
@@ -482,6 +575,7 @@ class BalancedSampler(Sampler):
         return members[idx]
 
     def indices(self, epoch: int) -> np.ndarray:
+        self._require_bound()
         plan = self._plan
         order = np.empty(plan["epoch_size"], dtype=np.int64)
         for c in np.flatnonzero(plan["totals"]):
@@ -509,33 +603,45 @@ class BootstrapSampler(Sampler):
     plain bootstrap).
 
     Attributes:
-        labels: Class index of every position: int array ``(num_samples,)``.
-        num_classes: Number of classes; defaults to ``max(labels) + 1``.
+        labels: Class index of every position: int array ``(num_samples,)``;
+            `None` for an unbound sampler.
+        num_classes: Number of classes; defaults to ``len(class_names)``, or
+            ``max(labels) + 1``.
         stratified: Keep each class's count.
         balanced: Same count for every class.
         num_draws: Draws per epoch; `None` for ``num_samples`` (not with ``stratified``).
-        class_names: Names used in error messages.
+        class_names: Names used in messages.
+        partition: The partition's name, used in messages.
 
     Raises:
         SamplingError: If both ``stratified`` and ``balanced`` are set, or
-            ``balanced`` meets a class with no sample (named).
+            ``balanced`` meets a class with no sample (named, with its index
+            and the partition).
     """
 
-    num_samples: int = 0
-    labels: np.ndarray = dataclasses.field(repr=False)
+    labels: np.ndarray | None = dataclasses.field(default=None, repr=False)
     num_classes: int | None = None
     stratified: bool = False
     balanced: bool = False
     num_draws: int | None = None
-    class_names: tuple[str, ...] | None = None
-    _positions: tuple = dataclasses.field(init=False, repr=False)
+    class_names: tuple[str, ...] | None = dataclasses.field(default=None, repr=False)
+    partition: str | None = dataclasses.field(default=None, repr=False)
+    _positions: tuple | None = dataclasses.field(init=False, repr=False, default=None)
+
+    mode: ClassVar[str] = "bootstrap"
 
     def __post_init__(self) -> None:
-        labels, k = _init_labelled(self)
+        object.__setattr__(self, "stratified", check_bool(self.stratified, "stratified", error=SamplingError))
+        object.__setattr__(self, "balanced", check_bool(self.balanced, "balanced", error=SamplingError))
         if self.stratified and self.balanced:
             raise SamplingError("A bootstrap is either `stratified` or `balanced`, not both. "
                                 "Received: stratified=True, balanced=True")
-        check_samples_per_epoch(self.num_draws)
+        object.__setattr__(self, "num_draws", check_positive_int(self.num_draws, "samples_per_epoch",
+                                                                 allow_none=True, error=SamplingError))
+        bound = _init_labelled(self)
+        if bound is None:
+            return
+        labels, k = bound
         if self.stratified and self.num_draws not in (None, len(labels)):
             raise SamplingError(
                 "A stratified bootstrap keeps each class's count, so it draws num_samples "
@@ -547,16 +653,27 @@ class BootstrapSampler(Sampler):
             if empty:
                 names = ", ".join(_class_name(self.class_names, c) for c in empty)
                 raise SamplingError(
-                    f"Class {names} has no sample in this partition, so a balanced bootstrap cannot draw it. "
-                    "Prepare with a split that gives every class training samples, or use a plain bootstrap."
+                    f"Class {names} has no sample in {_in_partition(self.partition)}, so a balanced bootstrap "
+                    "cannot draw it. Prepare with a split that gives every class samples there, or use a plain "
+                    "bootstrap."
                 )
         object.__setattr__(self, "_positions", positions)
 
+    def _bound_copy(self, labels, class_names, partition) -> Sampler:
+        return _labelled_copy(self, labels, class_names, partition)
+
+    @property
+    def balance(self) -> str:
+        """``"stratified"``, ``"balanced"`` or ``"none"``."""
+        return "stratified" if self.stratified else "balanced" if self.balanced else "none"
+
     @property
     def epoch_size(self) -> int:
-        return int(self.num_draws) if self.num_draws is not None else self.num_samples
+        self._require_bound()
+        return int(self.num_draws) if self.num_draws is not None else int(self.num_samples)
 
     def indices(self, epoch: int) -> np.ndarray:
+        self._require_bound()
         rng = epoch_rng(self.seed, epoch, _STREAM_BOOTSTRAP)
         n = self.epoch_size
         if not (self.stratified or self.balanced):
@@ -585,34 +702,71 @@ SAMPLERS: dict[str, type[Sampler]] = {
 """Sampling mode name -> sampler class."""
 
 
-def _make_simple(cls):
-    def build(*, labels, seed, **_):
-        return cls(num_samples=len(labels), seed=seed)
+def _simple_options(cls):
+    def build(*, seed, batch_size, balance, samples_per_epoch, target_distribution):
+        if samples_per_epoch is not None or target_distribution is not None:
+            raise SamplingError(
+                f"`samples_per_epoch` and `target_distribution` apply to sampling='balanced' or 'bootstrap'. "
+                f"Received: sampling={cls.mode!r}, samples_per_epoch={samples_per_epoch!r}, "
+                f"target_distribution={target_distribution!r}"
+            )
+        return cls(seed=seed, batch_size=batch_size)
     return build
 
 
-def _make_balanced(*, labels, num_classes, batch_size, seed, balance, samples_per_epoch, target_distribution,
-                   class_names):
-    return BalancedSampler(labels=labels, num_classes=num_classes, batch_size=batch_size, seed=seed,
-                           balance=balance, samples_per_epoch=samples_per_epoch,
-                           target_distribution=target_distribution, class_names=class_names)
+def _balanced_options(*, seed, batch_size, balance, samples_per_epoch, target_distribution):
+    return BalancedSampler(seed=seed, batch_size=batch_size, balance=balance, samples_per_epoch=samples_per_epoch,
+                           target_distribution=target_distribution)
 
 
-def _make_bootstrap(*, labels, num_classes, seed, balance, samples_per_epoch, target_distribution, class_names,
-                    **_):
+def _bootstrap_options(*, seed, batch_size, balance, samples_per_epoch, target_distribution):
     if target_distribution is not None:
         raise SamplingError("`target_distribution` applies to sampling='balanced' only. "
                             "Received: sampling='bootstrap' with a target_distribution")
-    return BootstrapSampler(labels=labels, num_classes=num_classes, seed=seed, stratified=balance == "stratified",
-                            balanced=balance == "balanced", num_draws=samples_per_epoch, class_names=class_names)
+    return BootstrapSampler(seed=seed, batch_size=batch_size, stratified=balance == "stratified",
+                            balanced=balance == "balanced", num_draws=samples_per_epoch)
 
 
 _BUILDERS = {
-    "sequential": _make_simple(SequentialSampler),
-    "shuffle": _make_simple(ShuffleSampler),
-    "balanced": _make_balanced,
-    "bootstrap": _make_bootstrap,
+    "sequential": _simple_options(SequentialSampler),
+    "shuffle": _simple_options(ShuffleSampler),
+    "balanced": _balanced_options,
+    "bootstrap": _bootstrap_options,
 }
+
+
+def sampler_from_options(
+    sampling: str,
+    *,
+    seed: int = 0,
+    batch_size: int | None = None,
+    balance: str | None = None,
+    samples_per_epoch: int | None = None,
+    target_distribution: Any = None,
+) -> Sampler:
+    """The unbound sampler of a sampling mode and its options (the generator's keyword shortcuts).
+
+    Args:
+        sampling: ``"shuffle"``, ``"sequential"``, ``"balanced"`` or ``"bootstrap"``.
+        seed: Seed of every random choice.
+        batch_size: Samples per batch (`None`: the generator's).
+        balance: See `check_balance`.
+        samples_per_epoch: Epoch size for ``"balanced"`` and ``"bootstrap"``
+            (default: from ``balance``).
+        target_distribution: For ``"balanced"``: see `check_target_distribution`.
+
+    Returns:
+        An unbound `Sampler` (see `Sampler.bind`).
+
+    Raises:
+        SamplingError: If an option is invalid or does not apply to ``sampling``.
+    """
+    sampling = check_sampling(sampling)
+    balance = check_balance(sampling, balance)
+    samples_per_epoch = check_positive_int(samples_per_epoch, "samples_per_epoch", allow_none=True,
+                                           error=SamplingError)
+    return _BUILDERS[sampling](seed=seed, batch_size=batch_size, balance=balance,
+                               samples_per_epoch=samples_per_epoch, target_distribution=target_distribution)
 
 
 def make_sampler(
@@ -625,8 +779,9 @@ def make_sampler(
     balance: str | None = None,
     samples_per_epoch: int | None = None,
     target_distribution: Any = None,
+    partition: str | None = None,
 ) -> Sampler:
-    """Build the sampler of a sampling mode from validated options.
+    """Build the bound sampler of a sampling mode from its options and a partition's labels.
 
     Args:
         sampling: ``"shuffle"``, ``"sequential"``, ``"balanced"`` or ``"bootstrap"``.
@@ -638,23 +793,14 @@ def make_sampler(
         samples_per_epoch: Epoch size for ``"balanced"`` and ``"bootstrap"``
             (default: from ``balance``).
         target_distribution: For ``"balanced"``: see `check_target_distribution`.
+        partition: The partition's name, for messages.
 
     Returns:
-        A `Sampler`.
+        A bound `Sampler`.
 
     Raises:
         SamplingError: If an option is invalid or does not apply to ``sampling``.
     """
-    sampling = check_sampling(sampling)
-    balance = check_balance(sampling, balance)
-    samples_per_epoch = check_samples_per_epoch(samples_per_epoch)
-    target = check_target_distribution(target_distribution, classes)
-    if sampling in ("shuffle", "sequential") and (samples_per_epoch is not None or target is not None):
-        raise SamplingError(
-            f"`samples_per_epoch` and `target_distribution` apply to sampling='balanced' or 'bootstrap'. "
-            f"Received: sampling={sampling!r}, samples_per_epoch={samples_per_epoch!r}, "
-            f"target_distribution={target_distribution!r}"
-        )
-    return _BUILDERS[sampling](labels=np.asarray(labels), num_classes=len(classes), batch_size=batch_size,
-                               seed=seed, balance=balance, samples_per_epoch=samples_per_epoch,
-                               target_distribution=target, class_names=tuple(classes))
+    options = sampler_from_options(sampling, seed=seed, batch_size=batch_size, balance=balance,
+                                   samples_per_epoch=samples_per_epoch, target_distribution=target_distribution)
+    return options.bind(labels, class_names=classes, partition=partition)

@@ -17,7 +17,7 @@ from kpipe.weights import WeightError
 
 def _index(x: np.ndarray) -> list[int]:
     """Global sample indices encoded in the data (each sample is filled with its index)."""
-    return [int(round(v)) for v in x.reshape(len(x), -1)[:, 0]]
+    return [round(v) for v in x.reshape(len(x), -1)[:, 0]]
 
 
 def augment(x, y, rng):
@@ -35,7 +35,7 @@ def test_balanced_generator_batches(indexed_manifest: Path):
         gen.epoch = epoch
         ids = []
         for i in range(len(gen)):
-            x, y = gen[i]
+            _, y = gen[i]
             assert np.bincount(y, minlength=3).tolist() == [2, 2, 2]
             assert [m.labels[s] for s in gen.batch_ids(i)] == y.tolist()
             ids += gen.batch_ids(i)
@@ -66,7 +66,7 @@ def test_weights_are_yielded_as_a_third_element(indexed_manifest: Path):
     assert len(plain[0]) == 2 and not plain.yields_weights
     gen = DataGenerator(indexed_manifest, "train", batch_size=6, class_weight="balanced",
                         condition_weights={"c": 3})
-    x, y, w = gen[0]
+    _, y, w = gen[0]
     assert w.dtype == np.float32 and w.shape == (6,)
     # 36 / (3 * [18, 12, 6]) = [2/3, 1, 2]; class c also x3
     np.testing.assert_allclose(w, np.array([2 / 3, 1.0, 6.0], np.float32)[y], rtol=1e-6)
@@ -87,17 +87,22 @@ def test_weight_and_sampling_errors(indexed_manifest: Path):
         DataGenerator(indexed_manifest, "train", sampling="balanced", class_weight="balanced")
     m = Manifest.load(indexed_manifest)
     m.partition["train"] = [i for i in m.partition["train"] if m.labels[i] != 2]
-    with pytest.raises(SamplingError, match=r"Class 'c' has no sample in this partition"):
+    with pytest.raises(SamplingError, match=r"Class 'c' \(index 2\) has no sample in partition 'train'"):
         DataGenerator(m, "train", sampling="balanced")
-    with pytest.raises(WeightError, match=r"Class 'c' has no sample in this partition"):
+    with pytest.raises(WeightError, match=r"Class 'c' \(index 2\) has no sample in partition 'train'"):
         DataGenerator(m, "train", class_weight="balanced")
+    with pytest.raises(WeightError, match=r"gives class 'a' \(index 0\) twice"):
+        DataGenerator(indexed_manifest, "train", class_weight={"a": 2, 0: 5})
+    cw = DataGenerator(indexed_manifest, "train", batch_size=6, class_weight=np.array([1.0, 2.0, 4.0]))
+    _, y, w = cw[0]  # an array was numpy's "truth value of an array ... is ambiguous"
+    np.testing.assert_array_equal(w, np.array([1.0, 2.0, 4.0], np.float32)[y])
 
 
 def test_per_sample_weights_from_the_manifest(indexed_manifest: Path):
     m = Manifest.load(indexed_manifest)
     m.sample_weights = {sid: 0.5 + (k % 2) for k, sid in enumerate(m.labels)}
-    gen = DataGenerator(m, "train", batch_size=6, use_sample_weights=True, class_weight={"a": 2})
-    _, y, w = gen[1]
+    gen = DataGenerator(m, "train", batch_size=6, use_sample_weights=True, class_weight={"a": 2, "*": 1})
+    *_, w = gen[1]
     ids = gen.batch_ids(1)
     expected = [m.sample_weights[s] * (2.0 if m.labels[s] == 0 else 1.0) for s in ids]
     np.testing.assert_allclose(w, expected)
@@ -110,7 +115,7 @@ def test_transform_rng_is_a_function_of_seed_epoch_and_batch(indexed_manifest: P
     np.testing.assert_array_equal(gen[1][0], again[1][0])
     noise = [gen[i][0].reshape(6, -1)[:, 0] // 1000 for i in range(2)]
     assert not np.array_equal(noise[0], noise[1])  # different across batches
-    gen.on_epoch_end()
+    gen.epoch = 1
     assert not np.array_equal(gen[0][0] // 1000, again[0][0] // 1000)  # and across epochs
     x_only = DataGenerator(indexed_manifest, "train", batch_size=6, transform=lambda x, y, rng: x * 0)
     assert not x_only[0][0].any() and len(x_only[0]) == 2
@@ -118,8 +123,10 @@ def test_transform_rng_is_a_function_of_seed_epoch_and_batch(indexed_manifest: P
 
 def test_state_dict_resume(indexed_manifest: Path):
     gen = DataGenerator(indexed_manifest, "train", batch_size=6, sampling="balanced", balance="oversample")
-    gen.on_epoch_end()
-    gen.on_epoch_end()
+    for _ in range(2):  # two epochs served
+        for i in range(len(gen)):
+            gen[i]
+        gen.on_epoch_end()
     state = gen.state_dict()
     assert state["epoch"] == 2 and state["sampling"] == "balanced"
     resumed = DataGenerator(indexed_manifest, "train", batch_size=6, sampling="balanced", balance="oversample",
@@ -174,7 +181,7 @@ def _assert_same(a, b):
 
 def _make(manifest, **loader):
     return DataGenerator(manifest, "train", batch_size=6, seed=7, sampling="balanced", balance="oversample",
-                         class_weight={"c": 2.0}, condition_weights={"a": 0.5}, transform=augment, **loader)
+                         class_weight={"c": 2.0, "*": 1.0}, condition_weights={"a": 0.5}, transform=augment, **loader)
 
 
 @pytest.mark.timeout(300)
@@ -230,16 +237,16 @@ def test_cli_train_with_sampling_and_weights(indexed_manifest: Path, tmp_path: P
         warnings.simplefilter("ignore")
         result = CliRunner().invoke(main, [
             "train", str(indexed_manifest), "--out", str(out), "--epochs", "1", "--batch-size", "6",
-            "--sampling", "balanced", "--balance", "oversample", "--class-weight", '{"c": 2}',
+            "--sampling", "balanced", "--balance", "oversample", "--class-weight", '{"c": 2, "*": 1}',
             "--condition-weights", '{"a": 0.5}', "--verbose", "0"])
     assert result.exit_code == 0, result.output
     config = json.loads((out / "config.json").read_text())
     assert config["sampling"] == "balanced" and config["balance"] == "oversample"
-    assert config["class_weight"] == '{"c": 2}' and config["condition_weights"] == '{"a": 0.5}'
+    assert config["class_weight"] == '{"c": 2, "*": 1}' and config["condition_weights"] == '{"a": 0.5}'
     bad = CliRunner().invoke(main, ["train", str(indexed_manifest), "--out", str(tmp_path / "bad"),
                                     "--sampling", "balanced", "--balance", "stratified"])
     assert bad.exit_code == 1, bad.output
     assert "With sampling='balanced', `balance` must be one of 'undersample', 'oversample'" in bad.output
     bad = CliRunner().invoke(main, ["train", str(indexed_manifest), "--out", str(tmp_path / "bad"),
                                     "--class-weight", "{oops"])
-    assert bad.exit_code == 1 and "`class_weight` must be a JSON object" in bad.output
+    assert bad.exit_code == 1 and "`class_weight` must be JSON" in bad.output

@@ -17,7 +17,9 @@ from kpipe.sampling import (
     ShuffleSampler,
     check_balance,
     check_target_distribution,
+    epoch_rng,
     make_sampler,
+    sampler_from_options,
 )
 
 PROPS = settings(max_examples=40, deadline=None)
@@ -145,8 +147,13 @@ def test_target_distribution():
 
 def test_balanced_names_a_class_without_samples():
     y = np.array([0, 0, 2, 2])
-    with pytest.raises(SamplingError, match=r"Class 'bird' has no sample in this partition"):
+    with pytest.raises(SamplingError, match=r"Class 'bird' \(index 1\) has no sample in this partition"):
         BalancedSampler(labels=y, num_classes=3, batch_size=2, class_names=("cat", "bird", "dog"))
+    unbound = BalancedSampler(batch_size=2)
+    with pytest.raises(SamplingError, match=r"Class 'bird' \(index 1\) has no sample in partition 'train'"):
+        unbound.bind(y, class_names=("cat", "bird", "dog"), partition="train")
+    with pytest.raises(SamplingError, match=r"Class 'bird' \(index 1\) has no sample in partition 'train'"):
+        BootstrapSampler(balanced=True).bind(y, class_names=("cat", "bird", "dog"), partition="train")
 
 
 # ------------------------------------------------------------------ bootstrap
@@ -193,10 +200,12 @@ def test_make_sampler_and_validators():
         make_sampler("balanced", labels=y, classes=classes, batch_size=2, balance="stratified")
     with pytest.raises(SamplingError, match=r"key that is not a class: 'zebra'"):
         check_target_distribution({"zebra": 1.0}, classes)
-    with pytest.raises(SamplingError, match=r"finite numbers >= 0"):
+    with pytest.raises(SamplingError, match=r"`target_distribution\['a'\]` must be a finite number >= 0"):
         check_target_distribution('{"a": -1}', classes)
-    with pytest.raises(SamplingError, match=r"must be a JSON object"):
+    with pytest.raises(SamplingError, match=r"`target_distribution` must be JSON"):
         check_target_distribution("{a: 1", classes)
+    with pytest.raises(SamplingError, match=r"gives class 'a' \(index 0\) twice"):
+        check_target_distribution({"a": 1, 0: 2}, classes)
     with pytest.raises(SamplingError, match=r"`samples_per_epoch` must be a positive integer"):
         make_sampler("balanced", labels=y, classes=classes, batch_size=2, samples_per_epoch=0)
 
@@ -205,3 +214,46 @@ def test_samplers_pickle():
     s = BalancedSampler(labels=np.array([0, 1, 1, 2]), batch_size=3, seed=4)
     clone = pickle.loads(pickle.dumps(s))
     np.testing.assert_array_equal(clone.indices(5), s.indices(5))
+
+
+# ------------------------------------------------------------------- seeds, unbound samplers (issues 8, 11)
+def test_seeds_are_used_whole():
+    """seed=0 and seed=2**32 (and 2**32 + 1 and 1) used to give identical shuffles (the seed was cut to 32 bits)."""
+    for a, b in ((0, 2**32), (1, 2**32 + 1), (7, 2**63 + 7)):
+        assert not np.array_equal(ShuffleSampler(50, a).indices(0), ShuffleSampler(50, b).indices(0))
+    # a large seed never shares a stream with a small seed's (epoch, stream) words
+    assert not np.array_equal(epoch_rng(2**32, 5).random(4), epoch_rng(0, 1, 5).random(4))
+    # seeds below 2**32 keep the streams of earlier kpipe versions
+    np.testing.assert_array_equal(epoch_rng(3, 2).random(4), np.random.default_rng([3, 2]).random(4))
+    for bad in (-1, 2**64, 1.5, True, "3"):
+        with pytest.raises(SamplingError, match=r"`seed` must be an integer in \[0, 18446744073709551615\]"):
+            ShuffleSampler(5, bad)
+    assert len(ShuffleSampler(5, 2**64 - 1).indices(0)) == 5  # the largest seed is valid
+
+
+def test_unbound_sampler_binds_to_a_partition():
+    y = np.array([0] * 6 + [1] * 2 + [2] * 4)
+    unbound = BalancedSampler(batch_size=3, seed=5, balance="oversample",
+                              target_distribution='{"a": 2, "b": 1, "c": 1}')
+    assert not unbound.bound and unbound.seed == 5 and unbound.batch_size == 3
+    with pytest.raises(SamplingError, match=r"unbound"):
+        unbound.indices(0)
+    bound = unbound.bind(y, class_names=["a", "b", "c"], partition="train")
+    np.testing.assert_allclose(bound.target_distribution, [0.5, 0.25, 0.25])
+    direct = BalancedSampler(labels=y, batch_size=3, seed=5, balance="oversample",
+                             target_distribution=np.array([0.5, 0.25, 0.25]))
+    np.testing.assert_array_equal(bound.indices(2), direct.indices(2))
+    assert bound.describe() == {"sampling": "balanced", "seed": 5, "batch_size": 3, "balance": "oversample"}
+    # num_classes comes from the class names, not from the labels present
+    assert BootstrapSampler(balanced=False).bind(np.array([0, 0, 1]), class_names=["a", "b", "c"]).num_classes == 3
+    shuffle = ShuffleSampler(seed=2).bind(y)
+    np.testing.assert_array_equal(shuffle.indices(1), ShuffleSampler(len(y), 2).indices(1))
+    assert shuffle.bind(y) is shuffle
+    with pytest.raises(SamplingError, match=r"covers 12 positions, but partition 'x' has 3 samples"):
+        shuffle.bind(np.array([0, 1, 0]), partition="x")
+    with pytest.raises(SamplingError, match=r"`batch_size` must be a positive integer"):
+        ShuffleSampler(batch_size=0)
+    with pytest.raises(SamplingError, match=r"`labels` row 1 holds class index -1"):
+        BalancedSampler(labels=np.array([0, -1, 1]), batch_size=2)
+    with pytest.raises(SamplingError, match=r"`samples_per_epoch` and `target_distribution` apply to"):
+        sampler_from_options("shuffle", samples_per_epoch=3)

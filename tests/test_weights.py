@@ -46,14 +46,19 @@ def test_one_hot_labels_give_the_same_weights():
 
 
 def test_dict_by_name_or_index_and_condition_weights_multiply():
-    by_name = check_class_weight({"cat": 2, "bird": 4}, CLASSES, Y)
-    by_index = check_class_weight({0: 2, "2": 4}, CLASSES, Y)
-    from_json = check_class_weight('{"cat": 2, "bird": 4}', CLASSES, Y)
-    for w in (by_name, by_index, from_json):
-        np.testing.assert_array_equal(w, [2.0, 1.0, 4.0])  # left-out classes weigh 1
+    by_name = check_class_weight({"cat": 2, "bird": 4, "*": 1}, CLASSES, Y)
+    by_index = check_class_weight({0: 2, "2": 4, "*": 1.0}, CLASSES, Y)
+    from_json = check_class_weight('{"cat": 2, "bird": 4, "*": 1}', CLASSES, Y)
+    by_list = check_class_weight([2, 1, 4], CLASSES, Y)
+    by_array = check_class_weight(np.array([2.0, 1.0, 4.0]), CLASSES, Y)  # was numpy's "truth value ... ambiguous"
+    for w in (by_name, by_index, from_json, by_list, by_array):
+        np.testing.assert_array_equal(w, [2.0, 1.0, 4.0])
+    with pytest.warns(UserWarning, match=r"names 2 of 3 classes; class 'dog' \(index 1\) weighs 1.0"):
+        np.testing.assert_array_equal(check_class_weight({"cat": 2, "bird": 4}, CLASSES, Y), [2.0, 1.0, 4.0])
+    np.testing.assert_array_equal(check_class_weight({"cat": 2, "*": 0.5}, CLASSES, Y), [2.0, 0.5, 0.5])
     np.testing.assert_array_equal(check_condition_weights({"dog": 3}, CLASSES), [1.0, 3.0, 1.0])
     per_sample = np.full(len(Y), 0.5)
-    w, details = compute_sample_weights(Y, CLASSES, class_weight={"cat": 2, "bird": 4},
+    w, details = compute_sample_weights(Y, CLASSES, class_weight={"cat": 2, "bird": 4, "dog": 1},
                                         condition_weights='{"dog": 3, "bird": 0.5}', per_sample=per_sample)
     assert w.dtype == np.float32 and w.shape == (175,)
     np.testing.assert_array_equal(w[[0, 50, 150]], [2 * 0.5, 3 * 0.5, 4 * 0.5 * 0.5])
@@ -71,8 +76,12 @@ def test_dict_by_name_or_index_and_condition_weights_multiply():
         ({"cat": float("nan")}, r"finite numbers >= 0"),
         ({"cat": float("inf")}, r"finite numbers >= 0"),
         ("balance", r"`class_weight` must be 'balanced', a dict"),
-        ("{oops", r"must be a JSON object"),
+        ("{oops", r"`class_weight` must be JSON"),
         ([1.0, 2.0], r"one weight per class \(3\)"),
+        (np.ones((3, 1)), r"one weight per class \(3\)"),
+        ({"cat": 2, 0: 5}, r"gives class 'cat' \(index 0\) twice, as 'cat' and as 0"),
+        ({"1": 2, "dog": 5}, r"gives class 'dog' \(index 1\) twice"),
+        ({"cat": True}, r"finite numbers >= 0"),
     ],
 )
 def test_class_weight_errors(value, match):
@@ -81,8 +90,10 @@ def test_class_weight_errors(value, match):
 
 
 def test_balanced_names_a_class_without_samples_and_other_errors():
-    with pytest.raises(WeightError, match=r"Class 'bird' has no sample in this partition"):
-        check_class_weight("balanced", CLASSES, np.array([0, 1, 1]))
+    with pytest.raises(WeightError, match=r"Class 'bird' \(index 2\) has no sample in partition 'train'"):
+        check_class_weight("balanced", CLASSES, np.array([0, 1, 1]), partition="train")
+    with pytest.raises(WeightError, match=r"gives class 'dog' \(index 1\) twice"):
+        check_condition_weights({"dog": 2, 1: 3}, CLASSES)
     with pytest.raises(WeightError, match=r"condition_weights.*not a class: 'wolf'"):
         check_condition_weights({"wolf": 2}, CLASSES)
     with pytest.raises(WeightError, match=r"must map class names to factors"):
@@ -174,3 +185,37 @@ def test_all_zero_weights_are_an_error():
 
     with pytest.raises(WeightError, match="Every one of the 3 sample weights is 0"):
         compute_sample_weights(np.array([0, 1, 1]), ["a", "b"], per_sample=np.zeros(3))
+
+
+@pytest.mark.parametrize(
+    "labels, match",
+    [
+        (np.array([[1, 1, 0], [0, 1, 0]]), r"`labels` row 0 is not one-hot \(k-hot or not 0/1\): \[1, 1, 0\]"),
+        (np.array([[0, 1, 0], [0, 0, 0]]), r"`labels` row 1 is all zero"),
+        (np.array([0, -1, 2]), r"row 1 holds class index -1, outside 0..2"),
+        (np.array([0, 3]), r"row 1 holds class index 3, outside 0..2"),
+        (np.array([0.0, 1.5]), r"whole class indices; row 1 holds 1.5"),
+        (np.array([[0, 1], [1, 0]]), r"needs 3 columns"),
+    ],
+)
+def test_compute_sample_weights_refuses_labels_that_name_no_single_class(labels, match):
+    """k-hot rows were argmaxed, all-zero rows became class 0, -1 wrapped to the last class, 3 gave an IndexError."""
+    from kpipe.errors import ArgumentError
+
+    with pytest.raises(ArgumentError, match=match):
+        compute_sample_weights(labels, CLASSES, class_weight={"cat": 1, "dog": 2, "bird": 3})
+    with pytest.raises(ArgumentError, match=r"of partition 'test'"):
+        class_indices(np.array([7]), num_classes=3, partition="test")
+
+
+def test_sample_weights_object_groups_the_options():
+    from kpipe.weights import SampleWeights
+
+    sw = SampleWeights(class_weight="balanced", condition_weights={"bird": 2})
+    assert sw.configured and sw.balances_classes and not SampleWeights().configured
+    w, _ = sw.compute(Y, CLASSES, partition="train")
+    np.testing.assert_allclose(w[[0, 50, 150]], [175 / 150, 175 / 300, 2 * 175 / 75], rtol=1e-6)
+    with pytest.raises(WeightError, match=r"`use_sample_weights` must be True or False"):
+        SampleWeights(use_sample_weights=1)
+    with pytest.raises(WeightError, match=r"`condition_weights` must be JSON"):
+        SampleWeights(condition_weights="{nope")

@@ -5,17 +5,40 @@ store, into one array; batch reads are then NumPy fancy indexing on it. The
 wrapper pickles as its recipe (the wrapped store and the IDs), not the array:
 a process that receives it by pickling (``spawn``, ``forkserver``) loads its
 own copy on its first read, while a ``fork`` child shares the parent's pages.
+`MemoryStore.close` releases the array (a later read loads it again).
+
+Stores built with the same ``share_key`` (`kpipe.DataGenerator` uses the
+manifest file, its size, mtime and inode, and the IDs) share one array while
+any of them holds it, so generators built again and again over the same data
+(a hyper-parameter search) hold one copy, even though Keras keeps every
+dataset given to ``fit`` alive.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from kpipe.storage.base import Store
 
 _LOAD_BLOCK_BYTES = 64 << 20
+
+
+class _Cached:
+    """One loaded set of samples: the array, the ID -> row index, and the IDs."""
+
+    __slots__ = ("__weakref__", "data", "ids", "index")
+
+    def __init__(self, data: np.ndarray, index: dict[str, int], ids: list[str]) -> None:
+        self.data, self.index, self.ids = data, index, ids
+
+
+_SHARED: weakref.WeakValueDictionary[Any, _Cached] = weakref.WeakValueDictionary()
+_SHARED_LOCK = threading.Lock()
 
 
 class MemoryStore(Store):
@@ -26,6 +49,9 @@ class MemoryStore(Store):
             read from it, uncached).
         ids: IDs to hold in memory. Defaults to ``store.ids``.
         lazy: Load on the first read instead of now. Defaults to `False`.
+        share_key: A hashable naming the data exactly (files and their
+            versions, and ``ids``): stores with equal keys share one array.
+            Defaults to `None` (no sharing).
 
     Attributes:
         nbytes: Bytes held (0 before loading).
@@ -35,21 +61,27 @@ class MemoryStore(Store):
         >>> cached.read_many(manifest.ids("train")[:64]).shape
     """
 
-    def __init__(self, store: Store, ids: Sequence[str] | None = None, *, lazy: bool = False) -> None:
+    def __init__(self, store: Store, ids: Sequence[str] | None = None, *, lazy: bool = False,
+                 share_key: Any = None) -> None:
         super().__init__(store.sample_shape, store.dtype)
         self.store = store
         self.format = store.format
         self._ids = list(store.ids if ids is None else dict.fromkeys(ids))
-        self._data: np.ndarray | None = None
-        self._index: dict[str, int] | None = None
+        self.share_key = share_key
+        self._cached: _Cached | None = None
+        self._lock = threading.Lock()
         if not lazy:
             self.load()
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_data"] = None
-        state["_index"] = None
+        state["_cached"] = None
+        state["_lock"] = None
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     @property
     def ids(self) -> Sequence[str]:
@@ -63,41 +95,61 @@ class MemoryStore(Store):
 
     @property
     def nbytes(self) -> int:
-        return 0 if self._data is None else int(self._data.nbytes)
+        cached = self._cached
+        return 0 if cached is None else int(cached.data.nbytes)
 
     def load(self) -> None:
-        """Read the samples into memory (no-op when loaded)."""
-        if self._data is not None:
+        """Read the samples into memory (no-op when loaded; shared when another store holds the same key)."""
+        if self._cached is not None:
             return
+        if self.share_key is not None:
+            with _SHARED_LOCK:
+                hit = _SHARED.get(self.share_key)
+            if hit is not None and hit.ids == self._ids:
+                self._cached = hit
+                return
         data = np.empty((len(self._ids), *self.sample_shape), dtype=self.dtype)
         step = max(1, _LOAD_BLOCK_BYTES // max(1, data[:1].nbytes))
         for lo in range(0, len(self._ids), step):
             self.store.read_into(self._ids[lo : lo + step], data[lo : lo + step])
-        self._index = {sid: i for i, sid in enumerate(self._ids)}
-        self._data = data
+        cached = _Cached(data, {sid: i for i, sid in enumerate(self._ids)}, self._ids)
+        if self.share_key is not None:
+            with _SHARED_LOCK:
+                _SHARED[self.share_key] = cached
+        self._cached = cached
+
+    def _loaded(self) -> tuple[np.ndarray, dict[str, int]]:
+        cached = self._cached
+        if cached is None:
+            with self._lock:
+                self.load()
+                cached = self._cached
+        return cached.data, cached.index
 
     def read_into(self, ids: Sequence[str], out: np.ndarray) -> np.ndarray:
-        if self._data is None:
-            self.load()
-        index = self._index
+        data, index = self._loaded()
         try:
             rows = np.fromiter(map(index.__getitem__, ids), dtype=np.int64, count=len(ids))
         except KeyError:
-            return self._read_mixed(ids, out)
+            return self._read_mixed(ids, out, data, index)
         self._check_out(len(ids), out)
-        np.take(self._data, rows, axis=0, out=out[: len(ids)], mode="clip")  # "raise" would buffer a copy
+        np.take(data, rows, axis=0, out=out[: len(ids)], mode="clip")  # "raise" would buffer a copy
         return out
 
-    def _read_mixed(self, ids: Sequence[str], out: np.ndarray) -> np.ndarray:
+    def _read_mixed(self, ids: Sequence[str], out: np.ndarray, data: np.ndarray,
+                    index: dict[str, int]) -> np.ndarray:
         """IDs not all cached: read the uncached ones from the wrapped store."""
-        missing = [i for i, sid in enumerate(ids) if sid not in self._index]
+        missing = [i for i, sid in enumerate(ids) if sid not in index]
         out[missing] = self.store.read_many([ids[i] for i in missing])  # SampleNotFoundError if unknown
         for i, sid in enumerate(ids):
-            row = self._index.get(sid)
+            row = index.get(sid)
             if row is not None:
-                out[i] = self._data[row]
+                out[i] = data[row]
         return out
 
     def close(self) -> None:
+        """Release the cached samples (and the wrapped store's files); the next read loads them again."""
+        with self._lock:
+            self._cached = None
         self.store.close()
 

@@ -8,7 +8,9 @@ This is the layout of the classic Keras ``DataGenerator``
   and the caller's batch row at once (no intermediate array, no header
   parse) and one ``close``; the header bytes are compared, and a file whose
   header differs falls back to ``np.load`` and is checked;
-* batches are read by a thread pool (file I/O releases the GIL).
+* batches are read by a thread pool (file I/O releases the GIL): one pool of
+  `READER_THREADS` threads per process, shared by every `NpyStore`, so
+  generators built again and again do not add threads.
 """
 
 from __future__ import annotations
@@ -30,6 +32,33 @@ from kpipe.storage.base import Store, StoreWriter
 _THREADS_MIN_BATCH = 8
 _HAS_PREADV = hasattr(os, "preadv")
 
+READER_THREADS = max(1, min(8, os.cpu_count() or 1) - 1)
+"""Threads of the process-wide reader pool (the calling thread reads a share too)."""
+
+_READER_POOL: ThreadPoolExecutor | None = None
+_READER_POOL_LOCK = threading.Lock()
+
+
+def reader_pool() -> ThreadPoolExecutor:
+    """The process-wide pool that reads the files of a batch (created on first use; a forked child gets its own)."""
+    global _READER_POOL
+    if _READER_POOL is None:
+        with _READER_POOL_LOCK:
+            if _READER_POOL is None:
+                _READER_POOL = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="kpipe-npy")
+    return _READER_POOL
+
+
+def _forget_reader_pool() -> None:
+    """In a forked child: the parent's reader threads (and its lock's state) do not exist here."""
+    global _READER_POOL, _READER_POOL_LOCK
+    _READER_POOL = None
+    _READER_POOL_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_reader_pool)
+
 
 def expected_header(sample_shape: Sequence[int], dtype: np.dtype) -> bytes:
     """The exact header bytes ``np.save`` writes for this shape and dtype."""
@@ -49,8 +78,9 @@ class NpyStore(Store):
         sample_shape: Shape of one sample, e.g. ``(8, 8, 1)``.
         dtype: Dtype of stored samples, e.g. ``"uint8"``.
         ids: IDs held, if known (used only by `ids`; reads go to disk).
-        num_threads: Threads reading one batch; ``0`` reads in the calling
-            thread. Defaults to ``min(8, os.cpu_count())``.
+        num_threads: Chunks one batch is read in (the calling thread reads
+            one, the process-wide `reader_pool` the others); ``0`` or ``1``
+            reads in the calling thread. Defaults to ``min(8, os.cpu_count())``.
         follow_links: Read a sample file that is a symbolic link. Defaults
             to `True`; `open_store` passes `False` for a manifest loaded from
             a file (a link planted in a dataset could lead outside it).
@@ -79,21 +109,6 @@ class NpyStore(Store):
                             | (0 if follow_links else getattr(os, "O_NOFOLLOW", 0)))
         self._header = expected_header(self.sample_shape, self.dtype)
         self._nbytes = int(np.prod(self.sample_shape, dtype=np.int64)) * self.dtype.itemsize
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_pid: int | None = None
-        self._lock = threading.Lock()
-
-    # Pickle as the recipe: never ship a thread pool or a lock.
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_pool"] = None
-        state["_pool_pid"] = None
-        state["_lock"] = None
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
 
     @property
     def ids(self) -> Sequence[str]:
@@ -102,15 +117,6 @@ class NpyStore(Store):
     def path(self, sample_id: str) -> Path:
         """File of one sample: ``root / (ID + ".npy")``."""
         return self.root / f"{sample_id}.npy"
-
-    def _executor(self) -> ThreadPoolExecutor:
-        pid = os.getpid()
-        if self._pool is None or self._pool_pid != pid:  # a forked child gets its own pool
-            with self._lock:
-                if self._pool is None or self._pool_pid != pid:
-                    self._pool = ThreadPoolExecutor(max(1, self.num_threads - 1), thread_name_prefix="kpipe-npy")
-                    self._pool_pid = pid
-        return self._pool
 
     def _read_one(self, sample_id: str, out_row: np.ndarray) -> None:
         path = f"{self._root_str}/{sample_id}.npy"  # a str: no Path object per sample
@@ -219,7 +225,7 @@ class NpyStore(Store):
                 self._read_one(ids[i], out[i])
 
         # The calling thread reads the last chunk itself instead of waiting idle.
-        pool = self._executor()
+        pool = reader_pool()
         futures = [pool.submit(work, lo, hi) for lo, hi in zip(bounds[:-2], bounds[1:-1])]
         try:
             work(bounds[-2], bounds[-1])
@@ -229,10 +235,7 @@ class NpyStore(Store):
         return out
 
     def close(self) -> None:
-        if self._pool is not None and self._pool_pid == os.getpid():
-            self._pool.shutdown(wait=True)
-        self._pool = None
-        self._pool_pid = None
+        """Nothing to release: files are closed after each read, and the reader pool is shared by the process."""
 
 
 def write_npy_sample(root: str | os.PathLike, sample_id: str, array: np.ndarray) -> Path:
