@@ -51,29 +51,10 @@ class OutputExistsError(KpipeError, FileExistsError):
     """An output folder that exists already and would be overwritten."""
 
 
+class OutputWriteError(KpipeError, OSError):
+    """An output that cannot be written (no space left on the device, a read-only or forbidden folder): the
+    environment's fault, never an input's; the message names the file."""
+
+
 class LoadError(KpipeError, ImportError):
     """A user object (`module:function` or `path.py:function`) that cannot be loaded."""
-
-
-def kpipe_error_in(message: str) -> KpipeError | None:
-    """The kpipe error quoted in an error message from another layer, if any.
-
-    Keras runs `DataGenerator.__getitem__` inside ``tf.data`` on the
-    TensorFlow backend, which re-raises a kpipe error as an ``UnknownError``
-    whose message quotes the original traceback's last line
-    (``kpipe.errors.SampleNotFoundError: Sample '7' has no file ...``).
-    This recovers that error so that it can be raised as itself.
-
-    Returns:
-        A new instance of the quoted kpipe error class with its message, or
-        `None` if the message quotes none.
-    """
-    import re
-
-    match = re.search(r"kpipe\.[\w.]*?(\w+Error): (.*?)(?:\n\s*\[\[|\n*$)", message, flags=re.S)
-    if match is None:
-        return None
-    cls = globals().get(match.group(1))
-    if not (isinstance(cls, type) and issubclass(cls, KpipeError)):
-        cls = KpipeError
-    return cls(match.group(2).strip())

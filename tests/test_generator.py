@@ -58,7 +58,7 @@ def test_label_modes_and_rescale(indexed_manifest: Path):
 
 
 def test_binary_label_mode(tmp_path: Path):
-    from conftest import make_indexed_npy_folder
+    from helpers import make_indexed_npy_folder
     from kpipe.prepare import prepare
 
     raw = make_indexed_npy_folder(tmp_path / "raw", {"neg": 6, "pos": 6})

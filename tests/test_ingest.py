@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_image_folder
+from helpers import make_image_folder
 from kpipe.errors import InputError
 from kpipe.ingest import (
     ImageOptions,

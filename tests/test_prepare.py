@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_image_folder, make_indexed_npy_folder
+from helpers import make_image_folder, make_indexed_npy_folder
 from kpipe.errors import InputError, OutputExistsError, SplitError
 from kpipe.manifest import Manifest
 from kpipe.prepare import parse_image_size, prepare

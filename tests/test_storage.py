@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_indexed_npy_folder
+from helpers import make_indexed_npy_folder
 
 from kpipe.convert import convert
 from kpipe.errors import InputError, ManifestError, SampleNotFoundError, StoreError
