@@ -143,7 +143,8 @@ def test_train_refuses_to_lose_or_mix_runs(tmp_path: Path):
                           "def wide(input_shape, num_classes):\n"
                           "    return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(),\n"
                           "                             keras.layers.Dense(num_classes + 2, activation='softmax')])\n")
-    result = runner.invoke(main, ["train", str(p), "--out", str(tmp_path / "r2"), "--model", f"{model_file}:wide", *fast])
+    result = runner.invoke(main, ["train", str(p), "--out", str(tmp_path / "r2"), "--model", f"{model_file}:wide",
+                                  *fast])
     assert result.exit_code == 1 and "The model outputs 5 values per sample, but this dataset has 3 classes" \
         in result.output, result.output
     model_file.write_text(model_file.read_text() +

@@ -44,7 +44,8 @@ def test_zero_fractions():
 
 def test_too_small_class_is_named():
     labels = np.array([0] * 10 + [1] * 10 + [2])
-    with pytest.raises(SplitError, match=r"Class 'seven' has 1 sample in total; a stratified 3-way split needs at least 3"):
+    with pytest.raises(SplitError,
+                       match=r"Class 'seven' has 1 sample in total; a stratified 3-way split needs at least 3"):
         stratified_split(labels, class_names=["a", "b", "seven"])
 
 

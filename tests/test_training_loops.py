@@ -61,7 +61,8 @@ def test_each_loop_learns_and_writes_the_run_folder(three_runs, loop):
     assert {"model.keras", "history.json", "metrics.json", "config.json", "log.csv", "steps.csv", "checkpoint"} <= names
     if importlib.util.find_spec("matplotlib") is not None:  # the figures need matplotlib
         assert {"curves.png", "confusion_matrix.png"} <= names
-    assert {"best.weights.h5", "last.weights.h5", "state.json"} <= {p.name for p in (result.run_dir / "checkpoint").iterdir()}
+    checkpoint = {p.name for p in (result.run_dir / "checkpoint").iterdir()}
+    assert {"best.weights.h5", "last.weights.h5", "state.json"} <= checkpoint
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
     assert metrics["loop"] == loop and metrics["epochs_trained"] == EPOCHS and "best_val_loss" in metrics
     assert len(metrics["confusion_matrix"]) == 3

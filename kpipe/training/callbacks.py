@@ -85,7 +85,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         self.mode = mode or monitor_mode(monitor)
         self.best = best
 
-    def on_epoch_end(self, epoch, logs=None):  # noqa: D102
+    def on_epoch_end(self, epoch, logs=None):
         current = (logs or {}).get(self.monitor)
         if current is not None and _improves(float(current), self.best, self.mode):
             self.best = float(current)
@@ -116,7 +116,7 @@ class EarlyStopping(keras.callbacks.Callback):
         self.best_epoch = int(state.get("best_epoch") or 0)
         self.stopped_epoch = int(state.get("stopped_epoch") or 0)
 
-    def on_epoch_end(self, epoch, logs=None):  # noqa: D102
+    def on_epoch_end(self, epoch, logs=None):
         current = (logs or {}).get(self.monitor)
         if current is None:
             return
@@ -161,7 +161,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.best = best
         self.early_stopping = early_stopping
 
-    def on_epoch_end(self, epoch, logs=None):  # noqa: D102
+    def on_epoch_end(self, epoch, logs=None):
         for k, v in (logs or {}).items():
             if isinstance(v, (int, float, np.floating, np.integer)) or hasattr(v, "numpy"):
                 self.history.setdefault(k, []).append(float(v))
@@ -219,10 +219,10 @@ class StepLossLogger(keras.callbacks.Callback):
         self.echo = echo
         self._epoch = 0
 
-    def on_epoch_begin(self, epoch, logs=None):  # noqa: D102
+    def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
-    def on_train_batch_end(self, batch, logs=None):  # noqa: D102
+    def on_train_batch_end(self, batch, logs=None):
         self.step += 1
         if self.step % self.every:
             return

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -202,7 +201,8 @@ def resolve_loss(spec: Any) -> Any:
     if is_object_spec(spec):
         obj = load_object(spec, what="loss")
         if not callable(obj):
-            raise LoadError(f"The loss {spec!r} is a {type(obj).__name__}, not a function or a keras.losses.Loss class.")
+            raise LoadError(f"The loss {spec!r} is a {type(obj).__name__}, not a function or a keras.losses.Loss "
+                            "class.")
         return obj
     if _keras_loss_class(spec) is None:
         raise LoadError(
@@ -345,7 +345,7 @@ def known_label_mode(loss: Any) -> str | None:
 def _from_logits(loss: keras.losses.Loss) -> bool | None:
     try:
         value = loss.get_config().get("from_logits")
-    except Exception:  # noqa: BLE001 - a custom loss with a broken get_config: nothing to check
+    except Exception:
         return None
     return value if isinstance(value, bool) else None
 
@@ -396,7 +396,7 @@ def _per_sample(loss: keras.losses.Loss, name: str, y: Any, y_pred: Any, y_arr: 
         y_true_t = keras.ops.convert_to_tensor(y, dtype=loss.dtype)
         y_pred_t = keras.ops.convert_to_tensor(y_pred, dtype=loss.dtype)
         raw = loss.call(y_true_t, y_pred_t)
-    except Exception as e:  # noqa: BLE001 - any failure of user code is reported with context
+    except Exception as e:
         raise LossCheckError(
             f"The loss `{name}` failed on the first batch (y_true shape {tuple(y_arr.shape)}, cast to "
             f"{loss.dtype} as Keras does; y_pred shape {tuple(y_pred.shape)}): {type(e).__name__}: {e}. If it "

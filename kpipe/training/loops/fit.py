@@ -19,12 +19,12 @@ class FitLoop(Loop):
 
     name = "fit"
 
-    def prepare(self, net: keras.Model, loss: keras.losses.Loss) -> keras.Model:  # noqa: D102
+    def prepare(self, net: keras.Model, loss: keras.losses.Loss) -> keras.Model:
         net.compile(optimizer=self.optimizer(global_clipnorm=self.config.clip_norm), loss=loss, metrics=["accuracy"])
         return net
 
     def fit(self, model: keras.Model, train: Any, *, validation: Any, epochs: int, initial_epoch: int,
-            callbacks: list[keras.callbacks.Callback], verbose: int | str) -> None:  # noqa: D102
+            callbacks: list[keras.callbacks.Callback], verbose: int | str) -> None:
         model.fit(
             train,
             validation_data=validation,

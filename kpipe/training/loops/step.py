@@ -326,7 +326,7 @@ class StepLoop(FitLoop):
 
     name = "step"
 
-    def prepare(self, net: keras.Model, loss: keras.losses.Loss) -> keras.Model:  # noqa: D102
+    def prepare(self, net: keras.Model, loss: keras.losses.Loss) -> keras.Model:
         cls = load_step_model_class(self.config.step_model)
         kwargs: dict[str, Any] = {}
         if issubclass(cls, KpipeModel):
@@ -336,5 +336,5 @@ class StepLoop(FitLoop):
         model.optimizer.build(model.trainable_variables)  # its variables exist before train_step is traced
         return model
 
-    def logged(self) -> list[str]:  # noqa: D102
+    def logged(self) -> list[str]:
         return ["gradient_norm"] if self.config.clip_norm else []

@@ -275,13 +275,13 @@ class TapeRunner(Loop):
 
     name = "tape"
 
-    def prepare(self, net: keras.Model, loss: keras.losses.Loss) -> keras.Model:  # noqa: D102
+    def prepare(self, net: keras.Model, loss: keras.losses.Loss) -> keras.Model:
         self.tape = TapeLoop(net, loss, self.optimizer(), label_mode=self.label_mode, clip_norm=self.config.clip_norm,
                              mixed_precision=self.mixed_precision)
         net.compile(optimizer=self.tape.optimizer, loss=loss, metrics=["accuracy"], auto_scale_loss=False)
         return net
 
     def fit(self, model: keras.Model, train: Any, *, validation: Any, epochs: int, initial_epoch: int,
-            callbacks: list[keras.callbacks.Callback], verbose: int | str) -> None:  # noqa: D102
+            callbacks: list[keras.callbacks.Callback], verbose: int | str) -> None:
         self.tape.fit(train, epochs=epochs, initial_epoch=initial_epoch, validation_data=validation,
                       callbacks=callbacks, verbose=verbose, log_every=self.config.log_every)
