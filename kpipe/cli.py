@@ -30,7 +30,7 @@ from kpipe.errors import KpipeError
 # "2024-01-01 10:00:00.000: I tensorflow/...") and absl's pre-init notice, printed to fd 2
 # before any Python setting can stop them; other lines (a real error) pass through.
 _TF_NOISE = re.compile(
-    r"^(?:[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ \S+:\d+\] |\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] "
+    r"^(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ \S+:\d+\] |\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] "
     r"|WARNING: All log messages before absl::InitializeLog\(\) is called|To enable the following instructions:)"
 )
 

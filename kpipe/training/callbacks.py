@@ -195,6 +195,32 @@ def restore_checkpoint(model: keras.Model, run: RunFolder, state: dict[str, Any]
     _set_rng_state(model, state.get("rng_state") or {})
 
 
+class EpochLogger(keras.callbacks.Callback):
+    """Append each epoch's logs to a CSV file (``log.csv``), as `keras.callbacks.CSVLogger` writes it.
+
+    Columns: ``epoch``, then the logged names in sorted order. The file is
+    opened for each row and closed at once, so a run that fails mid-way
+    leaves no open file behind; a resumed run appends.
+
+    Args:
+        path: The CSV file.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        super().__init__()
+        self.path = Path(path)
+
+    def on_epoch_end(self, epoch, logs=None):  # noqa: D102
+        logs = dict(logs or {})
+        keys = sorted(logs)
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        with writing(self.path), open(self.path, "a", newline="") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(["epoch", *keys])
+            writer.writerow([epoch, *(logs[k] for k in keys)])
+
+
 class StepLossLogger(keras.callbacks.Callback):
     """Append the training loss to ``steps.csv`` every ``every`` optimizer steps.
 

@@ -19,8 +19,8 @@ from kpipe.errors import KpipeError
 from kpipe.generator import DataGenerator, EpochSync
 from kpipe.manifest import Manifest, load_manifest
 from kpipe.training import preflight
-from kpipe.training.callbacks import BestCheckpoint, EarlyStopping, RunCheckpoint, StepLossLogger, monitor_mode, \
-    restore_checkpoint
+from kpipe.training.callbacks import BestCheckpoint, EarlyStopping, EpochLogger, RunCheckpoint, StepLossLogger, \
+    monitor_mode, restore_checkpoint
 from kpipe.training.config import TrainConfig
 from kpipe.training.data import make_generators, probe_generator
 from kpipe.training.distribute import dtype_policy, get_strategy, output_dtype_warning
@@ -131,7 +131,7 @@ def _callbacks(run: RunFolder, config: TrainConfig, setup: _Setup, state: dict[s
     early = EarlyStopping(monitor=monitor, mode=mode, patience=config.patience,
                           state=state.get("early_stopping")) if config.patience else None
     callbacks: list[keras.callbacks.Callback] = [EpochSync(setup.train), best] + ([early] if early else [])
-    callbacks.append(keras.callbacks.CSVLogger(str(run.file("log.csv")), append=bool(state)))
+    callbacks.append(EpochLogger(run.file("log.csv")))
     if _use_tensorboard(config.tensorboard):
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run.file("tensorboard")), write_graph=False))
     initial_step = int(state.get("next_epoch", 0)) * len(setup.train)
@@ -167,6 +167,7 @@ def _fit(run: RunFolder, setup: _Setup, config: TrainConfig, callbacks: list[ker
     try:
         setup.loop.fit(setup.model, setup.train, validation=setup.validation, epochs=config.epochs,
                        initial_epoch=initial_epoch, callbacks=callbacks, verbose=config.verbose)
+        return
     except KeyboardInterrupt:
         done = run.load_state()["next_epoch"] if run.has_checkpoint() else 0
         run.discard_unfinished()
@@ -177,12 +178,11 @@ def _fit(run: RunFolder, setup: _Setup, config: TrainConfig, callbacks: list[ker
         run.discard_unfinished()
         if isinstance(e, KpipeError):
             raise
-        if isinstance(e, OSError) and e.errno in DISK_FULL:
-            raise output_error(e, run.path) from None
-        recovered = _generator_error(setup)
-        if recovered is None:
+        error = output_error(e, run.path) if isinstance(e, OSError) and e.errno in DISK_FULL else \
+            _generator_error(setup)
+        if error is None:
             raise
-        raise recovered from None
+    raise error  # outside the handler: the wrapped error and its frames are freed, and not shown
 
 
 def _finish(run: RunFolder, setup: _Setup, config: TrainConfig, manifest: Manifest, history: dict[str, list[float]]

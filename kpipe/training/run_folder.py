@@ -60,8 +60,8 @@ def output_error(error: OSError, path: str | os.PathLike) -> OutputWriteError:
     """The `OutputWriteError` for an `OSError` met writing ``path`` (one line, the file named)."""
     target = error.filename or path
     if error.errno in DISK_FULL:
-        return OutputWriteError(f"No space left on device writing {target}. Free some space, or choose "
-                                "another --out, then resume with --resume (the last complete epoch is kept).")
+        return OutputWriteError(f"No space left on device writing {target}. Free some space or choose another "
+                                "--out (a run with a complete epoch continues with --resume).")
     return OutputWriteError(f"Cannot write {target}: {error.strerror or error}. Check the folder's permissions "
                             "and free space, or choose another --out.")
 
@@ -71,10 +71,14 @@ def writing(path: str | os.PathLike) -> Iterator[None]:
     """Turn an `OSError` raised while writing ``path`` into an `OutputWriteError` that names it."""
     try:
         yield
+        return
     except OutputWriteError:
         raise
     except OSError as e:
-        raise output_error(e, path) from None
+        error = output_error(e, path)
+    # Raised outside the handler, so that the OSError, its traceback and the failed writer's frames (h5py keeps
+    # the file open there) are freed now, not when the process ends.
+    raise error
 
 
 class RunFolder:
