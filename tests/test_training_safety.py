@@ -51,7 +51,8 @@ def test_resume_does_not_run_code_named_by_the_run_folder(manifest, tmp_path):
     assert CliRunner().invoke(main, ["train", str(manifest), "--out", str(run), *FAST]).exit_code == 0
     evil = tmp_path / "evil.py"
     witness = tmp_path / "ran.txt"
-    evil.write_text(f"open({str(witness)!r}, 'w').write('ran')\ndef build(input_shape, num_classes):\n    return None\n")
+    evil.write_text(f"open({str(witness)!r}, 'w').write('ran')\n"
+                    "def build(input_shape, num_classes):\n    return None\n")
     config = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps(config | {"model": f"{evil}:build"}))
     result = CliRunner().invoke(main, ["train", str(manifest), "--resume", str(run), "--epochs", "2"])
@@ -123,6 +124,7 @@ def test_arguments_and_manifest_are_checked_before_tensorflow_starts(manifest, t
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("1 False False True"), out.stdout  # nothing changed outside the command
     assert "`monitor` must be a value the run logs" in out.stdout
-    code = "import sys, kpipe; print(sorted(m for m in ('sklearn', 'keras', 'tensorflow', 'matplotlib') if m in sys.modules))"
+    code = ("import sys, kpipe; "
+            "print(sorted(m for m in ('sklearn', 'keras', 'tensorflow', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

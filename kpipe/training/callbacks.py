@@ -210,7 +210,7 @@ class EpochLogger(keras.callbacks.Callback):
         super().__init__()
         self.path = Path(path)
 
-    def on_epoch_end(self, epoch, logs=None):  # noqa: D102
+    def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
         keys = sorted(logs)
         new = not self.path.exists() or self.path.stat().st_size == 0
