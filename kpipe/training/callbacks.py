@@ -18,17 +18,22 @@ at the end of every epoch by `RunCheckpoint`:
 from __future__ import annotations
 
 import csv
+import importlib.util
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
 
 from kpipe._io import atomic_save, atomic_write_json
 from kpipe._validation import check_positive_int
+from kpipe.errors import ArgumentError
 from kpipe.training.run_folder import RunFolder, writing
+
+if TYPE_CHECKING:
+    from kpipe.training.config import TrainConfig
 
 
 def monitor_mode(monitor: str) -> str:
@@ -264,3 +269,48 @@ class StepLossLogger(keras.callbacks.Callback):
         if self.echo:
             shown = step_loss if step_loss is not None else loss
             print(f"step {self.step} (epoch {self._epoch + 1}, batch {batch + 1}): loss {float(shown):.4f}", flush=True)
+
+
+def _use_tensorboard(setting: bool | None) -> bool:
+    """Whether to add the TensorBoard callback: ``setting``, or (`None`) whether tensorboard is installed."""
+    installed = importlib.util.find_spec("tensorboard") is not None
+    if setting and not installed:
+        raise ArgumentError("TensorBoard logs need the tensorboard package: `pip install tensorboard`, "
+                         "or run without --tensorboard. Received: tensorboard=True")
+    return installed if setting is None else bool(setting)
+
+
+def run_callbacks_for(run: RunFolder, config: TrainConfig, train: Any, resolved: dict[str, Any],
+                      state: dict[str, Any] | None, extra: list[keras.callbacks.Callback] | None
+                      ) -> tuple[list[keras.callbacks.Callback], RunCheckpoint]:
+    """The callbacks of a run: kpipe's (`EpochSync` keeps the sampler on the loop's epoch), then ``extra``.
+
+    Args:
+        run: The `RunFolder`.
+        config: The run's `TrainConfig` (``patience``, ``tensorboard``, ``log_every``, ``verbose``).
+        train: The train generator.
+        resolved: ``monitor`` and ``monitor_mode`` as resolved for this run.
+        state: The checkpoint state when resuming, else `None`.
+        extra: The user's callbacks, called after kpipe's.
+
+    Returns:
+        ``(callbacks, the RunCheckpoint)``; the latter's ``history`` is the run's history.
+    """
+    from kpipe.generator import EpochSync
+
+    state = state or {}
+    monitor, mode = resolved["monitor"], resolved["monitor_mode"]
+    best = BestCheckpoint(run.best_weights, monitor=monitor, mode=mode, best=state.get("best"))
+    early = EarlyStopping(monitor=monitor, mode=mode, patience=config.patience,
+                          state=state.get("early_stopping")) if config.patience else None
+    callbacks: list[keras.callbacks.Callback] = [EpochSync(train), best] + ([early] if early else [])
+    callbacks.append(EpochLogger(run.file("log.csv")))
+    if _use_tensorboard(config.tensorboard):
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run.file("tensorboard")), write_graph=False))
+    initial_step = int(state.get("next_epoch", 0)) * len(train)
+    if config.log_every:
+        callbacks.append(StepLossLogger(run.file("steps.csv"), config.log_every, initial_step=initial_step,
+                                        echo=config.verbose == 2))
+    checkpoint = RunCheckpoint(run, history=state.get("history"), best=best, early_stopping=early,
+                               generator=train)
+    return [*callbacks, checkpoint, *(extra or [])], checkpoint

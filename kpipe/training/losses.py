@@ -237,7 +237,7 @@ def build_loss(spec: Any, loss_args: str | Mapping[str, Any] | None = None, *,
 
     Example:
         >>> build_loss("categorical_focal_crossentropy", '{"gamma": 3.0}', outputs="probabilities")
-        <keras.src.losses.losses.CategoricalFocalCrossentropy object at ...>
+        <CategoricalFocalCrossentropy name=categorical_focal_crossentropy ...>
     """
     args = parse_loss_args(loss_args)
     if isinstance(spec, keras.losses.Loss):

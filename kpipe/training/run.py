@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import time
 import warnings
@@ -16,11 +15,10 @@ import numpy as np
 
 from kpipe._io import atomic_save
 from kpipe.errors import KpipeError
-from kpipe.generator import DataGenerator, EpochSync
+from kpipe.generator import DataGenerator
 from kpipe.manifest import Manifest, load_manifest
 from kpipe.training import preflight
-from kpipe.training.callbacks import BestCheckpoint, EarlyStopping, EpochLogger, RunCheckpoint, StepLossLogger, \
-    monitor_mode, restore_checkpoint
+from kpipe.training.callbacks import monitor_mode, restore_checkpoint, run_callbacks_for
 from kpipe.training.config import TrainConfig
 from kpipe.training.data import make_generators, probe_generator
 from kpipe.training.distribute import dtype_policy, get_strategy, output_dtype_warning
@@ -111,36 +109,6 @@ def _build(manifest: Manifest, config: TrainConfig, *, model: Any, loss: Any, st
                 else loss_name(loss_spec), "dtype_policy": policy, "strategy": type(strategy).__name__,
                 "replicas": int(strategy.num_replicas_in_sync)}
     return _Setup(loop, trained, resolved_loss, train, validation, test, resolved)
-
-
-def _use_tensorboard(setting: bool | None) -> bool:
-    """Whether to add the TensorBoard callback: ``setting``, or (`None`) whether tensorboard is installed."""
-    installed = importlib.util.find_spec("tensorboard") is not None
-    if setting and not installed:
-        raise KpipeError("TensorBoard logs need the tensorboard package: `pip install tensorboard`, "
-                         "or run without --tensorboard. Received: tensorboard=True")
-    return installed if setting is None else bool(setting)
-
-
-def _callbacks(run: RunFolder, config: TrainConfig, setup: _Setup, state: dict[str, Any] | None,
-               extra: list[keras.callbacks.Callback] | None) -> tuple[list[keras.callbacks.Callback], RunCheckpoint]:
-    """kpipe's callbacks (EpochSync keeps the sampler on the loop's epoch), then the user's."""
-    state = state or {}
-    monitor, mode = setup.resolved["monitor"], setup.resolved["monitor_mode"]
-    best = BestCheckpoint(run.best_weights, monitor=monitor, mode=mode, best=state.get("best"))
-    early = EarlyStopping(monitor=monitor, mode=mode, patience=config.patience,
-                          state=state.get("early_stopping")) if config.patience else None
-    callbacks: list[keras.callbacks.Callback] = [EpochSync(setup.train), best] + ([early] if early else [])
-    callbacks.append(EpochLogger(run.file("log.csv")))
-    if _use_tensorboard(config.tensorboard):
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run.file("tensorboard")), write_graph=False))
-    initial_step = int(state.get("next_epoch", 0)) * len(setup.train)
-    if config.log_every:
-        callbacks.append(StepLossLogger(run.file("steps.csv"), config.log_every, initial_step=initial_step,
-                                        echo=config.verbose == 2))
-    checkpoint = RunCheckpoint(run, history=state.get("history"), best=best, early_stopping=early,
-                               generator=setup.train)
-    return [*callbacks, checkpoint, *(extra or [])], checkpoint
 
 
 def _resume(run: RunFolder, setup: _Setup, state: dict[str, Any]) -> int:
@@ -268,7 +236,7 @@ def train(
         run.create(replace=state is None and config.overwrite)
         run.write_config(config, manifest=manifest, resolved=setup.resolved)
         initial_epoch = _resume(run, setup, state) if state is not None else 0
-        run_callbacks, checkpoint = _callbacks(run, config, setup, state, callbacks)
+        run_callbacks, checkpoint = run_callbacks_for(run, config, setup.train, setup.resolved, state, callbacks)
         _fit(run, setup, config, run_callbacks, initial_epoch, manifest)
         export, metrics = _finish(run, setup, config, manifest, checkpoint.history)
     seconds = time.perf_counter() - started

@@ -31,7 +31,7 @@ Example:
                 return -0.01 * keras.ops.mean(keras.ops.sum(-y_pred * keras.ops.log(y_pred + 1e-7), axis=-1))
 
 Reference: "Customizing what happens in fit() with TensorFlow" (keras.io/guides),
-and `keras.src.backend.tensorflow.trainer.TensorFlowTrainer.train_step`,
+and `TensorFlowTrainer.train_step` (keras/src/backend/tensorflow/trainer.py),
 which this follows line by line before adding the extension points.
 """
 
