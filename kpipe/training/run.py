@@ -168,11 +168,12 @@ def _finish(run: RunFolder, setup: _Setup, config: TrainConfig, manifest: Manife
         export.optimizer.build(export.trainable_variables)  # so that load_model finds the variables it expects
     with writing(run.file("model.keras")):
         atomic_save(run.file("model.keras"), export.save)
-    data, partition = next((d, p) for d, p in ((setup.test, "test"), (setup.validation, "validation"), (None, "train"))
-                           if d is not None or p == "train")
-    if data is None:
-        data = DataGenerator(manifest, "train", shuffle=False, batch_size=config.batch_size,
-                             label_mode=setup.resolved["label_mode"], rescale=setup.resolved["rescale"])
+    if setup.test is not None or setup.validation is not None:
+        data, partition = (setup.test, "test") if setup.test is not None else (setup.validation, "validation")
+    else:  # the train partition, in order and unweighted
+        data, partition = DataGenerator(manifest, "train", shuffle=False, batch_size=config.batch_size,
+                                        label_mode=setup.resolved["label_mode"],
+                                        rescale=setup.resolved["rescale"]), "train"
     metrics = {"partition": partition} | evaluate_on(export, data, manifest.classes)
     monitor, monitored = setup.resolved["monitor"], history.get(setup.resolved["monitor"]) or []
     metrics |= {"loop": config.loop, "epochs_trained": len(history.get("loss", [])), "monitor": monitor}

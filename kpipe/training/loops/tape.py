@@ -34,7 +34,7 @@ from kpipe.training.loops.base import Loop, with_options
 
 def iterate_batches(dataset: Any) -> Iterator[Any]:
     """Yield ``dataset[0], dataset[1], ...`` for one epoch, between its ``on_epoch_begin`` / ``on_epoch_end``."""
-    begin = getattr(dataset, "on_epoch_begin", None)  # a PyDataset hook since Keras 3.? (absent in 3.3)
+    begin = getattr(dataset, "on_epoch_begin", None)  # a PyDataset hook since Keras 3.5
     if begin is not None:
         begin()
     for i in range(len(dataset)):
