@@ -4,8 +4,9 @@ Public names::
 
     from kpipe import DataGenerator, Manifest, prepare, train
 
-Names that need TensorFlow / Keras (`DataGenerator`, `train`, ...) are
-imported on first use, so ``import kpipe`` and ``kpipe prepare`` stay fast.
+Every public name is imported on first use (PEP 562 module ``__getattr__``),
+so ``import kpipe`` loads neither scikit-learn nor TensorFlow, and
+``kpipe --help`` starts at once.
 """
 
 from __future__ import annotations
@@ -13,16 +14,15 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
-
-from kpipe.convert import ConvertResult, convert  # noqa: E402
-from kpipe.errors import (  # noqa: E402
+from kpipe._version import __version__
+from kpipe.errors import (
     ArgumentError,
     InputError,
     KpipeError,
     LoadError,
     ManifestError,
     OutputExistsError,
+    OutputWriteError,
     SampleNotFoundError,
     SamplingError,
     SplitError,
@@ -31,20 +31,26 @@ from kpipe.errors import (  # noqa: E402
     WeightError,
     WorkerError,
 )
-from kpipe.manifest import Manifest  # noqa: E402
-from kpipe.prepare import PrepareResult, prepare  # noqa: E402
-from kpipe.sampling import (  # noqa: E402
-    BalancedSampler,
-    BootstrapSampler,
-    Sampler,
-    SequentialSampler,
-    ShuffleSampler,
-    make_sampler,
-)
-from kpipe.storage import Hdf5Store, MemoryStore, NpyStore, Store, open_store  # noqa: E402
-from kpipe.weights import SampleWeights, compute_sample_weights  # noqa: E402
 
 _LAZY = {
+    "ConvertResult": "kpipe.convert",
+    "convert": "kpipe.convert",
+    "Manifest": "kpipe.manifest",
+    "PrepareResult": "kpipe.prepare",
+    "prepare": "kpipe.prepare",
+    "BalancedSampler": "kpipe.sampling",
+    "BootstrapSampler": "kpipe.sampling",
+    "Sampler": "kpipe.sampling",
+    "SequentialSampler": "kpipe.sampling",
+    "ShuffleSampler": "kpipe.sampling",
+    "make_sampler": "kpipe.sampling",
+    "Hdf5Store": "kpipe.storage",
+    "MemoryStore": "kpipe.storage",
+    "NpyStore": "kpipe.storage",
+    "Store": "kpipe.storage",
+    "open_store": "kpipe.storage",
+    "SampleWeights": "kpipe.weights",
+    "compute_sample_weights": "kpipe.weights",
     "DataGenerator": "kpipe.generator",
     "EpochSync": "kpipe.generator",
     "KpipeModel": "kpipe.training",
@@ -64,6 +70,10 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'kpipe' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
     "ArgumentError",
     "BalancedSampler",
@@ -81,6 +91,7 @@ __all__ = [
     "MemoryStore",
     "NpyStore",
     "OutputExistsError",
+    "OutputWriteError",
     "PrepareResult",
     "SampleNotFoundError",
     "SampleWeights",

@@ -144,7 +144,7 @@ def describe_os_error(e: BaseException) -> str:
 
 
 def output_write_error(e: OSError, path: str | os.PathLike, *, out: str | os.PathLike | None = None):
-    """A `StoreError` for an error *writing output*: never an input's fault.
+    """An `OutputWriteError` (a `StoreError`) for an error *writing output*: never an input's fault.
 
     Args:
         e: The OS error.
@@ -152,7 +152,7 @@ def output_write_error(e: OSError, path: str | os.PathLike, *, out: str | os.Pat
         out: The output folder the user asked for; the message says it was
             left as it was.
     """
-    from kpipe.errors import StoreError
+    from kpipe.errors import OutputWriteError
 
     untouched = f" {out} was left as it was." if out is not None else ""
-    return StoreError(f"Cannot write the output {path}: {describe_os_error(e)}.{untouched}")
+    return OutputWriteError(f"Cannot write the output {path}: {describe_os_error(e)}.{untouched}")

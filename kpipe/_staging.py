@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from kpipe._io import atomic_write_json, output_write_error
-from kpipe.errors import InputError, KpipeError, OutputExistsError, StoreError
+from kpipe.errors import InputError, KpipeError, OutputExistsError, OutputWriteError, StoreError
 
 MARKER_NAME = ".kpipe-dataset"
 """Ownership marker written into every dataset folder kpipe creates (JSON: kpipe version, writer process)."""
@@ -116,7 +116,7 @@ def read_marker(folder: Path) -> dict[str, Any] | None:
 
 
 def _write_marker(folder: Path, token: str) -> None:
-    from kpipe import __version__
+    from kpipe._version import __version__
 
     atomic_write_json(folder / MARKER_NAME, {
         "kpipe": "dataset",
@@ -340,8 +340,8 @@ def staged_dataset(out: str | os.PathLike, *, source: str | os.PathLike | None, 
         staging._abort()
         if isinstance(e, OSError) and not isinstance(e, KpipeError):
             raise output_write_error(e, getattr(e, "filename", None) or path, out=out) from None
-        if type(e) is StoreError and "left as it was" not in str(e):  # a file could not be read or written
-            raise StoreError(f"{e} {out} was left as it was.") from None
+        if type(e) in (StoreError, OutputWriteError) and "left as it was" not in str(e):  # a file failed
+            raise type(e)(f"{e} {out} was left as it was.") from None
         raise
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -33,9 +34,13 @@ __all__ = [
     "check_class_index",
     "check_class_labels",
     "check_int",
+    "check_json_object",
     "check_number",
+    "check_optional_bool",
     "check_positive_int",
     "check_seed",
+    "check_text",
+    "check_text_choice",
     "check_weight",
     "parse_json_value",
 ]
@@ -305,3 +310,50 @@ def check_class_labels(labels: Any, name: str = "labels", *, num_classes: int | 
             f"({k} classes). Labels are class indices, never negative. Received: {name}[{row}]={y[row].item()!r}"
         )
     return as_int
+
+
+def check_text_choice(value: Any, name: str, choices: Iterable[str], *, allow_none: bool = False,
+                      error: type[KpipeError] = ArgumentError) -> str | None:
+    """A string option that is one of ``choices``; the message lists them as typed on a command line.
+
+    Example:
+        >>> check_text_choice("tape", "loop", ("fit", "step", "tape"))
+        'tape'
+    """
+    choices = tuple(choices)
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, str) or value not in choices:
+        raise error(f"`{name}` must be one of {', '.join(choices)}{' or None' if allow_none else ''}. "
+                    f"Received: {name}={value!r}")
+    return value
+
+
+def check_text(value: Any, name: str, *, allow_none: bool = False, error: type[KpipeError] = ArgumentError
+               ) -> str | None:
+    """A non-empty string (a name, a path, a ``module:attr`` spec); `None` when allowed."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value:
+        raise error(f"`{name}` must be a non-empty string{' or None' if allow_none else ''}. "
+                    f"Received: {name}={value!r}")
+    return value
+
+
+def check_optional_bool(value: Any, name: str, *, error: type[KpipeError] = ArgumentError) -> bool | None:
+    """`True`, `False` or `None` (an option whose default is decided later, e.g. "when installed")."""
+    return None if value is None else check_bool(value, name, error=error)
+
+
+def check_json_object(value: Any, name: str, *, example: str = '{"gamma": 3.0}', allow_none: bool = True,
+                      error: type[KpipeError] = ArgumentError) -> dict[str, Any] | None:
+    """A mapping, or a string holding a JSON object; returns a new `dict` (`None` or ``""``: `None`)."""
+    if value is None or value == "":
+        if allow_none:
+            return None
+    value = parse_json_value(value, name, example=example, error=error)
+    if not isinstance(value, dict):
+        raise error(f"`{name}` must be a JSON object (a dict) such as '{example}'. Received: {name}={value!r}")
+    return dict(value)

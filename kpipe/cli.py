@@ -2,84 +2,106 @@
 
 Each command parses its options, calls one library function and prints a
 one-line summary. Library errors (`KpipeError`) become a plain message and
-exit code 1; bad option values exit 2 (click's convention). TensorFlow is
-imported only by the commands that train, with its C++ start-up logs quieted
-unless ``TF_CPP_MIN_LOG_LEVEL`` is set.
+exit code 1; bad option values exit 2 (click's convention). The options of
+``kpipe train`` are generated from `kpipe.training.config.TrainConfig`.
+Nothing here changes the process outside a running command: warnings are
+printed plainly, and TensorFlow's C++ start-up lines filtered out of stderr,
+only while a command runs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
+import re
 import sys
+import threading
 import warnings
 from pathlib import Path
 
 import click
 
-from kpipe import __version__
-from kpipe.errors import KpipeError, kpipe_error_in
+from kpipe._version import __version__
+from kpipe.errors import KpipeError
+
+# TensorFlow's C++ log lines (absl: "I0000 00:00:17.5 123 file.cc:45] ...", the older
+# "2024-01-01 10:00:00.000: I tensorflow/...") and absl's pre-init notice, printed to fd 2
+# before any Python setting can stop them; other lines (a real error) pass through.
+_TF_NOISE = re.compile(
+    r"^(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ \S+:\d+\] |\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] "
+    r"|WARNING: All log messages before absl::InitializeLog\(\) is called|To enable the following instructions:)"
+)
 
 
 def _handle_errors(fn):
-    """Turn library errors into `click.ClickException` (message, exit 1, no traceback)."""
+    """Turn library errors into `click.ClickException` (message, exit 1, no traceback); warnings print plainly."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except KpipeError as e:
-            raise click.ClickException(str(e)) from None
-        except Exception as e:
-            # A kpipe error raised inside TensorFlow (tf.data runs the generator) arrives wrapped.
-            recovered = kpipe_error_in(str(e))
-            if recovered is None:
-                raise
-            raise click.ClickException(str(recovered)) from None
+        with warnings.catch_warnings():  # restores the process's warning settings when the command ends
+            warnings.showwarning = _show_warning
+            try:
+                return fn(*args, **kwargs)
+            except KpipeError as e:
+                raise click.ClickException(str(e)) from None
 
     return wrapper
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as people read them at the command line: no source file, no code line."""
+    click.echo(f"Warning: {message}", err=True)
+
+
 @contextlib.contextmanager
-def _stderr_fd_silenced(enabled: bool = True):
-    """Send file descriptor 2 to /dev/null (C++ logs printed before absl's init ignore every env var)."""
-    if not enabled:
+def _tf_noise_filtered():
+    """Filter TensorFlow's C++ log lines out of file descriptor 2 while the block runs; pass everything else.
+
+    Set ``TF_CPP_MIN_LOG_LEVEL`` (e.g. 0) to see every line: then nothing is filtered.
+    """
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
         yield
         return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"  # TensorFlow reads it at import; info and warnings off
     sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
+    saved, (read_end, write_end) = os.dup(2), os.pipe()
+
+    def forward() -> None:
+        with os.fdopen(read_end, "rb") as pipe:
+            for raw in pipe:
+                if not _TF_NOISE.match(raw.decode("utf-8", "replace")):
+                    os.write(saved, raw)
+
+    thread = threading.Thread(target=forward, name="kpipe-stderr-filter", daemon=True)
+    thread.start()
+    os.dup2(write_end, 2)
+    os.close(write_end)
     try:
-        os.dup2(devnull, 2)
         yield
     finally:
         sys.stderr.flush()
-        os.dup2(saved, 2)
+        os.dup2(saved, 2)  # closes the pipe's last write end: the thread drains it and stops
+        thread.join(timeout=5)
         os.close(saved)
-        os.close(devnull)
+        del os.environ["TF_CPP_MIN_LOG_LEVEL"]
 
 
-def import_tensorflow_quietly() -> None:
-    """Import TensorFlow and Keras with the start-up log noise kept out of the way.
-
-    Sets ``TF_CPP_MIN_LOG_LEVEL=2`` (warnings and info off) unless the user set
-    it; with the default, the import itself also runs with stderr silenced.
-    Set ``TF_CPP_MIN_LOG_LEVEL=0`` to see everything.
-    """
-    user_set = "TF_CPP_MIN_LOG_LEVEL" in os.environ
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with _stderr_fd_silenced(not user_set):
-        import keras  # noqa: F401
-        import tensorflow as tf  # noqa: F401
-
-        tf.get_logger().setLevel("ERROR")
-        tf.config.list_physical_devices()  # device probing logs here too
-
-
-def _format_warning(message, category, filename, lineno, line=None) -> str:
-    """Warnings as people read them at the command line: no source file, no code line."""
-    return f"Warning: {message}\n"
+@contextlib.contextmanager
+def _kpipe_info_to_stderr():
+    """Print kpipe's INFO log lines (e.g. the label mode chosen for a custom loss) while a command runs."""
+    logger = logging.getLogger("kpipe")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -92,7 +114,6 @@ def main() -> None:
     kpipe verify prepared/manifest.json
     kpipe train prepared/manifest.json
     """
-    warnings.formatwarning = _format_warning
 
 
 # ----------------------------------------------------------------- prepare
@@ -243,96 +264,73 @@ def convert(manifest: Path, out: Path, **options) -> None:
 
 
 # ------------------------------------------------------------------- train
+_CLICK_KIND = {"int": int, "float": float, "text": str}
+
+
+def _click_option(name: str, default, option) -> dict:
+    """click keyword arguments for one `TrainConfig` field (its `Option`): every default is `None` ("not given")."""
+    kwargs: dict = {"default": None, "help": option.help}
+    if default is not None and option.kind not in ("flag", "switch"):
+        kwargs["help"] += f"  [default: {default}]"
+    if option.choices is not None:
+        kwargs["type"] = click.Choice(option.choices)
+    elif option.kind == "int" and (option.minimum is not None or option.maximum is not None):
+        kwargs["type"] = click.IntRange(min=option.minimum, max=option.maximum)
+    elif option.kind == "float" and option.minimum is not None:
+        kwargs["type"] = click.FloatRange(min=option.minimum, min_open=option.min_open)
+    elif option.kind in ("path", "dir"):
+        kwargs["type"] = click.Path(path_type=Path, exists=option.kind == "dir", file_okay=option.kind != "dir")
+    elif option.kind == "flag":
+        kwargs["is_flag"] = True
+    elif option.kind != "switch":
+        kwargs["type"] = _CLICK_KIND[option.kind]
+    if option.metavar:
+        kwargs["metavar"] = option.metavar
+    return kwargs
+
+
+def _train_options(command):
+    """One click option per `TrainConfig` field, generated from the schema, plus ``--config``."""
+    from kpipe.training.config import options
+
+    command = click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                           default=None, help="TOML (or JSON) file with one key per option; options given here "
+                                              "override it.")(command)
+    for name, default, option in reversed(list(options())):
+        if not option.cli:
+            continue
+        flag = "--" + name.replace("_", "-")
+        decls = option.flags or (f"{flag}/--no-{flag[2:]}" if option.kind == "switch" else flag,)
+        command = click.option(*decls, name, **_click_option(name, default, option))(command)
+    return command
+
+
 @main.command()
 @click.argument("manifest", type=click.Path(path_type=Path))
-@click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
-              help="Run folder (default: runs/<time> next to the manifest).")
-@click.option("--model", default="default", show_default=True,
-              help="default, or a factory module:function / path.py:function(input_shape, num_classes).")
-@click.option("--loss", default="sparse_categorical_crossentropy", show_default=True,
-              help="Keras loss name, or module:function / path.py:function(y_true, y_pred).")
-@click.option("--label-mode", type=click.Choice(["int", "categorical", "binary"]), default=None,
-              help="Label encoding (default: from the loss).")
-@click.option("--optimizer", default="adam", show_default=True, help="Keras optimizer name.")
-@click.option("--learning-rate", "--lr", default=1e-3, show_default=True, type=float)
-@click.option("--epochs", default=15, show_default=True, type=click.IntRange(min=1))
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of initialization, shuffling, dropout.")
-@click.option("--rescale", default=None, type=float,
-              help="Multiply inputs by this (default: 1/255 for uint8 data, else a Normalization layer).")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Threads (or processes) making batches.")
-@click.option("--use-multiprocessing", is_flag=True, help="Make batches in processes, not threads.")
-@click.option("--max-queue-size", default=10, show_default=True, type=click.IntRange(min=1),
-              help="Batches kept ready ahead.")
-@click.option("--verbose", type=click.IntRange(0, 2), default=None,
-              help="Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch (default: 1 on a terminal).")
-@click.option("--sampling", type=click.Choice(["shuffle", "balanced", "bootstrap", "sequential"]), default=None,
-              help="How the train partition is sampled each epoch (default: shuffle).")
-@click.option("--balance", type=click.Choice(["undersample", "oversample", "none", "stratified", "balanced"]),
-              default=None, help="balanced: undersample (default) | oversample; bootstrap: none | stratified | balanced.")
-@click.option("--samples-per-epoch", type=click.IntRange(min=1), default=None,
-              help="Samples per epoch for --sampling balanced/bootstrap (default: from --balance).")
-@click.option("--target-distribution", default=None, metavar="JSON",
-              help='Class shares for --sampling balanced, e.g. \'{"cat": 0.5, "dog": 0.5}\' (default: uniform).')
-@click.option("--class-weight", default=None, metavar="balanced|JSON",
-              help='balanced (n_samples / (n_classes * count)) or JSON class -> weight, e.g. \'{"7": 2.0}\'.')
-@click.option("--condition-weights", default=None, metavar="JSON",
-              help='JSON class -> factor multiplying the weight of that class\'s samples.')
-@click.option("--sample-weights", "use_sample_weights", is_flag=True,
-              help="Multiply by the per-sample weights stored by `kpipe prepare --weight-column/--weights`.")
-# --- training loops, losses, run folder (issue 5)
-@click.option("--loop", type=click.Choice(["fit", "step", "tape"]), default=None,
-              help="fit: model.fit; step: a Model subclass with its own train_step; "
-                   "tape: an explicit tf.GradientTape loop (default: fit).")
-@click.option("--loss-args", default=None, metavar="JSON",
-              help='Arguments of a Keras loss class, e.g. \'{"gamma": 3.0}\' with --loss categorical_focal_crossentropy.')
-@click.option("--step-model", default=None, metavar="MODULE:CLASS",
-              help="With --loop step: a kpipe.training.KpipeModel subclass, module:Class or path.py:Class.")
-@click.option("--clip-norm", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Clip gradients by global norm.")
-@click.option("--accumulation-steps", type=click.IntRange(min=1), default=None,
-              help="Average the gradients of this many batches per update (default: 1).")
-@click.option("--log-every", type=click.IntRange(min=0), default=None,
-              help="Write the training loss to RUN/steps.csv every N steps (default: 0, never).")
-@click.option("--monitor", default=None, help="Value that picks the best model and drives --patience (default: val_loss).")
-@click.option("--patience", type=click.IntRange(min=0), default=None,
-              help="Stop after N epochs without improvement of --monitor (default: never).")
-@click.option("--tensorboard/--no-tensorboard", default=None,
-              help="TensorBoard logs in RUN/tensorboard (default: when tensorboard is installed).")
-@click.option("--mixed-precision/--no-mixed-precision", default=None,
-              help="Train with the mixed_float16 policy and loss scaling (GPU).")
-@click.option("--distribute", type=click.Choice(["auto", "none", "mirrored"]), default=None,
-              help="Distribution strategy (default: auto, MirroredStrategy when several GPUs are visible).")
-@click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Continue the run in this folder from its last checkpoint (its config.json is the base).")
-@click.option("--overwrite", is_flag=True, default=None, help="Replace the run folder --out if it exists.")
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="TOML (or JSON) file with one key per option; options given here override it.")
+@_train_options
 @_handle_errors
-def train(manifest: Path, out: Path | None, **options) -> None:
+def train(manifest: Path, config_file: Path | None, **options) -> None:
     """Train a model on MANIFEST's train partition, validate each epoch, evaluate on test.
 
     Writes the run folder: model.keras (best by --monitor), history.json, metrics.json,
     config.json, log.csv, curves.png, confusion_matrix.png, checkpoint/ (for --resume).
+    Options, the manifest and the run folder are checked before TensorFlow starts.
     """
     from kpipe.manifest import Manifest
+    from kpipe.training.config import TrainConfig
+    from kpipe.training.preflight import check_run
 
-    loaded = Manifest.load(manifest)  # fail fast, before TensorFlow's start-up
-    import_tensorflow_quietly()
-    from kpipe.training import TrainConfig
-    from kpipe.training import train as run_train
-
+    explicit = {name for name, value in options.items() if value is not None}
     if options.get("verbose") is None:
-        options["verbose"] = 1 if sys.stdout.isatty() else 2
-    ctx = click.get_current_context()
-    explicit = {name for name in [*options, "out"]
-                if ctx.get_parameter_source(name) in (click.core.ParameterSource.COMMANDLINE,
-                                                      click.core.ParameterSource.ENVIRONMENT)}
-    config_file = options.pop("config_file", None)
-    options["out"] = out
+        options["verbose"] = 1 if sys.stdout.isatty() else 2  # under a --config file's value
+    options = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
     config = TrainConfig.from_options(options, explicit=explicit, config_file=config_file)
-    result = run_train(loaded, config)
+    loaded = Manifest.load(manifest)
+    check_run(loaded, config)  # before TensorFlow's start-up
+    with _tf_noise_filtered(), _kpipe_info_to_stderr():
+        from kpipe.training.run import train as run_train
+
+        result = run_train(loaded, config)
     click.echo(result.summary())
 
 

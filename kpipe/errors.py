@@ -51,6 +51,12 @@ class OutputExistsError(KpipeError, FileExistsError):
     """An output folder that exists already and would be overwritten."""
 
 
+class OutputWriteError(StoreError):
+    """An output that cannot be written (no space left on the device, a read-only or forbidden folder): the
+    environment's fault, never an input's; the message names the file. A `StoreError`, as every error about a
+    storage file."""
+
+
 class LoadError(KpipeError, ImportError):
     """A user object (`module:function` or `path.py:function`) that cannot be loaded."""
 
@@ -71,7 +77,7 @@ class TransformError(KpipeError, RuntimeError):
 
             try:
                 pickle.dumps(cause)
-            except Exception:  # noqa: BLE001 - any unpicklable cause travels as its text
+            except Exception:
                 cause = RuntimeError(f"{type(cause).__name__}: {cause}")
         return _rebuild_with_cause, (type(self), self.args, cause)
 
@@ -85,26 +91,3 @@ def _rebuild_with_cause(cls: type[BaseException], args: tuple, cause: BaseExcept
     error.__cause__ = cause
     return error
 
-
-def kpipe_error_in(message: str) -> KpipeError | None:
-    """The kpipe error quoted in an error message from another layer, if any.
-
-    Keras runs `DataGenerator.__getitem__` inside ``tf.data`` on the
-    TensorFlow backend, which re-raises a kpipe error as an ``UnknownError``
-    whose message quotes the original traceback's last line
-    (``kpipe.errors.SampleNotFoundError: Sample '7' has no file ...``).
-    This recovers that error so that it can be raised as itself.
-
-    Returns:
-        A new instance of the quoted kpipe error class with its message, or
-        `None` if the message quotes none.
-    """
-    import re
-
-    match = re.search(r"kpipe\.[\w.]*?(\w+Error): (.*?)(?:\n\s*\[\[|\n*$)", message, flags=re.DOTALL)
-    if match is None:
-        return None
-    cls = globals().get(match.group(1))
-    if not (isinstance(cls, type) and issubclass(cls, KpipeError)):
-        cls = KpipeError
-    return cls(match.group(2).strip())

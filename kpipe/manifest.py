@@ -387,7 +387,7 @@ class Manifest:
     # ------------------------------------------------------------ (de)serialize
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready dict written to ``manifest.json``."""
-        from kpipe import __version__
+        from kpipe._version import __version__
 
         d: dict[str, Any] = {
             "format_version": self.format_version,

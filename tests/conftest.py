@@ -11,35 +11,9 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 # Shard verification markers (kpipe.storage.hdf5.cache_dir) go to a throw-away folder, not ~/.cache/kpipe.
 os.environ.setdefault("KPIPE_CACHE_DIR", tempfile.mkdtemp(prefix="kpipe-test-cache-"))
 
-import numpy as np
 import pytest
-from PIL import Image
 
-
-def make_image_folder(root: Path, class_counts: dict[str, int], size: tuple[int, int] = (8, 8),
-                      mode: str = "L", seed: int = 0, ext: str = ".png") -> Path:
-    """``root/<class>/img_<k>.png`` with random pixels; returns ``root``."""
-    rng = np.random.default_rng(seed)
-    channels = {"L": None, "RGB": 3, "RGBA": 4}[mode]
-    for name, count in class_counts.items():
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for k in range(count):
-            shape = size if channels is None else (*size, channels)
-            arr = rng.integers(0, 256, shape, dtype=np.uint8)
-            Image.fromarray(arr).save(root / name / f"img_{k:03d}{ext}")
-    return root
-
-
-def make_indexed_npy_folder(root: Path, class_counts: dict[str, int], shape=(4, 4, 1)) -> Path:
-    """``root/<class>/s_<k>.npy``: every sample is filled with its global index (float32), so a
-    batch's content tells which samples it holds."""
-    index = 0
-    for name, count in class_counts.items():
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for k in range(count):
-            np.save(root / name / f"s_{k:03d}.npy", np.full(shape, index, dtype=np.float32))
-            index += 1
-    return root
+from helpers import make_image_folder, make_indexed_npy_folder
 
 
 @pytest.fixture

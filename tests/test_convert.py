@@ -106,7 +106,7 @@ def test_cli_prepare_hdf5_and_convert(image_folder, tmp_path):
 def test_shard_reads_sample_values(tmp_path):
     """The HDF5 files are plain HDF5: h5py alone reads the samples back."""
     import h5py
-    from conftest import make_indexed_npy_folder
+    from helpers import make_indexed_npy_folder
 
     raw = make_indexed_npy_folder(tmp_path / "raw", {"a": 6, "b": 6})
     m = prepare(raw, tmp_path / "h5", split="0.5,0.5,0", format="hdf5", n_jobs=1).manifest

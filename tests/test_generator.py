@@ -73,7 +73,7 @@ def test_label_modes_and_rescale(indexed_manifest: Path):
 
 
 def test_binary_label_mode(tmp_path: Path):
-    from conftest import make_indexed_npy_folder
+    from helpers import make_indexed_npy_folder
 
     from kpipe.prepare import prepare
 
@@ -455,7 +455,7 @@ def test_fit_over_steps_per_epoch_windows_is_exact_with_threads_and_processes(in
 def test_rebuilt_generators_keep_threads_and_memory_flat(tmp_path: Path):
     """A loop of DataGenerator(cache="memory", workers=2) -> fit -> close used to add threads and memory every
     round (Keras keeps every dataset given to fit alive)."""
-    from conftest import make_indexed_npy_folder
+    from helpers import make_indexed_npy_folder
 
     from kpipe.prepare import prepare
 

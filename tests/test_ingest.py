@@ -3,7 +3,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_image_folder
+from helpers import make_image_folder
 from PIL import Image
 
 from kpipe.errors import InputError

@@ -104,7 +104,7 @@ def test_model_outputs_from_the_last_activation():
     assert model_outputs(softmax_model(activation=None)) == "logits"
     from kpipe.training import default_model
 
-    assert default_model((8, 8, 1), 3).kpipe_outputs == "probabilities"
+    assert model_outputs(default_model((8, 8, 1), 3)) == "probabilities"
 
 
 # ------------------------------------------------------------------ checking
@@ -150,8 +150,8 @@ def test_a_good_loss_passes_with_sample_weights():
 # ------------------------------------------------------------------ through train()
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> Path:
+    from helpers import make_pattern_folder
     from kpipe.prepare import prepare
-    from test_training_loops import make_pattern_folder
 
     root = tmp_path_factory.mktemp("loss_data")
     return prepare(make_pattern_folder(root / "raw", per_class=20), root / "prepared", split="0.6,0.2,0.2",

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import make_image_folder, make_indexed_npy_folder
+from helpers import make_image_folder, make_indexed_npy_folder
 
 from kpipe._io import describe_os_error
 from kpipe._staging import MARKER_NAME, recover_interrupted, staged_dataset

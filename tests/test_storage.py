@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_indexed_npy_folder
+from helpers import make_indexed_npy_folder
 
 from kpipe.convert import convert
 from kpipe.errors import InputError, ManifestError, SampleNotFoundError, StoreError
@@ -131,7 +131,7 @@ def test_threads_share_a_store(datasets, expected):
     for kind in ("npy", "hdf5", "hdf5-pread", "hdf5-gzip"):
         s = _open(kind, datasets)
         with ThreadPoolExecutor(4) as pool:
-            batches = list(pool.map(lambda k, s=s: s.read_many(ids[k % 4 :: 4]), range(8)))
+            batches = list(pool.map(lambda k, store=s: store.read_many(ids[k % 4 :: 4]), range(8)))
         for k, b in enumerate(batches):
             np.testing.assert_array_equal(b, np.stack([expected[i] for i in ids[k % 4 :: 4]]))
 

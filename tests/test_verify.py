@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import make_image_folder, make_indexed_npy_folder
+from helpers import make_image_folder, make_indexed_npy_folder
 
 from kpipe.cli import main
 from kpipe.errors import ManifestError, StoreError

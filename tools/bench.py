@@ -60,7 +60,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 BATCH = 64
 SIZES = {
@@ -116,7 +116,7 @@ def epochs_numpy(x, y, epochs):
 class ClassicGenerator:
     """The Stanford-blog generator: ``np.load('data/' + ID + '.npy')`` per sample."""
 
-    def __init__(self, list_IDs, labels, data_dir, batch_size, dim, dtype, shuffle=True):  # noqa: N803
+    def __init__(self, list_IDs, labels, data_dir, batch_size, dim, dtype, shuffle=True):
         self.list_IDs, self.labels, self.data_dir = list_IDs, labels, data_dir
         self.batch_size, self.dim, self.dtype, self.shuffle = batch_size, dim, dtype, shuffle
         self.on_epoch_end()
@@ -126,10 +126,10 @@ class ClassicGenerator:
 
     def __getitem__(self, index):
         indexes = self.indexes[index * self.batch_size : (index + 1) * self.batch_size]
-        list_IDs_temp = [self.list_IDs[k] for k in indexes]  # noqa: N806
-        X = np.empty((len(list_IDs_temp), *self.dim), dtype=self.dtype)  # noqa: N806
+        list_IDs_temp = [self.list_IDs[k] for k in indexes]
+        X = np.empty((len(list_IDs_temp), *self.dim), dtype=self.dtype)
         y = np.empty((len(list_IDs_temp)), dtype=int)
-        for i, ID in enumerate(list_IDs_temp):  # noqa: N806
+        for i, ID in enumerate(list_IDs_temp):
             X[i,] = np.load(self.data_dir + "/" + ID + ".npy")
             y[i] = self.labels[ID]
         return X, y
@@ -245,7 +245,7 @@ def bench_size(name: str, spec: dict, args, tmp: Path) -> dict:
     m_npy = write_dataset(folder / "npy", x, y, "npy")
     m_h5 = convert(m_npy, folder / "hdf5", to="hdf5").manifest
     m_lzf = convert(m_npy, folder / "lzf", to="hdf5", compression="lzf").manifest
-    E = args.epochs + 1  # noqa: N806 - + warm-up
+    E = args.epochs + 1
     ids = m_npy.ids("train")
     labels = dict(m_npy.labels)
 

@@ -183,7 +183,7 @@ def dead_worker_check(tmp: Path) -> None:
     t = time.perf_counter()
     try:
         net.fit(gen, epochs=1, verbose=0)
-    except Exception as e:  # noqa: BLE001 - any wrapping TensorFlow adds
+    except Exception as e:
         wrapped = type(e).__name__
     else:
         wrapped = "no error"

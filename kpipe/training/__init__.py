@@ -1,48 +1,61 @@
-"""Training on prepared datasets: default models, losses, the three loops, the run folder.
+"""Training on prepared datasets: the options, the run folder, the loops, models, losses and evaluation.
 
-Three loops over the same generators, losses, callbacks and run folder
-(``kpipe train --loop fit|step|tape``):
+Layout (one job per module)::
 
-* ``fit``: `keras.Model.fit`;
-* ``step``: `KpipeModel`, a `keras.Model` whose `train_step` / `test_step`
-  are written out with extension points (gradient clipping, gradient
-  accumulation, an extra loss term), still run by `fit`;
-* ``tape``: `TapeLoop`, an explicit loop with `tf.GradientTape` and Keras
-  callbacks through `keras.callbacks.CallbackList`.
+    config.py       TrainConfig: the one definition of every option (API, CLI, config file)
+    run_folder.py   RunFolder: layout, ownership marker, overwrite / resume policy, artifacts
+    preflight.py    checks before anything is written: run folder, monitor, dataset; model and loss on one batch
+    loops/          LOOPS = {"fit", "step", "tape"}: one module per loop behind one interface (Loop)
+    run.py          train(): the orchestration of the above
+    evaluate.py     evaluate_on(): loss, accuracy, per-class report on a generator
+    models.py, losses.py, callbacks.py, data.py, distribute.py, artifacts.py, loading.py
+
+Names are imported on first use (PEP 562), so ``from kpipe.training import
+TrainConfig`` loads neither Keras nor TensorFlow, and the ``step`` / ``tape``
+loops' TensorFlow code loads only when that loop runs.
 """
 
-from kpipe.training.distribute import get_strategy
-from kpipe.training.losses import (
-    FunctionLoss,
-    LossCheckError,
-    build_loss,
-    check_loss,
-    label_mode_for_loss,
-    resolve_loss,
-)
-from kpipe.training.models import build_model, default_model
-from kpipe.training.run import LOOPS, TrainConfig, TrainingInterrupted, TrainResult, evaluate_on, train
-from kpipe.training.step import KpipeModel, load_step_model_class, wrap_model
-from kpipe.training.tape import TapeLoop
+from __future__ import annotations
 
-__all__ = [
-    "LOOPS",
-    "FunctionLoss",
-    "KpipeModel",
-    "LossCheckError",
-    "TapeLoop",
-    "TrainConfig",
-    "TrainResult",
-    "TrainingInterrupted",
-    "build_loss",
-    "build_model",
-    "check_loss",
-    "default_model",
-    "evaluate_on",
-    "get_strategy",
-    "label_mode_for_loss",
-    "load_step_model_class",
-    "resolve_loss",
-    "train",
-    "wrap_model",
-]
+import importlib
+from typing import Any
+
+_LAZY = {
+    "TrainConfig": "kpipe.training.config",
+    "RunFolder": "kpipe.training.run_folder",
+    "LOOPS": "kpipe.training.loops",
+    "get_loop": "kpipe.training.loops",
+    "Loop": "kpipe.training.loops.base",
+    "KpipeModel": "kpipe.training.loops.step",
+    "load_step_model_class": "kpipe.training.loops.step",
+    "wrap_model": "kpipe.training.loops.step",
+    "TapeLoop": "kpipe.training.loops.tape",
+    "TrainResult": "kpipe.training.run",
+    "TrainingInterrupted": "kpipe.training.run",
+    "train": "kpipe.training.run",
+    "evaluate_on": "kpipe.training.evaluate",
+    "build_model": "kpipe.training.models",
+    "default_model": "kpipe.training.models",
+    "FunctionLoss": "kpipe.training.losses",
+    "LossCheckError": "kpipe.training.losses",
+    "build_loss": "kpipe.training.losses",
+    "check_loss": "kpipe.training.losses",
+    "label_mode_for_loss": "kpipe.training.losses",
+    "resolve_loss": "kpipe.training.losses",
+    "get_strategy": "kpipe.training.distribute",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'kpipe.training' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = sorted(_LAZY)

@@ -1,6 +1,7 @@
 """The callbacks of a run folder: best model, early stopping, logs, and the checkpoint `--resume` reads.
 
-All are plain `keras.callbacks.Callback` objects, so the three loops share
+All are plain `keras.callbacks.Callback` subclasses using only public hooks
+(``on_epoch_end(epoch, logs)``, ``self.model``), so the three loops share
 them: `fit` and the ``step`` loop get them through `model.fit`, the ``tape``
 loop through `keras.callbacks.CallbackList`.
 
@@ -10,29 +11,43 @@ at the end of every epoch by `RunCheckpoint`:
 * ``last.weights.h5``: the model weights *and the optimizer state* (Keras 3
   `Model.save_weights` includes the optimizer's variables);
 * ``state.json``: the next epoch, the history so far, the random-generator
-  state of Dropout-like layers, the best monitored value and the
-  early-stopping counter.
+  state of Dropout-like layers, the best monitored value, the early-stopping
+  state and the train generator's position.
 """
 
 from __future__ import annotations
 
 import csv
-import json
+import importlib.util
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
 
 from kpipe._io import atomic_save, atomic_write_json
-from kpipe.errors import KpipeError
+from kpipe._validation import check_positive_int
+from kpipe.errors import ArgumentError
+from kpipe.training.run_folder import RunFolder, writing
 
-CHECKPOINT_DIR = "checkpoint"
-LAST_WEIGHTS = "last.weights.h5"
-BEST_WEIGHTS = "best.weights.h5"
-STATE_FILE = "state.json"
+if TYPE_CHECKING:
+    from kpipe.training.config import TrainConfig
+
+
+def monitor_mode(monitor: str) -> str:
+    """``"min"`` for loss- and error-like names (``val_loss``, ``mse``...), ``"max"`` otherwise (accuracy, AUC...)."""
+    lower = monitor.removeprefix("val_").lower()
+    if "loss" in lower or "error" in lower or "crossentropy" in lower or lower in ("mse", "mae", "mape", "msle"):
+        return "min"
+    return "max"
+
+
+def _improves(current: float, best: float | None, mode: str) -> bool:
+    if best is None or not math.isfinite(best):
+        return math.isfinite(current)
+    return current < best if mode == "min" else current > best
 
 
 def _rng_state(model: keras.Model) -> dict[str, list]:
@@ -48,123 +63,132 @@ def _set_rng_state(model: keras.Model, state: dict[str, list]) -> None:
             by_path[path].assign(np.asarray(value, dtype=by_path[path].dtype))
 
 
-class BestCheckpoint(keras.callbacks.ModelCheckpoint):
-    """`keras.callbacks.ModelCheckpoint` of the best weights, atomically, resumable.
+def save_weights(model: keras.Model, path: Path) -> None:
+    """``model.save_weights(path)`` atomically; an `OSError` becomes an `OutputWriteError` naming ``path``."""
+    with writing(path):
+        atomic_save(path, lambda p: model.save_weights(p, overwrite=True))
 
-    Saves ``checkpoint/best.weights.h5`` when ``monitor`` improves. Weights only:
-    the run folder's ``model.keras`` is written once at the end from them, as a
-    plain functional model that loads without kpipe's classes.
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Save the weights of the best epoch by ``monitor``, atomically; resumable.
+
+    Weights only: the run folder's ``model.keras`` is written once at the end
+    from them, as a plain functional model that loads without kpipe's classes.
 
     Args:
         path: The weights file (``*.weights.h5``).
         monitor: Name of the logged value, e.g. ``"val_loss"``.
-        mode: ``"min"``, ``"max"`` or ``"auto"`` (as Keras: ``max`` for accuracy-like names).
+        mode: ``"min"`` or ``"max"``. Defaults to `monitor_mode` of ``monitor``.
         best: The best value so far (resuming); `None` for a new run.
     """
 
-    def __init__(self, path: str | os.PathLike, *, monitor: str = "val_loss", mode: str = "auto",
+    def __init__(self, path: str | os.PathLike, *, monitor: str = "val_loss", mode: str | None = None,
                  best: float | None = None) -> None:
-        super().__init__(str(path), monitor=monitor, mode=mode, save_best_only=True, save_weights_only=True,
-                         initial_value_threshold=best, verbose=0)
+        super().__init__()
+        self.path = Path(path)
+        self.monitor = monitor
+        self.mode = mode or monitor_mode(monitor)
+        self.best = best
 
-    def _save_model(self, epoch, batch, logs):  # noqa: D102 - atomic variant of Keras' save
-        logs = logs or {}
-        current = logs.get(self.monitor)
+    def on_epoch_end(self, epoch, logs=None):
+        current = (logs or {}).get(self.monitor)
+        if current is not None and _improves(float(current), self.best, self.mode):
+            self.best = float(current)
+            save_weights(self.model, self.path)
+
+
+class EarlyStopping(keras.callbacks.Callback):
+    """Stop after ``patience`` epochs without improvement of ``monitor``; its state can be saved and restored.
+
+    The rule of `keras.callbacks.EarlyStopping` (``min_delta=0``, no baseline):
+    each epoch without a strictly better value adds one to ``wait``; training
+    stops when ``wait >= patience``.
+
+    Args:
+        monitor: Name of the logged value.
+        mode: ``"min"`` or ``"max"``.
+        patience: Epochs without improvement before stopping (>= 1).
+        state: A `state` dict of an earlier session (resuming).
+    """
+
+    def __init__(self, *, monitor: str, mode: str, patience: int, state: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.monitor, self.mode = monitor, mode
+        self.patience = check_positive_int(patience, "patience")
+        state = state or {}
+        self.wait = int(state.get("wait") or 0)
+        self.best = state.get("best")
+        self.best_epoch = int(state.get("best_epoch") or 0)
+        self.stopped_epoch = int(state.get("stopped_epoch") or 0)
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = (logs or {}).get(self.monitor)
         if current is None:
             return
-        if self.best is None or self._is_improvement(current, self.best):
-            self.best = float(current)
-            atomic_save(Path(self.filepath), lambda p: self.model.save_weights(p, overwrite=True))
-
-
-class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-    """`keras.callbacks.EarlyStopping` that can start from a saved state (``wait``, ``best``, ``best_epoch``)."""
-
-    def __init__(self, *args: Any, state: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._resume_state = state or {}
-
-    def on_train_begin(self, logs=None):  # noqa: D102
-        super().on_train_begin(logs)
-        for key in ("wait", "best", "best_epoch", "stopped_epoch"):
-            if self._resume_state.get(key) is not None:
-                setattr(self, key, self._resume_state[key])
+        self.wait += 1
+        if _improves(float(current), self.best, self.mode):
+            self.best, self.best_epoch, self.wait = float(current), int(epoch), 0
+        elif self.wait >= self.patience:
+            self.stopped_epoch = int(epoch)
+            self.model.stop_training = True
 
     def state(self) -> dict[str, Any]:
         """``{"wait", "best", "best_epoch", "stopped_epoch"}`` as JSON values."""
-        best = self.best
-        return {"wait": int(self.wait), "best": None if best is None else float(best),
-                "best_epoch": int(self.best_epoch), "stopped_epoch": int(self.stopped_epoch)}
+        return {"wait": self.wait, "best": self.best, "best_epoch": self.best_epoch,
+                "stopped_epoch": self.stopped_epoch}
+
+
+ResumableEarlyStopping = EarlyStopping  # the name of kpipe 0.1
 
 
 class RunCheckpoint(keras.callbacks.Callback):
     """Write ``checkpoint/last.weights.h5`` and ``checkpoint/state.json`` at the end of every epoch.
 
-    Put it after `BestCheckpoint` and `ResumableEarlyStopping` in the list: it
-    records their state for that epoch.
+    Put it after `BestCheckpoint` and `EarlyStopping` in the list: it records
+    their state for that epoch.
 
     Args:
-        run_dir: The run folder.
+        run: The `RunFolder`.
         history: History of the epochs before this session (resuming), ``{name: [values]}``.
         best: The `BestCheckpoint`, if any.
-        early_stopping: The `ResumableEarlyStopping`, if any.
+        early_stopping: The `EarlyStopping`, if any.
         generator: The train generator; its `state_dict()` (sampler position)
             is saved as ``sampler``, at the next epoch.
-        extra: More JSON values kept in ``state.json``.
     """
 
-    def __init__(self, run_dir: str | os.PathLike, *, history: dict[str, list[float]] | None = None,
-                 best: BestCheckpoint | None = None, early_stopping: ResumableEarlyStopping | None = None,
-                 generator: Any = None, extra: dict[str, Any] | None = None) -> None:
+    def __init__(self, run: RunFolder, *, history: dict[str, list[float]] | None = None,
+                 best: BestCheckpoint | None = None, early_stopping: EarlyStopping | None = None,
+                 generator: Any = None) -> None:
         super().__init__()
+        self.run = run
         self.generator = generator
-        self.dir = Path(run_dir) / CHECKPOINT_DIR
         self.history = {k: list(v) for k, v in (history or {}).items()}
         self.best = best
         self.early_stopping = early_stopping
-        self.extra = dict(extra or {})
 
-    def on_epoch_end(self, epoch, logs=None):  # noqa: D102
+    def on_epoch_end(self, epoch, logs=None):
         for k, v in (logs or {}).items():
             if isinstance(v, (int, float, np.floating, np.integer)) or hasattr(v, "numpy"):
                 self.history.setdefault(k, []).append(float(v))
-        self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_save(self.dir / LAST_WEIGHTS, lambda p: self.model.save_weights(p, overwrite=True))
+        save_weights(self.model, self.run.last_weights)
+        best = None if self.best is None else self.best.best
+        sampler = None
+        if self.generator is not None:
+            sampler = dict(self.generator.state_dict()) | {"epoch": int(epoch) + 1}
         state = {
             "next_epoch": int(epoch) + 1,
             "history": self.history,
             "rng_state": _rng_state(self.model),
-            "best": None if self.best is None or self.best.best is None or not math.isfinite(self.best.best)
-            else float(self.best.best),
+            "best": best if best is not None and math.isfinite(best) else None,
             "early_stopping": None if self.early_stopping is None else self.early_stopping.state(),
             "stopped": bool(self.model.stop_training),
-            "sampler": self._sampler_state(epoch + 1),
-        } | self.extra
-        atomic_write_json(self.dir / STATE_FILE, state)
+            "sampler": sampler,
+        }
+        with writing(self.run.state_file):
+            atomic_write_json(self.run.state_file, state)
 
 
-    def _sampler_state(self, next_epoch: int) -> dict[str, Any] | None:
-        if self.generator is None or not hasattr(self.generator, "state_dict"):
-            return None
-        return dict(self.generator.state_dict()) | {"epoch": int(next_epoch)}
-
-
-def load_checkpoint_state(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """``checkpoint/state.json`` of ``run_dir``.
-
-    Raises:
-        KpipeError: If the run folder has no checkpoint.
-    """
-    path = Path(run_dir) / CHECKPOINT_DIR / STATE_FILE
-    if not path.is_file() or not (path.parent / LAST_WEIGHTS).is_file():
-        raise KpipeError(
-            f"No checkpoint to resume from in {run_dir}: {path} is missing (a run writes it after its first "
-            "epoch). Start a new run without --resume."
-        )
-    return json.loads(path.read_text())
-
-
-def restore_checkpoint(model: keras.Model, run_dir: str | os.PathLike, state: dict[str, Any]) -> None:
+def restore_checkpoint(model: keras.Model, run: RunFolder, state: dict[str, Any]) -> None:
     """Load ``last.weights.h5`` (weights and optimizer state) and the RNG state into a compiled model.
 
     The optimizer is built first so that its saved variables have somewhere to go.
@@ -172,8 +196,34 @@ def restore_checkpoint(model: keras.Model, run_dir: str | os.PathLike, state: di
     optimizer = getattr(model, "optimizer", None)
     if optimizer is not None and not optimizer.built:
         optimizer.build(model.trainable_variables)
-    model.load_weights(Path(run_dir) / CHECKPOINT_DIR / LAST_WEIGHTS)
+    model.load_weights(run.last_weights)
     _set_rng_state(model, state.get("rng_state") or {})
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """Append each epoch's logs to a CSV file (``log.csv``), as `keras.callbacks.CSVLogger` writes it.
+
+    Columns: ``epoch``, then the logged names in sorted order. The file is
+    opened for each row and closed at once, so a run that fails mid-way
+    leaves no open file behind; a resumed run appends.
+
+    Args:
+        path: The CSV file.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        super().__init__()
+        self.path = Path(path)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        keys = sorted(logs)
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        with writing(self.path), open(self.path, "a", newline="") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(["epoch", *keys])
+            writer.writerow([epoch, *(logs[k] for k in keys)])
 
 
 class StepLossLogger(keras.callbacks.Callback):
@@ -194,26 +244,23 @@ class StepLossLogger(keras.callbacks.Callback):
 
     def __init__(self, path: str | os.PathLike, every: int, *, initial_step: int = 0, echo: bool = False) -> None:
         super().__init__()
-        if every < 1:
-            raise KpipeError(f"`log_every` must be >= 1 here. Received: log_every={every}")
         self.path = Path(path)
-        self.every = int(every)
+        self.every = check_positive_int(every, "log_every")
         self.step = int(initial_step)
         self.echo = echo
         self._epoch = 0
 
-    def on_epoch_begin(self, epoch, logs=None):  # noqa: D102
+    def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
-    def on_train_batch_end(self, batch, logs=None):  # noqa: D102
+    def on_train_batch_end(self, batch, logs=None):
         self.step += 1
         if self.step % self.every:
             return
         logs = logs or {}
-        loss = logs.get("loss")
-        step_loss = logs.get("step_loss")
+        loss, step_loss = logs.get("loss"), logs.get("step_loss")
         new = not self.path.exists()
-        with open(self.path, "a", newline="") as f:
+        with writing(self.path), open(self.path, "a", newline="") as f:
             writer = csv.writer(f)
             if new:
                 writer.writerow(["step", "epoch", "batch", "loss", "step_loss"])
@@ -222,3 +269,48 @@ class StepLossLogger(keras.callbacks.Callback):
         if self.echo:
             shown = step_loss if step_loss is not None else loss
             print(f"step {self.step} (epoch {self._epoch + 1}, batch {batch + 1}): loss {float(shown):.4f}", flush=True)
+
+
+def _use_tensorboard(setting: bool | None) -> bool:
+    """Whether to add the TensorBoard callback: ``setting``, or (`None`) whether tensorboard is installed."""
+    installed = importlib.util.find_spec("tensorboard") is not None
+    if setting and not installed:
+        raise ArgumentError("TensorBoard logs need the tensorboard package: `pip install tensorboard`, "
+                         "or run without --tensorboard. Received: tensorboard=True")
+    return installed if setting is None else bool(setting)
+
+
+def run_callbacks_for(run: RunFolder, config: TrainConfig, train: Any, resolved: dict[str, Any],
+                      state: dict[str, Any] | None, extra: list[keras.callbacks.Callback] | None
+                      ) -> tuple[list[keras.callbacks.Callback], RunCheckpoint]:
+    """The callbacks of a run: kpipe's (`EpochSync` keeps the sampler on the loop's epoch), then ``extra``.
+
+    Args:
+        run: The `RunFolder`.
+        config: The run's `TrainConfig` (``patience``, ``tensorboard``, ``log_every``, ``verbose``).
+        train: The train generator.
+        resolved: ``monitor`` and ``monitor_mode`` as resolved for this run.
+        state: The checkpoint state when resuming, else `None`.
+        extra: The user's callbacks, called after kpipe's.
+
+    Returns:
+        ``(callbacks, the RunCheckpoint)``; the latter's ``history`` is the run's history.
+    """
+    from kpipe.generator import EpochSync
+
+    state = state or {}
+    monitor, mode = resolved["monitor"], resolved["monitor_mode"]
+    best = BestCheckpoint(run.best_weights, monitor=monitor, mode=mode, best=state.get("best"))
+    early = EarlyStopping(monitor=monitor, mode=mode, patience=config.patience,
+                          state=state.get("early_stopping")) if config.patience else None
+    callbacks: list[keras.callbacks.Callback] = [EpochSync(train), best] + ([early] if early else [])
+    callbacks.append(EpochLogger(run.file("log.csv")))
+    if _use_tensorboard(config.tensorboard):
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run.file("tensorboard")), write_graph=False))
+    initial_step = int(state.get("next_epoch", 0)) * len(train)
+    if config.log_every:
+        callbacks.append(StepLossLogger(run.file("steps.csv"), config.log_every, initial_step=initial_step,
+                                        echo=config.verbose == 2))
+    checkpoint = RunCheckpoint(run, history=state.get("history"), best=best, early_stopping=early,
+                               generator=train)
+    return [*callbacks, checkpoint, *(extra or [])], checkpoint

@@ -1,4 +1,4 @@
-"""The generators a training run reads: train, validation and test."""
+"""The generators a training run reads: train, validation and test, and the one-batch probe of pre-flight."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from kpipe.generator import DataGenerator
 from kpipe.manifest import Manifest
 
 if TYPE_CHECKING:
-    from kpipe.training.run import TrainConfig
+    from kpipe.training.config import TrainConfig
 
 SAMPLING_FIELDS = ("sampling", "balance", "samples_per_epoch", "target_distribution", "class_weight",
                    "condition_weights", "use_sample_weights")
-"""`TrainConfig` fields (issue 4) passed to the train generator under the same names."""
+"""`TrainConfig` fields passed to the train generator under the same names."""
 
 
 def sampling_options(config: Any) -> dict[str, Any]:
@@ -23,6 +23,12 @@ def sampling_options(config: Any) -> dict[str, Any]:
     """
     options = {name: getattr(config, name, None) for name in SAMPLING_FIELDS}
     return {k: v for k, v in options.items() if v is not None and v is not False}
+
+
+def probe_generator(manifest: Manifest, config: TrainConfig, *, rescale: float | None) -> DataGenerator:
+    """The train partition in manifest order with integer labels: pre-flight's batch and the normalizer's data."""
+    return DataGenerator(manifest, "train", shuffle=False, batch_size=config.batch_size, label_mode="int",
+                         rescale=rescale)
 
 
 def make_generators(manifest: Manifest, config: TrainConfig, *, label_mode: str, rescale: float | None
@@ -46,10 +52,7 @@ def make_generators(manifest: Manifest, config: TrainConfig, *, label_mode: str,
     common = dict(batch_size=config.batch_size, seed=config.seed, label_mode=label_mode, rescale=rescale)
     loader = dict(workers=config.workers, use_multiprocessing=config.use_multiprocessing,
                   max_queue_size=config.max_queue_size)
-    options = sampling_options(config)
-    if "sampling" not in options:
-        options["sampling"] = "shuffle"
-    train = DataGenerator(manifest, "train", **common, **loader, **options)
+    train = DataGenerator(manifest, "train", **common, **loader, **sampling_options(config))
     val = (DataGenerator(manifest, "validation", shuffle=False, **common, **loader)
            if manifest.partition.get("validation") else None)
     test = DataGenerator(manifest, "test", shuffle=False, **common) if manifest.partition.get("test") else None

@@ -17,15 +17,19 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-import keras
-import tensorflow as tf
+from typing import TYPE_CHECKING, Any
 
-from kpipe.errors import KpipeError
+import keras
+
+from kpipe._validation import check_text_choice
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 STRATEGIES = ("auto", "none", "mirrored")
 
 
-def get_strategy(name: str | tf.distribute.Strategy | None = "auto") -> tf.distribute.Strategy:
+def get_strategy(name: str | tf.distribute.Strategy | Any | None = "auto") -> tf.distribute.Strategy:
     """The distribution strategy of a run.
 
     Args:
@@ -38,13 +42,13 @@ def get_strategy(name: str | tf.distribute.Strategy | None = "auto") -> tf.distr
         A `tf.distribute.Strategy`.
 
     Raises:
-        KpipeError: On an unknown name.
+        ArgumentError: On an unknown name.
     """
+    import tensorflow as tf  # this hook is TensorFlow's: imported only when a run asks for a strategy
+
     if isinstance(name, tf.distribute.Strategy):
         return name
-    name = name or "auto"
-    if name not in STRATEGIES:
-        raise KpipeError(f"`distribute` must be one of {', '.join(STRATEGIES)}. Received: distribute={name!r}")
+    name = check_text_choice(name or "auto", "distribute", STRATEGIES)
     gpus = tf.config.list_logical_devices("GPU")
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
         return tf.distribute.MirroredStrategy()

@@ -1,4 +1,10 @@
-"""Load user objects named ``module:attr`` or ``path/to/file.py:attr``."""
+"""Load user objects named ``module:attr`` or ``path/to/file.py:attr``.
+
+Only names the user gave (the command line, a ``--config`` file, the Python
+API) reach `load_object`; a run folder or a manifest never names code that
+kpipe imports (see `kpipe.training.config`), and a saved `FunctionLoss`
+imports its code only if this process loaded it already (`is_loaded`).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from kpipe.errors import LoadError
+
+_LOADED: set[str] = set()  # specs this process imported because a user named them
+
+
+def is_loaded(spec: str) -> bool:
+    """True if ``spec`` was loaded by `load_object` in this process (the user named it)."""
+    return spec in _LOADED
 
 
 def is_object_spec(text: str) -> bool:
@@ -68,4 +81,5 @@ def load_object(spec: str, *, what: str = "object") -> Any:
         if not hasattr(obj, part):
             raise LoadError(f"{module_part} has no attribute {attr!r} (the {what} {spec!r}).")
         obj = getattr(obj, part)
+    _LOADED.add(spec)
     return obj

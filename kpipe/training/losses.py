@@ -27,16 +27,17 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import keras
 import numpy as np
 
+from kpipe._validation import check_json_object
 from kpipe.errors import KpipeError, LoadError
-from kpipe.training.loading import is_object_spec, load_object
+from kpipe.training.loading import is_loaded, is_object_spec, load_object
 
 # Label mode each well-known loss needs; others (mse, kl_divergence, custom...) take what they get.
 _INT_LOSSES = ("sparse_categorical_crossentropy", "sparse_categorical_focal_crossentropy",
@@ -95,61 +96,59 @@ class FunctionLoss(keras.losses.Loss):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> FunctionLoss:
+        """Rebuild from `get_config`; the function's code is imported only if this process loaded it already.
+
+        A saved model (``model.keras``) may come from someone else: loading it
+        must not run the code its loss names. Load the loss first
+        (`kpipe.training.loading.load_object`, or train with it), or load the
+        model with ``compile=False``.
+
+        Raises:
+            LoadError: If the named code was not loaded by this process.
+        """
+        spec = config.get("spec")
+        if spec is not None and not is_loaded(spec):
+            raise LoadError(
+                f"The saved loss names code to import: {spec}. kpipe imports code only when you name it: call "
+                f"kpipe.training.loading.load_object({spec!r}) first if you trust it, or load the model with "
+                "compile=False."
+            )
         return cls(**config)
 
 
 # ----------------------------------------------------------------- lookup
-@functools.cache
-def _keras_loss_classes() -> dict[str, type[keras.losses.Loss]]:
-    """Keras loss classes by class name and by function name (``"CategoricalFocalCrossentropy"`` and
-    ``"categorical_focal_crossentropy"``)."""
-    table: dict[str, type[keras.losses.Loss]] = {}
-    for attr in dir(keras.losses):
-        cls = getattr(keras.losses, attr)
-        if not (inspect.isclass(cls) and issubclass(cls, keras.losses.Loss)) or cls is keras.losses.Loss:
-            continue
-        table[attr] = cls
-        try:
-            instance = cls()
-        except Exception:  # noqa: BLE001 - a class that needs arguments is found by its class name only
-            continue
-        fn = getattr(instance, "fn", None)
-        for name in (getattr(fn, "__name__", None), instance.name):
-            if name:
-                table.setdefault(name, cls)
-    return table
-
-
 def _keras_loss_class(name: str) -> type[keras.losses.Loss] | None:
-    table = _keras_loss_classes()
-    if name in table:
-        return table[name]
+    """The Keras loss class of a loss name, class name or alias (``"mse"``), through `keras.losses.get`.
+
+    A function name (``"categorical_focal_crossentropy"``) maps to the class
+    of the same name in CamelCase (``CategoricalFocalCrossentropy``), which
+    is how Keras names each loss class after its function.
+    """
     try:
-        fn = keras.losses.get(name)  # aliases: "mse" -> mean_squared_error
-    except (ValueError, TypeError):
+        obj = keras.losses.get(name)
+    except (ValueError, TypeError):  # unknown, or a class that needs arguments
         return None
-    return table.get(getattr(fn, "__name__", ""))
+    if isinstance(obj, keras.losses.Loss):
+        return type(obj)
+    key = getattr(obj, "__name__", "").replace("_", "").lower()
+    for attr, value in vars(keras.losses).items():
+        if inspect.isclass(value) and issubclass(value, keras.losses.Loss) and attr.lower() == key:
+            return value
+    return None
+
+
+def _snake_case(name: str) -> str:
+    """``"SparseCategoricalCrossentropy"`` -> ``"sparse_categorical_crossentropy"``."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
 def parse_loss_args(loss_args: str | Mapping[str, Any] | None) -> dict[str, Any]:
-    """``loss_args`` as a dict: a mapping is copied, a string is read as a JSON object.
+    """``loss_args`` as a dict: a mapping is copied, a string is read as a JSON object (`None`: ``{}``).
 
     Raises:
-        KpipeError: If the string is not a JSON object.
+        ArgumentError: If the string is not a JSON object.
     """
-    if loss_args is None or loss_args == "":
-        return {}
-    if isinstance(loss_args, Mapping):
-        return dict(loss_args)
-    try:
-        value = json.loads(loss_args)
-    except json.JSONDecodeError as e:
-        raise KpipeError(
-            f"`loss_args` must be a JSON object such as '{{\"gamma\": 3.0}}': {e}. Received: loss_args={loss_args!r}"
-        ) from None
-    if not isinstance(value, dict):
-        raise KpipeError(f"`loss_args` must be a JSON object (a dict). Received: loss_args={loss_args!r}")
-    return value
+    return check_json_object(loss_args, "loss_args") or {}
 
 
 def loss_name(loss: Any) -> str:
@@ -166,13 +165,9 @@ def loss_name(loss: Any) -> str:
 def model_outputs(model: keras.Model) -> str | None:
     """What the model's last layer outputs: ``"probabilities"``, ``"logits"`` or `None` (unknown).
 
-    Read from ``model.kpipe_outputs`` when the model says it (kpipe's default
-    models do), else from the activation of the last layer: softmax or sigmoid
-    -> probabilities, linear -> logits.
+    Read from the activation of the last layer: softmax or sigmoid ->
+    probabilities, linear -> logits.
     """
-    declared = getattr(model, "kpipe_outputs", None)
-    if declared in ("probabilities", "logits"):
-        return declared
     layers = getattr(model, "layers", None)
     if not layers:
         return None
@@ -206,7 +201,8 @@ def resolve_loss(spec: Any) -> Any:
     if is_object_spec(spec):
         obj = load_object(spec, what="loss")
         if not callable(obj):
-            raise LoadError(f"The loss {spec!r} is a {type(obj).__name__}, not a function or a keras.losses.Loss class.")
+            raise LoadError(f"The loss {spec!r} is a {type(obj).__name__}, not a function or a keras.losses.Loss "
+                            "class.")
         return obj
     if _keras_loss_class(spec) is None:
         raise LoadError(
@@ -241,7 +237,7 @@ def build_loss(spec: Any, loss_args: str | Mapping[str, Any] | None = None, *,
 
     Example:
         >>> build_loss("categorical_focal_crossentropy", '{"gamma": 3.0}', outputs="probabilities")
-        <keras.src.losses.losses.CategoricalFocalCrossentropy object at ...>
+        <CategoricalFocalCrossentropy name=categorical_focal_crossentropy ...>
     """
     args = parse_loss_args(loss_args)
     if isinstance(spec, keras.losses.Loss):
@@ -315,16 +311,16 @@ def _declared_label_mode(loss: Any) -> str | None:
 
 
 def _expected_label_mode(loss: Any) -> str | None:
-    """The label mode a well-known Keras loss needs, or `None` when any may do."""
+    """The label mode a well-known Keras loss needs, or `None` when any may do (or the loss is custom)."""
     if isinstance(loss, str) and not is_object_spec(loss):
         cls = _keras_loss_class(loss)
-        name = cls().name if cls is not None and _instantiable(cls) else loss
+        name = _snake_case(cls.__name__) if cls is not None else loss
     elif isinstance(loss, FunctionLoss):
         name = getattr(loss.fn, "__name__", "")
     elif isinstance(loss, keras.losses.Loss):
-        name = getattr(getattr(loss, "fn", None), "__name__", None) or loss.name
+        name = loss.name
     elif inspect.isclass(loss) and issubclass(loss, keras.losses.Loss):
-        name = loss().name if _instantiable(loss) else ""
+        name = _snake_case(loss.__name__)
     else:
         name = getattr(loss, "__name__", "")
     if name in _INT_LOSSES or name.startswith("sparse_"):
@@ -336,47 +332,26 @@ def _expected_label_mode(loss: Any) -> str | None:
     return None
 
 
-def _instantiable(cls: type) -> bool:
-    try:
-        cls()
-    except Exception:  # noqa: BLE001
-        return False
-    return True
+def known_label_mode(loss: Any) -> str | None:
+    """The label mode a loss declares (``fn.label_mode``) or a well-known Keras loss needs; `None` if unknown.
+
+    `None` means "try it": `kpipe.training.preflight.choose_label_mode` runs
+    the loss on one batch with one-hot, then integer labels.
+    """
+    return _declared_label_mode(loss) or _expected_label_mode(loss)
 
 
 # ----------------------------------------------------------------- checks
 def _from_logits(loss: keras.losses.Loss) -> bool | None:
     try:
         value = loss.get_config().get("from_logits")
-    except Exception:  # noqa: BLE001 - a custom loss with a broken get_config: nothing to check
+    except Exception:
         return None
     return value if isinstance(value, bool) else None
 
 
-def check_loss(loss: keras.losses.Loss, model: keras.Model, batch: tuple, *, label_mode: str | None) -> float:
-    """Run ``loss`` on one batch and fail early, with a message that says what to do.
-
-    Checks, in order: the labels fit the loss (a sparse loss needs
-    ``label_mode="int"``, ``categorical_crossentropy`` needs
-    ``"categorical"``...); ``from_logits`` agrees with the model's last
-    activation (`model_outputs`); the loss runs; the unreduced loss is a
-    float tensor of shape ``()`` or ``(batch, ...)``; its value is finite.
-
-    Args:
-        loss: The loss (`build_loss`).
-        model: The model, called once on the batch with ``training=False``.
-        batch: ``(x, y)`` or ``(x, y, sample_weight)`` as the generator yields it.
-        label_mode: The generator's label mode (``"int"``, ``"categorical"``, ``"binary"``).
-
-    Returns:
-        The loss on the batch (float).
-
-    Raises:
-        LossCheckError: On any of the problems above; the message names the loss.
-    """
-    x, y, _ = keras.utils.unpack_x_y_sample_weight(tuple(batch))
-    name = loss_name(loss)
-    y_arr = np.asarray(y)
+def _label_mode_mismatch(loss: Any, name: str, y_arr: np.ndarray, label_mode: str | None) -> str:
+    """The label mode of ``y_arr``; raises if a well-known loss needs another."""
     expected = _expected_label_mode(loss)
     actual = label_mode
     if actual is None:
@@ -393,56 +368,99 @@ def check_loss(loss: keras.losses.Loss, model: keras.Model, batch: tuple, *, lab
             f"{_LABEL_MODE_HELP.get(actual, actual)} (shape {tuple(y_arr.shape)}). Use label_mode={expected!r} "
             f"(`--label-mode {expected}`), {alternative}. Received: loss={name!r}, label_mode={actual!r}"
         )
-    y_pred = model(x, training=False)
+    return actual
+
+
+def _check_model_fits(loss: keras.losses.Loss, model: keras.Model, name: str, y_arr: np.ndarray, y_pred: Any,
+                      label_mode: str) -> None:
     outputs = model_outputs(model)
     from_logits = _from_logits(loss)
     if from_logits is not None and outputs is not None and from_logits != (outputs == "logits"):
         raise LossCheckError(
             f"The loss `{name}` has from_logits={from_logits}, but the model outputs {outputs} "
             f"(its last layer {'has a softmax/sigmoid activation' if outputs == 'probabilities' else 'is linear'}). "
-            f"Set from_logits={outputs == 'logits'} in `loss_args` (or leave it out: kpipe then sets it from the model). "
-            f"Received: loss={name!r}, from_logits={from_logits}"
+            f"Set from_logits={outputs == 'logits'} in `loss_args` (or leave it out: kpipe then sets it from the "
+            f"model). Received: loss={name!r}, from_logits={from_logits}"
         )
-    if actual == "binary" and y_pred.shape[-1] != 1:
+    if label_mode == "binary" and y_pred.shape[-1] != 1:
         raise LossCheckError(
             f"Binary labels (shape {tuple(y_arr.shape)}) need a model with one sigmoid output, but the model outputs "
             f"shape {tuple(y_pred.shape)}. Use label_mode='int' with sparse_categorical_crossentropy, or a model "
             f"ending in Dense(1, activation='sigmoid'). Received: loss={name!r}, label_mode='binary'"
         )
-    fn = loss.call if isinstance(loss, keras.losses.Loss) else loss
+
+
+def _per_sample(loss: keras.losses.Loss, name: str, y: Any, y_pred: Any, y_arr: np.ndarray) -> Any:
+    """``loss.call`` on the tensors `keras.losses.Loss.__call__` makes (both cast to ``loss.dtype``)."""
     try:
-        raw = fn(keras.ops.convert_to_tensor(y), y_pred)
-    except Exception as e:  # noqa: BLE001 - any failure of user code is reported with context
+        y_true_t = keras.ops.convert_to_tensor(y, dtype=loss.dtype)
+        y_pred_t = keras.ops.convert_to_tensor(y_pred, dtype=loss.dtype)
+        raw = loss.call(y_true_t, y_pred_t)
+    except Exception as e:
         raise LossCheckError(
-            f"The loss `{name}` failed on the first batch (y_true shape {tuple(y_arr.shape)} {y_arr.dtype}, "
-            f"y_pred shape {tuple(y_pred.shape)}): {type(e).__name__}: {e}. If it expects one-hot labels use "
-            "`--label-mode categorical`; class indices: `--label-mode int`."
+            f"The loss `{name}` failed on the first batch (y_true shape {tuple(y_arr.shape)}, cast to "
+            f"{loss.dtype} as Keras does; y_pred shape {tuple(y_pred.shape)}): {type(e).__name__}: {e}. If it "
+            "expects one-hot labels use `--label-mode categorical`; class indices: `--label-mode int`."
         ) from e
     if raw is None or not hasattr(raw, "dtype"):
         raise LossCheckError(
             f"The loss `{name}` must return a float tensor of shape (batch,) or (); it returned "
             f"{type(raw).__name__}. Received: {raw!r:.80}"
         )
+    return raw
+
+
+def check_loss(loss: Any, model: keras.Model, batch: tuple, *, label_mode: str | None) -> float:
+    """Run ``loss`` on one batch as Keras will, and fail early with a message that says what to do.
+
+    The loss is called exactly as `fit` calls it: `keras.losses.Loss.__call__`
+    (``y_true`` and ``y_pred`` cast to the loss's dtype, then reduced with
+    the sample weights). Checks, in order: the labels fit a well-known loss (a
+    sparse loss needs ``label_mode="int"``...); ``from_logits`` agrees with
+    the model's last activation (`model_outputs`); the loss runs; its
+    unreduced value (``loss.call`` on the same casts) is a float tensor of
+    shape ``(batch,)`` or ``()`` (a loss returning ``y_pred`` itself, shape
+    ``(batch, num_classes)``, is refused); the reduced value is finite.
+
+    Args:
+        loss: The loss (`build_loss`); a plain function is wrapped in `FunctionLoss`.
+        model: The model, called once on the batch with ``training=False``.
+        batch: ``(x, y)`` or ``(x, y, sample_weight)`` as the generator yields it.
+        label_mode: The labels' mode (``"int"``, ``"categorical"``, ``"binary"``).
+
+    Returns:
+        The reduced loss on the batch (float).
+
+    Raises:
+        LossCheckError: On any of the problems above; the message names the loss.
+    """
+    if not isinstance(loss, keras.losses.Loss):
+        loss = FunctionLoss(loss)
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(tuple(batch))
+    name = loss_name(loss)
+    y_arr = np.asarray(y)
+    label_mode = _label_mode_mismatch(loss, name, y_arr, label_mode)
+    y_pred = model(x, training=False)
+    _check_model_fits(loss, model, name, y_arr, y_pred, label_mode)
+    raw = _per_sample(loss, name, y, y_pred, y_arr)
     dtype = keras.backend.standardize_dtype(raw.dtype)
     if not dtype.startswith(("float", "bfloat")):
         raise LossCheckError(
             f"The loss `{name}` must return floats; it returned dtype {dtype}. Cast with "
             f"keras.ops.cast(loss, 'float32') (an integer loss has no gradient). Received: dtype={dtype}"
         )
-    shape = tuple(raw.shape)
-    batch_size = int(y_pred.shape[0])
-    if shape != () and (not shape or shape[0] != batch_size):
+    shape, batch_size = tuple(raw.shape), int(y_pred.shape[0])
+    if shape not in ((), (batch_size,)):
         raise LossCheckError(
             f"The loss `{name}` must return one value per sample, shape ({batch_size},), or a scalar; it returned "
-            f"shape {shape} for a batch of {batch_size}. Reduce over the class axis only (e.g. "
-            f"keras.ops.mean(..., axis=-1)). Received: shape={shape}"
+            f"shape {shape} for a batch of {batch_size}. Reduce over the class axis (e.g. "
+            f"keras.ops.mean(..., axis=-1) or keras.ops.sum(..., axis=-1)). Received: shape={shape}"
         )
-    values = np.asarray(keras.ops.convert_to_numpy(raw), dtype=np.float64)
-    if not np.all(np.isfinite(values)):
+    value = float(np.asarray(keras.ops.convert_to_numpy(loss(y, y_pred, sample_weight=sample_weight))))
+    if not math.isfinite(value):
         raise LossCheckError(
             f"The loss `{name}` returned NaN or infinity on the first batch (y_true shape {tuple(y_arr.shape)}, "
             f"y_pred in [{float(np.min(y_pred)):.3g}, {float(np.max(y_pred)):.3g}]). Check the loss for log(0) or "
             f"0/0 (clip y_pred with keras.ops.clip), and the data for NaN. Received: loss={name!r}"
         )
-    total = float(np.mean(values))
-    return total if math.isfinite(total) else float("nan")
+    return value

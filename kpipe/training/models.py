@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import keras
 
@@ -23,7 +24,7 @@ def default_model(input_shape: Sequence[int], num_classes: int, *,
 
     The last layer is ``Dense(num_classes, activation="softmax")`` (with
     ``binary=True``: ``Dense(1, activation="sigmoid")``), so losses take
-    ``from_logits=False`` (``model.kpipe_outputs == "probabilities"``). It
+    ``from_logits=False`` (`kpipe.training.losses.model_outputs` reads it). It
     computes in float32 whatever the dtype policy (as Keras recommends for
     mixed precision: a float16 softmax loses precision).
 
@@ -66,9 +67,7 @@ def default_model(input_shape: Sequence[int], num_classes: int, *,
         outputs = keras.layers.Dense(1, activation="sigmoid", name="probabilities", dtype="float32")(x)
     else:
         outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities", dtype="float32")(x)
-    model = keras.Model(inputs, outputs, name=name)
-    model.kpipe_outputs = "probabilities"
-    return model
+    return keras.Model(inputs, outputs, name=name)
 
 
 def build_model(spec: str | Callable[..., keras.Model] | None, input_shape: Sequence[int], num_classes: int,
@@ -102,3 +101,34 @@ def build_model(spec: str | Callable[..., keras.Model] | None, input_shape: Sequ
     if not isinstance(model, keras.Model):
         raise KpipeError(f"The model factory {spec!r} returned {type(model).__name__}, not a keras.Model.")
     return model
+
+
+def adapted_normalizer(data: Any, max_samples: int = 10_000) -> keras.layers.Normalization:
+    """A per-feature `Normalization` layer adapted on (up to) ``max_samples`` samples of ``data``.
+
+    Args:
+        data: A `kpipe.DataGenerator` (its ``ids`` and ``store`` are read, in manifest order).
+        max_samples: Samples read at most.
+    """
+    x = data.store.read_many(list(data.ids)[:max_samples]).astype("float32")
+    layer = keras.layers.Normalization(axis=-1)
+    layer.adapt(x)
+    return layer
+
+
+def plain_model(net: keras.Model) -> keras.Model:
+    """A plain functional model over the layers of ``net`` (what ``model.keras`` holds).
+
+    `KpipeModel` subclasses and other functional subclasses become a
+    `keras.Model`, so that ``model.keras`` loads without their code; a model
+    without functional inputs (subclassed) is returned as it is.
+    """
+    try:
+        inputs, outputs = net.inputs, net.outputs
+    except (AttributeError, ValueError):
+        return net
+    if not inputs or not outputs:
+        return net
+    inputs = inputs[0] if len(inputs) == 1 else inputs
+    outputs = outputs[0] if len(outputs) == 1 else outputs
+    return keras.Model(inputs, outputs, name=net.name)

@@ -9,11 +9,11 @@ distribution, validation):
 extension point                   default
 ================================  ===============================================================
 ``clip_norm`` (attribute)         `None`: no clipping; a float clips gradients by global norm
-``accumulation_steps``            1: apply every batch; ``k`` sums ``k`` batches' gradients
-                                  (averaged) and applies once every ``k`` batches
+``accumulation_steps``            1: apply every batch; ``k``: the optimizer's
+                                  ``gradient_accumulation_steps`` (averages ``k`` batches' gradients)
 ``extra_loss(x, y, y_pred, sw)``  `None`: nothing added; return a scalar to add to the loss
 ``transform_gradients(grads)``    clip by global norm when ``clip_norm`` is set
-``apply_update(grads)``           ``optimizer.apply`` (with accumulation when ``k > 1``)
+``apply_update(grads)``           ``optimizer.apply``
 ================================  ===============================================================
 
 Example:
@@ -31,19 +31,26 @@ Example:
                 return -0.01 * keras.ops.mean(keras.ops.sum(-y_pred * keras.ops.log(y_pred + 1e-7), axis=-1))
 
 Reference: "Customizing what happens in fit() with TensorFlow" (keras.io/guides),
-and `keras.src.backend.tensorflow.trainer.TensorFlowTrainer.train_step`,
+and `TensorFlowTrainer.train_step` (keras/src/backend/tensorflow/trainer.py),
 which this follows line by line before adding the extension points.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import keras
 import tensorflow as tf
 
-from kpipe.errors import KpipeError
+from kpipe._validation import check_number, check_positive_int
+from kpipe.errors import ArgumentError, KpipeError
 from kpipe.training.loading import load_object
+from kpipe.training.loops.base import with_options
+from kpipe.training.loops.fit import FitLoop
+
+# Keras >= 3.5 passes `training` to `Model.compute_loss` (regularization losses count in training only).
+_COMPUTE_LOSS_TAKES_TRAINING = "training" in inspect.signature(keras.Model.compute_loss).parameters
 
 
 def global_norm(tensors: list[Any]) -> Any:
@@ -68,19 +75,6 @@ def clip_by_global_norm(grads: list[Any], clip_norm: float) -> tuple[list[Any], 
     return clipped, norm
 
 
-class _Accumulators:
-    """Gradient sums of `KpipeModel` (a plain holder: Keras must not track these as model weights)."""
-
-    def __init__(self, variables: list[Any]) -> None:
-        self.sums = [
-            keras.Variable(keras.ops.zeros(v.shape, dtype=v.dtype), trainable=False, aggregation="mean",
-                           name=f"accumulated_{v.name}")
-            for v in variables
-        ]
-        self.count = keras.Variable(0, dtype="int64", trainable=False, aggregation="only_first_replica",
-                                    name="accumulated_batches")
-
-
 @keras.saving.register_keras_serializable(package="kpipe")
 class KpipeModel(keras.Model):
     """A functional `keras.Model` with a kpipe `train_step` / `test_step` and extension points.
@@ -95,7 +89,9 @@ class KpipeModel(keras.Model):
         clip_norm: Clip gradients to this global norm (float > 0). Defaults to
             the class attribute (`None`: no clipping).
         accumulation_steps: Apply the averaged gradients of this many batches
-            at once (int >= 1). Defaults to the class attribute (1).
+            at once (int >= 1), through the optimizer's
+            ``gradient_accumulation_steps`` (set by `compile`). Defaults to the
+            class attribute (1).
         **kwargs: As `keras.Model`.
 
     Attributes:
@@ -115,18 +111,11 @@ class KpipeModel(keras.Model):
     def __init__(self, *args: Any, clip_norm: float | None = None, accumulation_steps: int | None = None,
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if clip_norm is not None:
-            self.clip_norm = clip_norm
-        if accumulation_steps is not None:
-            self.accumulation_steps = accumulation_steps
-        if self.clip_norm is not None and not (isinstance(self.clip_norm, (int, float)) and self.clip_norm > 0):
-            raise KpipeError(f"`clip_norm` must be a positive number or None. Received: clip_norm={self.clip_norm!r}")
-        if not (isinstance(self.accumulation_steps, int) and self.accumulation_steps >= 1):
-            raise KpipeError(
-                f"`accumulation_steps` must be an integer >= 1. Received: accumulation_steps={self.accumulation_steps!r}"
-            )
+        self.clip_norm = check_number(self.clip_norm if clip_norm is None else clip_norm, "clip_norm", minimum=0,
+                                      exclusive_minimum=True, allow_none=True)
+        self.accumulation_steps = check_positive_int(
+            self.accumulation_steps if accumulation_steps is None else accumulation_steps, "accumulation_steps")
         self.gradient_norm = keras.metrics.Mean(name="gradient_norm") if self.clip_norm else None
-        self._accumulators: _Accumulators | None = None
 
     # ------------------------------------------------------------ building
     @classmethod
@@ -134,11 +123,16 @@ class KpipeModel(keras.Model):
         """A ``cls`` sharing the layers and weights of ``model`` (see `wrap_model`)."""
         return wrap_model(model, cls, **kwargs)
 
-    def compile(self, *args: Any, **kwargs: Any) -> None:  # noqa: D102 - as keras.Model.compile
-        super().compile(*args, **kwargs)
-        if self.accumulation_steps > 1 and self._accumulators is None:
-            # Created here (eagerly, under the strategy scope of compile), not in the traced train_step.
-            object.__setattr__(self, "_accumulators", _Accumulators(self.trainable_variables))
+    def compile(self, optimizer: Any = "rmsprop", *args: Any, **kwargs: Any) -> None:
+        """As `keras.Model.compile`; with ``accumulation_steps > 1`` the optimizer accumulates the gradients.
+
+        The optimizer gets ``gradient_accumulation_steps=accumulation_steps``
+        (a copy of it is made when it was created without).
+        """
+        optimizer = keras.optimizers.get(optimizer)
+        if self.accumulation_steps > 1:
+            optimizer = with_options(optimizer, gradient_accumulation_steps=self.accumulation_steps)
+        super().compile(optimizer, *args, **kwargs)
 
     # ------------------------------------------------------ extension points
     def extra_loss(self, x: Any, y: Any, y_pred: Any, sample_weight: Any) -> Any:
@@ -181,36 +175,20 @@ class KpipeModel(keras.Model):
         return [None if g is None else g * keras.ops.cast(scale, g.dtype) for g in clipped]
 
     def apply_update(self, grads: list[Any]) -> None:
-        """Apply ``grads`` with the optimizer; with ``accumulation_steps = k > 1``, once every ``k`` calls.
+        """Apply ``grads`` with the optimizer (`keras.optimizers.Optimizer.apply`).
 
-        Accumulation averages the gradients of ``k`` consecutive batches and
-        applies them in one optimizer step, so the optimizer's ``iterations``
-        counts applied updates (as Keras' ``gradient_accumulation_steps``).
+        With ``accumulation_steps = k > 1`` the optimizer averages ``k``
+        consecutive batches' gradients and updates the weights once every
+        ``k`` calls (Keras' ``gradient_accumulation_steps``; its
+        ``iterations`` counts applied updates).
         """
-        variables = self.trainable_variables
-        if self.accumulation_steps <= 1:
-            self.optimizer.apply(grads, variables)
-            return
-        acc = self._accumulators
-        if acc is None:
-            raise KpipeError("`accumulation_steps > 1` needs `compile()` on this model before training.")
-        k = self.accumulation_steps
-        for total, g in zip(acc.sums, grads):
-            if g is not None:
-                total.assign_add(g / keras.ops.cast(k, g.dtype))
-        acc.count.assign_add(1)
-
-        def _apply() -> None:
-            self.optimizer.apply([total.value for total in acc.sums], variables)
-            for total in acc.sums:
-                total.assign(keras.ops.zeros_like(total))
-
-        keras.ops.cond(keras.ops.equal(acc.count % k, 0), _apply, lambda: None)
+        self.optimizer.apply(grads, self.trainable_variables)
 
     # ------------------------------------------------------------ the steps
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """The compiled loss (plus regularization losses), plus `extra_loss`."""
-        loss = super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+        extra_kwargs = {"training": training} if _COMPUTE_LOSS_TAKES_TRAINING else {}
+        loss = super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, **extra_kwargs)
         extra = self.extra_loss(x, y, y_pred, sample_weight)
         if extra is not None:
             loss = loss + keras.ops.cast(extra, loss.dtype)
@@ -281,7 +259,7 @@ def wrap_model(model: keras.Model, cls: type[keras.Model] | None = None, **kwarg
         **kwargs: More constructor arguments (``clip_norm``, ``accumulation_steps``...).
 
     Returns:
-        The ``cls`` instance; ``kpipe_outputs`` is copied over.
+        The ``cls`` instance.
 
     Raises:
         KpipeError: If ``model`` is not built or ``cls`` cannot be built functionally.
@@ -310,8 +288,6 @@ def wrap_model(model: keras.Model, cls: type[keras.Model] | None = None, **kwarg
             f"The step model class {cls.__name__} must accept the functional arguments "
             f"`inputs`, `outputs`, `name` (and pass **kwargs to keras.Model): {e}"
         ) from None
-    if hasattr(model, "kpipe_outputs"):
-        wrapped.kpipe_outputs = model.kpipe_outputs
     return wrapped
 
 
@@ -326,14 +302,39 @@ def load_step_model_class(spec: str | type | None) -> type[keras.Model]:
 
     Raises:
         LoadError: If it cannot be imported.
-        KpipeError: If it is not a `keras.Model` subclass.
+        ArgumentError: If it is not a `keras.Model` subclass.
     """
     if spec in (None, "", "default"):
         return KpipeModel
     cls = load_object(spec, what="step model class") if isinstance(spec, str) else spec
     if not (isinstance(cls, type) and issubclass(cls, keras.Model)):
-        raise KpipeError(
+        raise ArgumentError(
             f"The step model must be a subclass of kpipe.training.KpipeModel (or keras.Model). "
             f"Received: step_model={spec!r} ({type(cls).__name__})"
         )
     return cls
+
+
+class StepLoop(FitLoop):
+    """`KpipeModel` (or the ``step_model`` subclass) run by `fit`: the training step is kpipe's code.
+
+    ``clip_norm`` and ``accumulation_steps`` go to the `KpipeModel`
+    (``transform_gradients`` clips and logs ``gradient_norm``; the optimizer
+    accumulates); a model class that is not a `KpipeModel` gets the
+    accumulating optimizer but no clipping.
+    """
+
+    name = "step"
+
+    def prepare(self, net: keras.Model, loss: keras.losses.Loss) -> keras.Model:
+        cls = load_step_model_class(self.config.step_model)
+        kwargs: dict[str, Any] = {}
+        if issubclass(cls, KpipeModel):
+            kwargs = {"clip_norm": self.config.clip_norm, "accumulation_steps": self.config.accumulation_steps}
+        model = wrap_model(net, cls, **{k: v for k, v in kwargs.items() if v not in (None, 1)})
+        model.compile(optimizer=self.optimizer(), loss=loss, metrics=["accuracy"])
+        model.optimizer.build(model.trainable_variables)  # its variables exist before train_step is traced
+        return model
+
+    def logged(self) -> list[str]:
+        return ["gradient_norm"] if self.config.clip_norm else []
