@@ -154,17 +154,21 @@ def check_choice(value: Any, name: str, choices: Iterable[Any], *,
     return value
 
 
-def check_seed(value: Any, name: str = "seed", *, error: type[KpipeError] = ArgumentError) -> int:
-    """A seed: any integer >= 0, used whole (no wrapping to 32 bits).
+MAX_SEED = 2**64 - 1
+"""Largest seed kpipe accepts: seeds are integers in ``[0, 2**64)``, each used whole."""
 
-    kpipe derives every random stream with ``np.random.SeedSequence``, which
-    takes integers of any size, so ``seed=0`` and ``seed=2**32`` give
-    different streams. Negative seeds are refused rather than wrapped.
+
+def check_seed(value: Any, name: str = "seed", *, error: type[KpipeError] = ArgumentError) -> int:
+    """A seed: an integer in ``[0, 2**64)``, used whole (no wrapping to 32 bits).
+
+    kpipe derives every random stream with ``np.random.SeedSequence`` from
+    the whole seed, so ``seed=0`` and ``seed=2**32`` give different streams.
+    Negative seeds and seeds of 2**64 and more are refused rather than wrapped.
 
     Raises:
-        ArgumentError: (or ``error``) If ``value`` is not an integer >= 0.
+        ArgumentError: (or ``error``) If ``value`` is not an integer in ``[0, 2**64)``.
     """
-    return check_int(value, name, minimum=0, error=error)
+    return check_int(value, name, minimum=0, maximum=MAX_SEED, error=error)
 
 
 def check_weight(value: Any, *, argument: str, key: Any = None, error: type[KpipeError] = ArgumentError) -> float:

@@ -37,9 +37,9 @@ from kpipe._validation import (
     check_choice,
     check_class_index,
     check_class_labels,
-    check_int,
     check_number,
     check_positive_int,
+    check_seed,
     parse_json_value,
 )
 from kpipe.errors import SamplingError
@@ -52,8 +52,6 @@ STREAM_AUGMENT = 4  # the `transform` hook's generator (seed, epoch, 4, batch in
 _STREAM_REPEAT = 5  # whole-class repeats when oversampling
 _STREAM_MIX = 6  # order of a class's samples within the epoch
 
-MAX_SEED = 2**64 - 1
-"""Largest seed: seeds are integers in ``[0, 2**64)``, each used whole (no wrapping)."""
 
 BALANCE_MODES = {
     "balanced": ("undersample", "oversample"),
@@ -92,7 +90,7 @@ def check_seed_value(seed: Any, name: str = "seed") -> int:
     Raises:
         SamplingError: Otherwise.
     """
-    return check_int(seed, name, minimum=0, maximum=MAX_SEED, error=SamplingError)
+    return check_seed(seed, name, error=SamplingError)
 
 
 def check_sampling(sampling: str) -> str:

@@ -47,9 +47,9 @@ def test_numbers_bools_and_choices():
 
 
 def test_seeds_are_whole_non_negative_integers():
-    assert check_seed(2**40) == 2**40
-    for bad in (-1, 1.5, True):
-        with pytest.raises(ArgumentError, match="`seed` must be an integer >= 0"):
+    assert check_seed(2**40) == 2**40 and check_seed(2**64 - 1) == 2**64 - 1
+    for bad in (-1, 1.5, True, 2**64):
+        with pytest.raises(ArgumentError, match=r"`seed` must be an integer in \[0, 18446744073709551615\]"):
             check_seed(bad)
 
 
