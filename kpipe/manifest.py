@@ -319,9 +319,17 @@ class Manifest:
 
         Raises:
             ManifestError: If a partition names an unknown ID, an ID appears in
-                two partitions, a label is out of range, or a weight is invalid.
+                two partitions, a label is out of range, or a weight or
+                checksum is invalid.
         """
         where = f" in {self.path}" if self.path else ""
+        self._check_header(where)
+        self._check_labels(where)
+        self._check_partition(where)
+        self._check_weights(where)
+        self._check_checksums(where)
+
+    def _check_header(self, where: str) -> None:
         if self.format_version > FORMAT_VERSION:
             raise ManifestError(
                 f"Manifest{where} has format_version {self.format_version}, newer than "
@@ -338,6 +346,8 @@ class Manifest:
             )
         if any(d < 1 for d in self.sample_shape):
             raise ManifestError(f"Manifest{where} has sample_shape {self.sample_shape}; every size must be >= 1.")
+
+    def _check_labels(self, where: str) -> None:
         n = len(self.classes)
         for sid in self.labels:
             if not is_safe_name(sid):
@@ -348,6 +358,8 @@ class Manifest:
                     f"Sample {sid!r}{where} has label {label!r}, not a class index in "
                     f"[0, {n}). The manifest is corrupt; run `kpipe prepare` again."
                 )
+
+    def _check_partition(self, where: str) -> None:
         seen: dict[str, str] = {}
         for part, ids in self.partition.items():
             for sid in ids:
@@ -362,27 +374,31 @@ class Manifest:
                         "partitions must not overlap."
                     )
                 seen[sid] = part
-        if self.sample_weights is not None:
-            for sid, w in self.sample_weights.items():
-                if sid not in self.labels:
-                    raise ManifestError(f"Sample weight{where} for unknown sample {sid!r}.")
-                if isinstance(w, bool) or not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
-                    raise ManifestError(
-                        f"Sample {sid!r}{where} has weight {w!r}; weights must be finite "
-                        "and >= 0."
-                    )
-        if self.sample_checksums is not None:
-            c = self.sample_checksums
-            digests = c.get("digests") if isinstance(c, dict) else None
-            if not (isinstance(c, dict) and isinstance(c.get("algorithm"), str) and isinstance(digests, dict)
-                    and all(isinstance(k, str) and isinstance(v, str) for k, v in digests.items())):
+
+    def _check_weights(self, where: str) -> None:
+        for sid, w in (self.sample_weights or {}).items():
+            if sid not in self.labels:
+                raise ManifestError(f"Sample weight{where} for unknown sample {sid!r}.")
+            if isinstance(w, bool) or not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
                 raise ManifestError(
-                    f"Manifest{where} has a malformed `sample_checksums`: it must be "
-                    '{"algorithm": str, "digests": {ID: hex string}}.'
+                    f"Sample {sid!r}{where} has weight {w!r}; weights must be finite "
+                    "and >= 0."
                 )
-            unknown = next((k for k in digests if k not in self.labels), None)
-            if unknown is not None:
-                raise ManifestError(f"Manifest{where} has a sample checksum for unknown sample {unknown!r}.")
+
+    def _check_checksums(self, where: str) -> None:
+        c = self.sample_checksums
+        if c is None:
+            return
+        digests = c.get("digests") if isinstance(c, dict) else None
+        if not (isinstance(c, dict) and isinstance(c.get("algorithm"), str) and isinstance(digests, dict)
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in digests.items())):
+            raise ManifestError(
+                f"Manifest{where} has a malformed `sample_checksums`: it must be "
+                '{"algorithm": str, "digests": {ID: hex string}}.'
+            )
+        unknown = next((k for k in digests if k not in self.labels), None)
+        if unknown is not None:
+            raise ManifestError(f"Manifest{where} has a sample checksum for unknown sample {unknown!r}.")
 
     # ------------------------------------------------------------ (de)serialize
     def to_dict(self) -> dict[str, Any]:

@@ -472,7 +472,7 @@ def _check_all_shards(m, report: VerifyReport) -> list[str]:
         return []
     in_shards: dict[str, int] = {}
     ok: list[str] = []
-    for k, shard in enumerate(shards):
+    for shard in shards:
         ids = [str(i) for i in shard.get("ids", [])]
         for sid in ids:
             in_shards[sid] = in_shards.get(sid, 0) + 1
@@ -520,8 +520,9 @@ def _shard_metadata_problem(path: str, ids: list[str], m) -> str | None:
             stored = [i.decode("utf-8") if isinstance(i, bytes) else str(i) for i in f["ids"][()]]
             if stored != ids:
                 k = next((j for j, (a, b) in enumerate(zip(stored, ids)) if a != b), min(len(stored), len(ids)))
-                return (f"lists other IDs than the manifest (row {k}: shard {stored[k] if k < len(stored) else None!r}, "
-                        f"manifest {ids[k] if k < len(ids) else None!r}); rows would be read as the wrong samples")
+                shard_id, manifest_id = stored[k] if k < len(stored) else None, ids[k] if k < len(ids) else None
+                return (f"lists other IDs than the manifest (row {k}: shard {shard_id!r}, manifest {manifest_id!r}); "
+                        "rows would be read as the wrong samples")
             y = np.asarray(f["y"][()])
             want_y = np.array([m.labels.get(i, -1) for i in ids], dtype=np.int64)
             if y.shape != want_y.shape or not np.array_equal(y, want_y):
@@ -532,22 +533,15 @@ def _shard_metadata_problem(path: str, ids: list[str], m) -> str | None:
     return None
 
 
-def _check_content(m, ids: list[str], report: VerifyReport, progress, on_start) -> None:
+def _read_samples(m, ids: list[str], report: VerifyReport, progress):
+    """Yield ``(id, array)`` for every readable sample of ``ids``, block by block; report the unreadable ones."""
     from kpipe.errors import SampleNotFoundError
     from kpipe.storage import open_store
 
-    expected = (m.sample_checksums or {}).get("digests", {}) if report.checksum_algorithm == CHECKSUM_ALGORITHM else {}
-    part_of = _partition_of(m)
-    # Read partition by partition, in manifest order (shard order for HDF5).
-    order_index = {sid: k for k, sid in enumerate(sid for ids_ in m.partition.values() for sid in ids_)}
-    ids = sorted(ids, key=lambda s: order_index.get(s, len(order_index)))
-    digests: dict[str, list[str]] = {}
-    mismatched, unreadable, nonfinite = [], [], []
-    first_unreadable = ""
-    if on_start:
-        on_start(len(ids))
-    nbytes = max(1, math.prod(m.sample_shape) * np.dtype(m.sample_dtype).itemsize)
-    step = max(1, _BLOCK_BYTES // nbytes)
+    errors = (StoreError, SampleNotFoundError, OSError, ValueError)
+    step = max(1, _BLOCK_BYTES // max(1, math.prod(m.sample_shape) * np.dtype(m.sample_dtype).itemsize))
+    unreadable: list[str] = []
+    first_error = ""
     try:
         store = open_store(m)
     except KpipeError as e:
@@ -557,32 +551,42 @@ def _check_content(m, ids: list[str], report: VerifyReport, progress, on_start) 
         for lo in range(0, len(ids), step):
             block = ids[lo : lo + step]
             try:
-                arrays = [(sid, a) for sid, a in zip(block, store.read_many(block))]
-            except (StoreError, SampleNotFoundError, OSError, ValueError):
-                arrays = []
+                yield from zip(block, store.read_many(block))
+            except errors:
                 for sid in block:  # find the culprits, one by one
                     try:
-                        arrays.append((sid, store.read(sid)))
-                    except (StoreError, SampleNotFoundError, OSError, ValueError) as e:
+                        yield sid, store.read(sid)
+                    except errors as e:
                         unreadable.append(sid)
-                        first_unreadable = first_unreadable or str(e)
-            for sid, arr in arrays:
-                digest = sample_digest(arr)
-                digests.setdefault(digest, []).append(sid)
-                if sid in expected:
-                    report.num_checksums += 1
-                    if expected[sid] != digest:
-                        mismatched.append(sid)
-                if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-                    nonfinite.append(sid)
-                report.num_read += 1
+                        first_error = first_error or str(e)
             if progress:
                 progress(len(block))
     finally:
         store.close()
     if unreadable:
         report.add("unreadable", f"{len(unreadable)} sample{'s' if len(unreadable) != 1 else ''} cannot be read "
-                                 f"back (e.g. {first_unreadable})", unreadable)
+                                 f"back (e.g. {first_error})", unreadable)
+
+
+def _check_content(m, ids: list[str], report: VerifyReport, progress, on_start) -> None:
+    expected = (m.sample_checksums or {}).get("digests", {}) if report.checksum_algorithm == CHECKSUM_ALGORITHM else {}
+    # Read partition by partition, in manifest order (shard order for HDF5).
+    order_index = {sid: k for k, sid in enumerate(sid for ids_ in m.partition.values() for sid in ids_)}
+    ids = sorted(ids, key=lambda s: order_index.get(s, len(order_index)))
+    digests: dict[str, list[str]] = {}
+    mismatched, nonfinite = [], []
+    if on_start:
+        on_start(len(ids))
+    for sid, arr in _read_samples(m, ids, report, progress):
+        digest = sample_digest(arr)
+        digests.setdefault(digest, []).append(sid)
+        if sid in expected:
+            report.num_checksums += 1
+            if expected[sid] != digest:
+                mismatched.append(sid)
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            nonfinite.append(sid)
+        report.num_read += 1
     if mismatched:
         report.add("checksum", f"{len(mismatched)} sample{'s do' if len(mismatched) != 1 else ' does'} not match "
                                f"{'their' if len(mismatched) != 1 else 'its'} checksum in the manifest (e.g. "
@@ -592,6 +596,12 @@ def _check_content(m, ids: list[str], report: VerifyReport, progress, on_start) 
         report.add("nonfinite", f"{len(nonfinite)} sample{'s hold' if len(nonfinite) != 1 else ' holds'} NaN or "
                                 f"Inf values (e.g. {nonfinite[0]!r}); a model trained on them gets NaN weights",
                    nonfinite)
+    _report_duplicates(m, digests, report)
+
+
+def _report_duplicates(m, digests: dict[str, list[str]], report: VerifyReport) -> None:
+    """Count groups of identical samples; those spanning partitions are leakage (with their IDs)."""
+    part_of = _partition_of(m)
     for group in digests.values():
         if len(group) < 2:
             continue
