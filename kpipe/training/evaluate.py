@@ -67,45 +67,136 @@ def unusual_sampling(data: Any) -> str | None:
     return " and ".join(reasons) or None
 
 
-def evaluate_on(model: keras.Model, data: Any, classes: list[str], *, warn: bool = True) -> dict[str, Any]:
-    """Loss and accuracy of ``model`` on ``data``, with scikit-learn's per-class report.
+def evaluate_on(model: keras.Model, data: Any, classes: list[str], *, warn: bool = True,
+                metrics: tuple[str, ...] | list[str] = (), binary: bool | None = None) -> dict[str, Any]:
+    """Loss and accuracy of ``model`` on ``data``, with the figures that matter on imbalanced data.
 
     Args:
-        model: A compiled `keras.Model` (probabilities or logits per class, or
-            one sigmoid probability for two classes).
+        model: A `keras.Model` (probabilities or logits per class, or one sigmoid probability for two
+            classes). Compiled: ``loss`` is its compiled loss; not compiled: ``loss`` is `None`.
         data: A `kpipe.DataGenerator` (or any `keras.utils.PyDataset` of
             ``(x, y[, sample_weight])`` batches).
         classes: Class names, in index order.
         warn: Warn when ``data`` shuffles, balances, bootstraps or weights
             (see `unusual_sampling`): the figures then describe that sample,
             not the partition. Defaults to `True`.
+        metrics: More metrics by name (`kpipe.training.metrics.scores`: ``auc``, ``f1``...), computed
+            exactly by scikit-learn on the predicted probabilities. Defaults to none.
+        binary: Precision / recall / F1 / AUC of class 1 instead of macro averages (``label_mode="binary"``).
+            Defaults to: the model has one output unit.
 
     Returns:
-        ``{"loss", "accuracy", "num_samples", "classification_report",
-        "confusion_matrix"}``; the report is ``classification_report(...,
-        output_dict=True)`` (precision, recall, F1 and support per class).
+        ``{"loss", "accuracy", "macro_f1", "balanced_accuracy", "worst_class", "num_samples", "metrics",
+        "classification_report", "confusion_matrix"}``: ``macro_f1`` is the unweighted mean of the per-class
+        F1 (the report's "macro avg"), ``balanced_accuracy`` the mean recall of the classes present
+        (`sklearn.metrics.balanced_accuracy_score`), ``worst_class`` ``{"name", "index", "recall"}`` the
+        present class of lowest recall; the report is ``classification_report(..., output_dict=True)``.
     """
     from sklearn.metrics import accuracy_score, classification_report, confusion_matrix
+
+    from kpipe.training.metrics import scores
 
     why = unusual_sampling(data) if warn else None
     if why:
         warnings.warn(f"The evaluation generator {why}; evaluate on a sequential, unweighted generator "
                       "(DataGenerator(..., shuffle=False)) for the partition's figures.", stacklevel=2)
     pinned = PinnedEpoch(data)
-    results = model.evaluate(pinned, verbose=0, return_dict=True)
-    probs = np.asarray(model.predict(pinned, verbose=0))
+    loss = None
+    if getattr(model, "compiled", False) and getattr(model, "loss", None) is not None:
+        loss = float(model.evaluate(pinned, verbose=0, return_dict=True)["loss"])
+    probs = np.asarray(model.predict(pinned, verbose=0), dtype=np.float64)
     y_true = pinned.y_true()
+    binary = probs.ndim == 2 and probs.shape[1] == 1 if binary is None else binary
     if probs.ndim == 2 and probs.shape[1] == 1:  # binary: a single probability
-        y_pred = (probs[:, 0] > 0.5).astype(np.int64)
-    else:
-        y_pred = np.argmax(probs, axis=-1)
+        probs = np.concatenate([1.0 - probs, probs], axis=1)
+    y_pred = np.argmax(probs, axis=-1)
     labels = list(range(len(classes)))
     report = classification_report(y_true, y_pred, labels=labels, target_names=classes,
                                    output_dict=True, zero_division=0)
+    matrix = confusion_matrix(y_true, y_pred, labels=labels)
     return {
-        "loss": float(results["loss"]),
+        "loss": loss,
         "accuracy": float(accuracy_score(y_true, y_pred)),
+        **class_balance(matrix, classes),
         "num_samples": int(len(y_true)),
+        "metrics": scores(list(metrics), y_true, probs, binary=binary) if metrics else {},
         "classification_report": report,
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "confusion_matrix": matrix.tolist(),
     }
+
+
+def class_balance(matrix: Any, classes: list[str]) -> dict[str, Any]:
+    """Macro-F1, balanced accuracy and the worst class's recall from a confusion matrix.
+
+    Args:
+        matrix: ``C[i, j]`` = samples of true class ``i`` predicted ``j`` (`sklearn.metrics.confusion_matrix`).
+        classes: Class names, in index order.
+
+    Returns:
+        ``{"macro_f1", "balanced_accuracy", "worst_class"}``: per-class F1 ``2 C[i, i] / (row_i + col_i)``
+        (0 when both are 0) averaged over all classes; recall ``C[i, i] / row_i`` averaged over the classes
+        present (row_i > 0); ``worst_class`` ``{"name", "index", "recall"}`` (the first of the lowest), or
+        `None` when no class is present.
+    """
+    m = np.asarray(matrix, dtype=np.float64)
+    tp, actual, predicted = np.diag(m), m.sum(axis=1), m.sum(axis=0)
+    f1 = np.divide(2 * tp, actual + predicted, out=np.zeros_like(tp), where=(actual + predicted) > 0)
+    present = np.flatnonzero(actual > 0)
+    recall = tp[present] / actual[present]
+    worst = None
+    if len(present):
+        k = int(present[int(np.argmin(recall))])
+        worst = {"name": classes[k], "index": k, "recall": float(tp[k] / actual[k])}
+    return {"macro_f1": float(f1.mean()) if len(f1) else 0.0,
+            "balanced_accuracy": float(recall.mean()) if len(present) else 0.0, "worst_class": worst}
+
+
+def evaluation_partition(manifest: Any) -> str:
+    """The partition a run's final evaluation reads: ``test``, else ``validation``, else ``train``."""
+    return next((p for p in ("test", "validation") if manifest.partition.get(p)), "train")
+
+
+def artifact_names(partition: str, *, default_partition: str, fingerprint: str | None = None) -> tuple[str, str]:
+    """``(metrics file, confusion-matrix PNG)`` of an evaluation in a run folder.
+
+    The run's own evaluation (its dataset, ``default_partition``) is ``metrics.json`` /
+    ``confusion_matrix.png``; another partition adds ``-<partition>``; another dataset (``fingerprint``, the
+    first 8 characters of its `kpipe.training.run_folder.dataset_fingerprint`) adds ``-<fingerprint>`` too.
+    """
+    suffix = "" if partition == default_partition and fingerprint is None else f"-{partition}"
+    suffix += f"-{fingerprint[:8]}" if fingerprint is not None else ""
+    return f"metrics{suffix}.json", f"confusion_matrix{suffix}.png"
+
+
+def evaluate_into_run(run: Any, model: keras.Model, data: Any, manifest: Any, *, partition: str,
+                      metrics: tuple[str, ...] | list[str] = (), label_mode: str = "int",
+                      facts: dict[str, Any] | None = None, names: tuple[str, str] | None = None
+                      ) -> dict[str, Any]:
+    """Evaluate ``model`` on ``data`` and write the metrics file and the confusion matrix into the run folder.
+
+    Args:
+        run: The `kpipe.training.run_folder.RunFolder`.
+        model: The model (``model.keras``).
+        data: A sequential, unweighted generator of ``partition``.
+        manifest: The dataset's `kpipe.manifest.Manifest`.
+        partition: The partition's name.
+        metrics: Extra metric names (`kpipe.training.metrics.scores`).
+        label_mode: The run's label mode (``"binary"``: class-1 precision / recall / F1 / AUC).
+        facts: The training facts to keep with the figures (`kpipe.training.report.training_facts`).
+        names: ``(metrics file, PNG)``. Defaults to `artifact_names` of the run's own evaluation.
+
+    Returns:
+        What was written to the metrics file.
+    """
+    from kpipe.training.artifacts import plot_confusion_matrix
+    from kpipe.training.run_folder import writing
+
+    names = names or artifact_names(partition, default_partition=partition)
+    result = {"partition": partition, "manifest": None if manifest.path is None else str(manifest.path)}
+    result |= evaluate_on(model, data, manifest.classes, metrics=metrics, binary=label_mode == "binary")
+    result |= facts or {}
+    run.write_json(names[0], result)
+    with writing(run.path):
+        plot_confusion_matrix(result["confusion_matrix"], manifest.classes, run.file(names[1]),
+                              title=f"Confusion matrix ({partition}, {result['num_samples']} samples)")
+    return result
