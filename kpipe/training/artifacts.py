@@ -89,7 +89,7 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str
     """Draw a confusion matrix normalised per true class (recall on the diagonal), counts annotated, into a PNG.
 
     Each row is divided by its total, so a small class that is fully correct is as dark as a large one;
-    each cell shows the count and, below it, the row share. A class with no sample has an empty row.
+    each non-empty cell shows the count and, below it, the row share. A class with no sample has an empty row.
 
     Args:
         matrix: ``num_classes x num_classes`` counts, as
@@ -122,7 +122,7 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str
     if n <= 30:
         for i in range(n):
             for j in range(n):
-                if rows[i, 0] == 0:
+                if cm[i, j] == 0:  # empty cells stay blank, so the errors stand out
                     continue
                 text = str(int(cm[i, j])) if n > 12 else f"{int(cm[i, j])}\n{share[i, j]:.0%}"
                 ax.text(j, i, text, ha="center", va="center", fontsize=7 if n > 12 else 8,
@@ -162,7 +162,7 @@ def plot_class_counts(counts: dict[str, dict[str, int]], classes: Sequence[str],
     ax.set_ylabel("samples")
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="partition")
     path = Path(path)
     _save(fig, path)
     return path

@@ -9,11 +9,16 @@ label. Reusable outside `train` (a later ``kpipe evaluate RUN`` builds on it).
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import warnings
+from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
+
+from kpipe.errors import ArgumentError, KpipeError
 
 
 class PinnedEpoch(keras.utils.PyDataset):
@@ -200,3 +205,140 @@ def evaluate_into_run(run: Any, model: keras.Model, data: Any, manifest: Any, *,
         plot_confusion_matrix(result["confusion_matrix"], manifest.classes, run.file(names[1]),
                               title=f"Confusion matrix ({partition}, {result['num_samples']} samples)")
     return result
+
+
+def _run_facts(run: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """The training facts of a run: from its ``metrics.json``, else from ``history.json`` and its checkpoint."""
+    import json
+
+    from kpipe.training.report import training_facts
+
+    keys = ("loop", "epochs_trained", "monitor", "best_epoch", "kept_epoch", "stop")
+    try:
+        previous = json.loads(run.file("metrics.json").read_text())
+    except (OSError, ValueError):
+        previous = {}
+    if isinstance(previous, dict) and "epochs_trained" in previous:
+        return {k: v for k, v in previous.items() if k in keys or k.startswith("best_")}
+    try:
+        history = json.loads(run.file("history.json").read_text())
+        state = run.load_state()
+    except (OSError, ValueError, KpipeError):
+        return {}
+    resolved = config.get("resolved") or {}
+    monitor = resolved.get("monitor", config.get("monitor", "val_loss"))
+    facts = training_facts(history, monitor=monitor, mode=resolved.get("monitor_mode", "min"),
+                           epochs=int(config.get("epochs") or 0), patience=config.get("patience"),
+                           stopped=bool(state.get("stopped")), kept_best=run.best_weights.is_file())
+    return {"loop": config.get("loop")} | facts
+
+
+@dataclasses.dataclass
+class EvaluateResult:
+    """What `evaluate_run` wrote: the metrics, and where."""
+
+    run_dir: Path
+    metrics: dict[str, Any]
+    metrics_file: Path
+    figure: Path
+
+    def summary(self) -> str:
+        """The evaluation sentence of `kpipe.training.report`, then the files written."""
+        from kpipe.training.report import evaluation_sentence
+
+        return f"{evaluation_sentence(self.metrics, fallback_note=False)}\n-> {self.metrics_file}, {self.figure.name}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The metrics file's content plus ``run_dir``, ``metrics_file`` and ``figure`` (``--json``)."""
+        return {"run_dir": str(self.run_dir), "metrics_file": str(self.metrics_file),
+                "figure": str(self.figure)} | self.metrics
+
+
+def _compiled_model(run: Any, config: dict[str, Any], loss: str | None) -> keras.Model:
+    """``model.keras`` loaded without its compile state, compiled with the run's loss (or ``loss``).
+
+    A loss that names code (``module:function``) is imported only when the user names it again (``loss``);
+    otherwise the model is left uncompiled and the loss is not computed (a warning says so).
+    """
+    from kpipe.training.loading import is_object_spec
+    from kpipe.training.losses import build_loss
+
+    path = run.file("model.keras")
+    if not path.is_file():
+        raise KpipeError(f"The run {run.path} has no model.keras: its training did not finish. Continue it with "
+                         f"`kpipe train --resume {run.path}`.")
+    model = keras.saving.load_model(path, compile=False)
+    spec = loss or config.get("loss")
+    if not isinstance(spec, str) or (is_object_spec(spec) and loss is None):
+        warnings.warn(f"The run's loss names code ({spec}), which kpipe imports only when you name it: pass "
+                      f"--loss {spec} to compute the loss too.", stacklevel=3)
+        return model
+    outputs = (config.get("resolved") or {}).get("outputs")
+    model.compile(loss=build_loss(spec, config.get("loss_args"), outputs=outputs), metrics=["accuracy"])
+    return model
+
+
+def evaluate_run(run_dir: str | os.PathLike, *, manifest: str | os.PathLike | None = None,
+                 partition: str | None = None, batch_size: int | None = None, loss: str | None = None
+                 ) -> EvaluateResult:
+    """Evaluate a run's ``model.keras`` (the kept epoch) on a partition and write its metrics and figure.
+
+    Works for a run whose final evaluation failed (``model.keras`` is written before it). The run's own
+    evaluation (test, else validation) rewrites ``metrics.json`` and ``confusion_matrix.png``; another
+    partition writes ``metrics-<partition>.json`` and ``confusion_matrix-<partition>.png``; a dataset other
+    than the run's (another fingerprint) adds its fingerprint to the names, so nothing of the run is lost.
+
+    Args:
+        run_dir: The run folder.
+        manifest: The dataset. Defaults to the one the run recorded in ``config.json``.
+        partition: ``"test"``, ``"validation"`` or ``"train"``. Defaults to the run's evaluation partition.
+        batch_size: Defaults to the run's.
+        loss: A loss to compute instead of the run's (needed when the run's loss names code).
+
+    Returns:
+        An `EvaluateResult`.
+
+    Raises:
+        KpipeError: If the folder is not a run, has no ``model.keras``, the manifest is missing or has other
+            classes, or the partition is empty.
+    """
+    from kpipe._validation import check_positive_int, check_text_choice
+    from kpipe.generator import DataGenerator
+    from kpipe.manifest import load_manifest
+    from kpipe.training.run_folder import RunFolder, dataset_fingerprint
+
+    run = RunFolder(run_dir)
+    config = run.read_config()
+    if not config:
+        raise ArgumentError(f"{run.path} is not a kpipe run folder (it has no config.json). Received: "
+                            f"run={str(run_dir)!r}")
+    source = manifest if manifest is not None else config.get("manifest")
+    if not source:
+        raise ArgumentError(f"The run {run.path} does not record its manifest; pass --manifest.")
+    data_manifest = load_manifest(source)
+    _check_classes(run, config, data_manifest)
+    own = dataset_fingerprint(data_manifest) == config.get("dataset_fingerprint")
+    default = evaluation_partition(data_manifest)
+    partition = check_text_choice(partition or default, "partition", ("test", "validation", "train"))
+    if not data_manifest.partition.get(partition):
+        raise ArgumentError(f"The {partition} partition of {data_manifest.path} is empty. Choose another "
+                            f"--partition. Received: partition={partition!r}")
+    batch_size = check_positive_int(batch_size or config.get("batch_size") or 32, "batch_size")
+    label_mode = (config.get("resolved") or {}).get("label_mode", "int")
+    data = DataGenerator(data_manifest, partition, shuffle=False, batch_size=batch_size, label_mode=label_mode)
+    names = artifact_names(partition, default_partition=default,
+                           fingerprint=None if own else dataset_fingerprint(data_manifest))
+    model = _compiled_model(run, config, loss)
+    facts = _run_facts(run, config) if own else {}
+    metrics = evaluate_into_run(run, model, data, data_manifest, partition=partition,
+                                metrics=tuple(config.get("metrics") or ()), label_mode=label_mode, facts=facts,
+                                names=names)
+    return EvaluateResult(run.path.resolve(), metrics, run.file(names[0]).resolve(), run.file(names[1]).resolve())
+
+
+def _check_classes(run: Any, config: dict[str, Any], manifest: Any) -> None:
+    classes = (config.get("dataset") or {}).get("classes")
+    if classes is not None and list(classes) != list(manifest.classes):
+        raise ArgumentError(f"The run {run.path} was trained on the classes {classes}; {manifest.path} has "
+                            f"{list(manifest.classes)}. Evaluate on a dataset with the same classes, in the same "
+                            "order.")

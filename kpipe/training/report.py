@@ -79,15 +79,15 @@ def stop_sentence(facts: dict[str, Any]) -> str:
     return f"{head}; {tail}."
 
 
-def evaluation_sentence(metrics: dict[str, Any]) -> str:
+def evaluation_sentence(metrics: dict[str, Any], *, fallback_note: bool = True) -> str:
     """``"Test accuracy: 0.9777, macro-F1 0.9776, balanced accuracy 0.9778 (loss 0.0812, 179 samples); ..."``.
 
     Accuracy alone hides a small class that is never right, so macro-F1, balanced accuracy and the worst
     class's recall (named) come with it, then any ``--metrics``.
     """
     part = metrics.get("partition", "test")
-    note = " (no test partition)" if part == "validation" else " (no validation or test partition)" \
-        if part == "train" else ""
+    note = {"validation": " (no test partition)", "train": " (no validation or test partition)"}.get(part, "") \
+        if fallback_note else ""
     loss = metrics.get("loss")
     loss_text = f"loss {loss:.4f}, " if loss is not None else ""
     extra = "".join(f", {k} {v:.4f}" if v is not None else f", {k} undefined"
