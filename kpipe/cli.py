@@ -96,7 +96,7 @@ def cli_names(message: str, flags: dict[str, tuple[str, bool]]) -> str:
             value = value[1:-1]
         if boolean:
             return flag if value == "True" else f"no {flag}"
-        return f"{flag} {value}"
+        return f"{flag} (not given)" if value == "None" else f"{flag} {value}"
 
     message = _ASSIGNMENT.sub(assignment, message)
     return _NAME.sub(lambda m: f"`{flags[m.group(1)][0]}`" if m.group(1) in flags else m.group(0), message)
