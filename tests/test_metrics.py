@@ -1,4 +1,4 @@
-"""--metrics: the Keras metrics kpipe logs equal scikit-learn's definitions, in the form the label mode needs (issue 12).
+"""--metrics: the Keras metrics kpipe logs equal scikit-learn's, in the form the label mode needs (issue 12).
 
 Also the figures for imbalanced data: macro-F1, balanced accuracy and the worst class, from a confusion matrix
 one can check by hand, and an oracle model that never predicts the small class.

@@ -301,7 +301,8 @@ def test_rare_and_tiny_classes_through_prepare(tmp_path: Path):
     assert result.manifest.class_counts("validation")["rare"] == 1
     assert result.manifest.class_counts("test")["rare"] == 1
     assert "\ncommon    900          50    50   1000\nrare        1           1     1      3\n" in result.summary()
-    assert result.summary().endswith("\nImbalance ratio 333.33 (largest class 'common': 1000 samples, smallest 'rare': 3)")
+    assert result.summary().endswith("\nImbalance ratio 333.33 (largest class 'common': 1000 samples, smallest "
+                                     "'rare': 3)")
     raw = make_image_folder(tmp_path / "raw", {"x": 6, "y": 6})
     m = prepare(raw, tmp_path / "out2", n_jobs=1).manifest  # old code: refused
     assert [len(m.partition[p]) for p in ("train", "validation", "test")] == [8, 2, 2]

@@ -198,7 +198,16 @@ def evaluate_into_run(run: Any, model: keras.Model, data: Any, manifest: Any, *,
 
     names = names or artifact_names(partition, default_partition=partition)
     result = {"partition": partition, "manifest": None if manifest.path is None else str(manifest.path)}
-    result |= evaluate_on(model, data, manifest.classes, metrics=metrics, binary=label_mode == "binary")
+    try:
+        result |= evaluate_on(model, data, manifest.classes, metrics=metrics, binary=label_mode == "binary")
+    except Exception as e:
+        error = getattr(data, "last_error", None)  # what the generator raised, before TensorFlow wrapped it
+        if isinstance(e, KpipeError) or not isinstance(error, KpipeError):
+            raise
+    else:
+        error = None
+    if error is not None:
+        raise error
     result |= facts or {}
     run.write_json(names[0], result)
     with writing(run.path):

@@ -182,8 +182,14 @@ def _read_one(path: Path, rules: InputRules, options: ImageOptions | None
         else:
             kinds = {"images": "image files", "csv": "CSV files", "npy": "no other file"}[rules.layout]
             raise SampleError("not-a-sample", f"not an input this model reads (.npy samples, {kinds})")
-    except (SampleError, OSError, ValueError) as e:
-        yield str(path), None, str(e) if isinstance(e, SampleError) else f"cannot read: {e}"
+    except SampleError as e:
+        if e.kind == "size" and options is not None:
+            h, w = options.image_size
+            e = SampleError("size", f"image is {e.detail}; the model takes {h}x{w} images (its dataset was prepared "
+                                    "without --image-size, so images of another size are not resized)")
+        yield str(path), None, str(e)
+    except (OSError, ValueError) as e:
+        yield str(path), None, f"cannot read: {e}"
 
 
 # ------------------------------------------------------------------ predicting

@@ -92,15 +92,17 @@ def check_run(manifest: Manifest, config: TrainConfig) -> tuple[RunFolder, dict[
         KpipeError: On a run folder that may not be written or resumed, a
             ``monitor`` the run does not log, or a dataset that cannot be trained on.
     """
-    check_dataset(manifest, config)
     check_monitor(config, has_validation=bool(manifest.partition.get("validation")))
     if config.use_multiprocessing and config.workers == 1:
         warnings.warn("--use-multiprocessing with one worker starts a process to make batches one at a time, "
                       "which is slower than the main process alone. Add --workers N (N > 1), or drop it.",
                       stacklevel=2)
-    if config.resume is not None:
-        return RunFolder.for_resume(config.resume, out=config.out, manifest=manifest, epochs=config.epochs)
-    return RunFolder.for_new_run(manifest, out=config.out, overwrite=config.overwrite), None
+    if config.resume is not None:  # the run first: "nothing to resume" whatever the state of the files
+        run, state = RunFolder.for_resume(config.resume, out=config.out, manifest=manifest, epochs=config.epochs)
+    else:
+        run, state = RunFolder.for_new_run(manifest, out=config.out, overwrite=config.overwrite), None
+    check_dataset(manifest, config)
+    return run, state
 
 
 def logits_warning(loss: Any, outputs: str | None) -> str | None:
