@@ -166,26 +166,36 @@ def _shielded(fn, cancel: threading.Event, **kwargs):
     """
     if not hasattr(signal, "pthread_sigmask"):  # Windows: no signal masks
         return fn(**kwargs)
+    from multiprocessing import resource_tracker
+
+    # Started here first: Python 3.11's tracker start unblocks SIGINT in the thread that starts it.
+    resource_tracker.ensure_running()
     outcome: dict = {}
+    done = threading.Event()  # not Thread.join: a join interrupted by Ctrl-C can mark a running thread stopped
 
     def target() -> None:
         try:
             outcome["value"] = fn(**kwargs)
         except BaseException as e:  # handed to the main thread
             outcome["error"] = e
+        finally:
+            done.set()
 
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        thread = threading.Thread(target=target, name="kpipe-command", daemon=True)
-        thread.start()
+        threading.Thread(target=target, name="kpipe-command", daemon=True).start()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     try:
-        while thread.is_alive():
-            thread.join(0.1)
+        while not done.wait(0.1):
+            pass
     except KeyboardInterrupt:
-        cancel.set()
-        thread.join(timeout=30)
+        # What joblib says while its pool stops (callbacks refused, tasks cancelled) is not for the user:
+        # silenced for the rest of this process, which ends.
+        logging.getLogger("concurrent.futures").disabled = True
+        warnings.simplefilter("ignore")
+        cancel.set()  # the work stops at its next progress call and cleans up (its staging folder) as on an error
+        done.wait(timeout=30)
         raise KeyboardInterrupt from None
     if "error" in outcome:
         raise outcome["error"]
@@ -223,11 +233,19 @@ _JSON_HELP = "Print one JSON object on stdout (nothing else), for scripts."
 
 
 class _Group(click.Group):
-    """Commands listed in the order of the work (prepare, verify, inspect, train, evaluate, predict, convert)."""
+    """Commands listed in the order of the work (prepare, verify, inspect, train, evaluate, predict, convert);
+    Ctrl-C while a command's options are read is one line and exit 130, as during the command."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         order = ["prepare", "verify", "inspect", "train", "evaluate", "predict", "convert"]
         return sorted(self.commands, key=lambda c: (order.index(c) if c in order else len(order), c))
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("Interrupted (Ctrl-C).", err=True)
+            raise click.exceptions.Exit(130) from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -305,7 +323,7 @@ def prepare(raw: Path, out: Path, as_json: bool, **options) -> None:
     from kpipe.prepare import prepare as run_prepare
 
     cancel = threading.Event()
-    with _progress("Converting", show=not as_json, cancel=cancel) as (on_start, progress):
+    with _progress("Converting", show=not as_json and sys.stderr.isatty(), cancel=cancel) as (on_start, progress):
         result = _shielded(run_prepare, cancel, raw=raw, out=out, **options, progress=progress, on_start=on_start)
     _echo_json(result.to_dict()) if as_json else click.echo(result.summary())
 
@@ -413,7 +431,7 @@ def convert(manifest: Path, out: Path, as_json: bool, **options) -> None:
     from kpipe.convert import convert as run_convert
 
     cancel = threading.Event()
-    with _progress("Converting", show=not as_json, cancel=cancel) as (on_start, progress):
+    with _progress("Converting", show=not as_json and sys.stderr.isatty(), cancel=cancel) as (on_start, progress):
         result = _shielded(run_convert, cancel, manifest=manifest, out=out, **options, progress=progress,
                            on_start=on_start)
     if as_json:
