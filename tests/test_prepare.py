@@ -228,7 +228,7 @@ def test_csv_missing_values_policy_in_the_summary(tmp_path: Path):
     result = prepare(tmp_path / "t.csv", tmp_path / "out", n_jobs=1)
     assert result.manifest.num_samples == 199  # old code: 10, after dropping 190 rows
     summary = result.summary()
-    assert "dropped columns: sparse (90% missing), name (text)" in summary
+    assert "\nDropped columns: sparse (90% missing), name (text)\n" in summary
     assert "1 with NaN/Inf skipped (--nonfinite skip)" in summary
     result = prepare(tmp_path / "t.csv", tmp_path / "out2", missing="drop-rows", n_jobs=1)
     assert result.manifest.num_samples == 20
