@@ -1,12 +1,15 @@
 """The ``kpipe`` command line: thin commands over the library.
 
 Each command parses its options, calls one library function and prints a
-one-line summary. Library errors (`KpipeError`) become a plain message and
-exit code 1; bad option values exit 2 (click's convention). The options of
+short summary for people, or with ``--json`` one JSON object on stdout and
+nothing else. Library errors (`KpipeError`) become one line naming the options
+as typed (`cli_names`) and exit code 1; bad option values exit 2 (click's
+convention); Ctrl-C is one line and exit code 130. The options of
 ``kpipe train`` are generated from `kpipe.training.config.TrainConfig`.
 Nothing here changes the process outside a running command: warnings are
 printed plainly, and TensorFlow's C++ start-up lines filtered out of stderr,
-only while a command runs.
+only while a command runs (after a Ctrl-C, which ends the process, warnings
+and joblib's pool messages stay silenced).
 """
 
 from __future__ import annotations
