@@ -8,8 +8,8 @@ convention); Ctrl-C is one line and exit code 130. The options of
 ``kpipe train`` are generated from `kpipe.training.config.TrainConfig`.
 Nothing here changes the process outside a running command: warnings are
 printed plainly, and TensorFlow's C++ start-up lines filtered out of stderr,
-only while a command runs (after a Ctrl-C, which ends the process, warnings
-and joblib's pool messages stay silenced).
+only while a command runs (after a Ctrl-C, which ends the process, joblib's
+messages about its stopped pool stay silenced).
 """
 
 from __future__ import annotations
