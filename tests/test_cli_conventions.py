@@ -121,7 +121,8 @@ def test_the_quick_start_can_be_run_again(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for attempt in range(2):
         for command in commands:
-            extra = ["--epochs", "1", "--verbose", "0", "--no-tensorboard"] if command[0] == "train" else []
+            extra = ["--epochs", "1", "--batch-size", "512", "--verbose", "0", "--no-tensorboard"] \
+                if command[0] == "train" else []
             out = invoke(*command, *extra)
             assert out.exit_code == 0, (attempt, command, out.output)
     assert (tmp_path / "runs" / "digits" / "metrics.json").is_file()
