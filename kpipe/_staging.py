@@ -47,8 +47,9 @@ MARKER_NAME = ".kpipe-dataset"
 """Ownership marker written into every dataset folder kpipe creates (JSON: kpipe version, writer process)."""
 
 MANIFEST_NAME = "manifest.json"
-KPIPE_ENTRIES = frozenset({MANIFEST_NAME, MARKER_NAME, "data", "shards", "runs"})
-"""Top-level entries of a dataset folder that kpipe writes (``runs/`` holds training runs kept with the data)."""
+KPIPE_ENTRIES = frozenset({MANIFEST_NAME, MARKER_NAME, "data", "shards", "runs", "class_counts.png", "samples.png"})
+"""Top-level entries of a dataset folder that kpipe writes (``runs/`` holds training runs kept with the data; the
+two PNGs are ``kpipe inspect``'s figures)."""
 
 _STAGING_INFIX = ".partial-"
 _OLD_INFIX = ".old-"

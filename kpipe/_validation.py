@@ -35,6 +35,7 @@ __all__ = [
     "check_class_labels",
     "check_int",
     "check_json_object",
+    "check_name_list",
     "check_number",
     "check_optional_bool",
     "check_positive_int",
@@ -361,3 +362,37 @@ def check_json_object(value: Any, name: str, *, example: str = '{"gamma": 3.0}',
     if not isinstance(value, dict):
         raise error(f"`{name}` must be a JSON object (a dict) such as '{example}'. Received: {name}={value!r}")
     return dict(value)
+
+
+def check_name_list(value: Any, name: str, choices: Iterable[str], *,
+                    error: type[KpipeError] = ArgumentError) -> tuple[str, ...]:
+    """Names from ``choices``, given as a comma-separated string (``"auc,f1"``) or a sequence of strings.
+
+    Spaces around names are ignored and repeats are dropped (the first kept); `None` and ``""`` give ``()``.
+
+    Returns:
+        The names, in the order given, as a tuple.
+
+    Raises:
+        ArgumentError: (or ``error``) If a name is not one of ``choices``, or the value is neither a string
+            nor a sequence of strings.
+
+    Example:
+        >>> check_name_list("auc, f1", "metrics", ("accuracy", "auc", "f1"))
+        ('auc', 'f1')
+    """
+    choices = tuple(choices)
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",")]
+    elif isinstance(value, Sequence) and all(isinstance(v, str) for v in value):
+        items = [v.strip() for v in value]
+    else:
+        raise error(f"`{name}` must be a comma-separated list of names such as '{','.join(choices[:2])}'. "
+                    f"Received: {name}={value!r}")
+    unknown = [v for v in items if v not in choices]
+    if unknown:
+        raise error(f"`{name}` takes names from: {', '.join(choices)}; {unknown[0]!r} is not one of them. "
+                    f"Received: {name}={value!r}")
+    return tuple(dict.fromkeys(items))

@@ -76,22 +76,33 @@ class PrepareResult:
     report: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> str:
-        """One line for people, e.g. ``Prepared 1797 samples in 10 classes: train 1438, ...``.
+        """A few lines for people: the partition sizes, a class x partition table, the imbalance ratio, then only
+        what applies, one line each: skipped inputs by kind, dropped CSV columns and rows, NaN/Inf skips,
+        duplicates and value changes, each with the option that decides it.
 
-        After the partition sizes come the per-class counts per partition
-        (train/validation/test), then only what applies: skipped inputs by
-        kind, dropped CSV columns and rows, NaN/Inf skips, duplicates and
-        value changes, each with the option that decides it.
+        Example:
+            Prepared 1797 samples in 10 classes: train 1438, validation 180, test 179 -> prepared/manifest.json
+            class  train  validation  test  total
+            0        142          18    18    178
+            ...
+            Imbalance ratio 1.05 (largest class '3': 183 samples, smallest '8': 174)
         """
+        from kpipe.inspection import class_table, imbalance_sentence
+
         m = self.manifest
-        p = m.prepare
         parts = ", ".join(f"{name} {len(ids)}" for name, ids in m.partition.items())
-        line = [f"Prepared {m.num_samples} samples in {m.num_classes} classes: {parts}", _per_class(m)]
+        lines = [f"Prepared {m.num_samples} samples in {m.num_classes} classes: {parts} -> {m.path}",
+                 class_table(m), imbalance_sentence(m).capitalize()]
+        return "\n".join(lines + [n[0].upper() + n[1:] for n in self._notes()])
+
+    def _notes(self) -> list[str]:
+        m, p = self.manifest, self.manifest.prepare
+        line = []
         kinds = Counter(s.get("kind", "unreadable") for s in m.skipped)
         if self.num_skipped:
             shown = ", ".join(f"{n} {k}" for k, n in kinds.most_common())
             line.append(f"{self.num_skipped} input{'s' if self.num_skipped != 1 else ''} skipped ({shown}; see "
-                        "`skipped` in the manifest)")
+                        "`kpipe inspect` or `skipped` in the manifest)")
         if p.get("dropped_columns"):
             reasons = p.get("dropped_column_reasons", {})
             line.append("dropped columns: " + ", ".join(f"{c} ({reasons.get(c, 'dropped')})"
@@ -117,19 +128,22 @@ class PrepareResult:
                 f"{n} {_NOTES.get(k, k).format(background=p.get('background', 'white'), size=size)}"
                 for k, n in notes.items()))
         line.extend(self.report.get("small_classes", []))
-        return "; ".join(line) + f" -> {m.path}"
+        return line
 
+    def to_dict(self) -> dict[str, Any]:
+        """The facts of `summary` as JSON values (``kpipe prepare --json``)."""
+        from kpipe.inspection import class_counts, imbalance
 
-def _per_class(m: Manifest) -> str:
-    """``per class train/validation/test: a 16/2/2, b 12/1/2`` (the 6 smallest and the largest when many)."""
-    counts = {p: m.class_counts(p) for p in m.partition}
-    head = f"per class {'/'.join(counts)}"
-    cells = {c: "/".join(str(counts[p][c]) for p in counts) for c in m.classes}
-    if len(m.classes) <= 12:
-        return f"{head}: " + ", ".join(f"{c} {v}" for c, v in cells.items())
-    totals = sorted(m.classes, key=lambda c: (sum(counts[p][c] for p in counts), c))
-    return (f"{head}: smallest " + ", ".join(f"{c} {cells[c]}" for c in totals[:6])
-            + f", largest {totals[-1]} {cells[totals[-1]]}")
+        m = self.manifest
+        counts = class_counts(m)
+        totals = {c: sum(per[c] for per in counts.values()) for c in m.classes}
+        return {"manifest": str(m.path), "num_samples": m.num_samples, "classes": list(m.classes),
+                "partitions": {p: len(ids) for p, ids in m.partition.items()}, "counts": counts,
+                "imbalance": imbalance(totals), "sample": {"shape": list(m.sample_shape), "dtype": m.sample_dtype},
+                "num_skipped": self.num_skipped,
+                "skipped_by_kind": dict(Counter(s.get("kind", "unreadable") for s in m.skipped)),
+                "duplicate_groups": len(self.report.get("duplicate_groups") or []),
+                "notes": self._notes()}
 
 
 def parse_image_size(text: str | Sequence[int] | None) -> tuple[int, int] | None:

@@ -17,10 +17,16 @@ def test_prepare_then_train_end_to_end(tmp_path: Path):
     out = tmp_path / "prepared"
     result = runner.invoke(main, ["prepare", str(raw), "--out", str(out), "--n-jobs", "1"])
     assert result.exit_code == 0, result.output
-    assert result.output.strip().splitlines()[-1].startswith(
-        "Prepared 36 samples in 3 classes: train 29, validation 4, test 3; per class train/validation/test: "
-        "cat 10/1/1, dog 9/2/1, owl 10/1/1; 1 input skipped (1 not-a-sample; see `skipped` in the manifest) -> "
-    )
+    assert result.output.strip().splitlines()[-8:] == [
+        f"Prepared 36 samples in 3 classes: train 29, validation 4, test 3 -> {out / 'manifest.json'}",
+        "class  train  validation  test  total",
+        "cat       10           1     1     12",
+        "dog        9           2     1     12",
+        "owl       10           1     1     12",
+        "total     29           4     3     36",
+        "Imbalance ratio 1.00 (largest class 'owl': 12 samples, smallest 'cat': 12)",
+        "1 input skipped (1 not-a-sample; see `kpipe inspect` or `skipped` in the manifest)",
+    ]
     assert (out / "manifest.json").is_file()
     assert runner.invoke(main, ["verify", str(out / "manifest.json")]).exit_code == 0
     manifest = out / "manifest.json"
@@ -28,7 +34,7 @@ def test_prepare_then_train_end_to_end(tmp_path: Path):
     result = runner.invoke(main, ["train", str(manifest), "--epochs", "1", "--batch-size", "8", "--out", str(run),
                                   "--verbose", "0"])
     assert result.exit_code == 0, result.output
-    assert result.output.strip().splitlines()[-1].startswith("Test accuracy: ")
+    assert "\nTest accuracy: " in "\n" + result.output
     for name in ("model.keras", "history.json", "metrics.json", "config.json"):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
@@ -56,7 +62,7 @@ def test_cli_errors_are_plain_messages(tmp_path: Path):
 
     raw = make_image_folder(tmp_path / "raw", {"a": 10, "b": 10})
     result = runner.invoke(main, ["prepare", str(raw), "--out", str(tmp_path / "o"), "--split", "0.5,0.6"])
-    assert result.exit_code == 1 and "`split` must be three" in result.output
+    assert result.exit_code == 1 and "`--split` must be three" in result.output, result.output
 
     result = runner.invoke(main, ["prepare", str(raw), "--out", str(tmp_path / "o2"), "--n-jobs", "1"])
     assert result.exit_code == 0, result.output
@@ -109,7 +115,7 @@ def test_errors_raised_inside_training_are_plain_messages(tmp_path: Path):
     result = runner.invoke(main, ["train", str(out / "manifest.json"), "--epochs", "1", "--batch-size", "4",
                                   "--verbose", "0", "--out", str(tmp_path / "r1")])
     assert result.exit_code == 1, result.output
-    assert result.output.startswith(f"Error: Sample '{victim}' has no file "), result.output
+    assert result.output.startswith(f"Error: Sample '{victim}' "), result.output  # found by pre-flight
     assert "Traceback" not in result.output
     assert not (tmp_path / "r1").exists()  # a run that failed in its first epoch leaves nothing
 
@@ -162,8 +168,8 @@ def test_train_refuses_to_lose_or_mix_runs(tmp_path: Path):
                                   f"{model_file}:two_heads", *fast])
     assert result.exit_code == 1 and "The model has 2 outputs" in result.output, result.output
     result = runner.invoke(main, ["train", str(p), "--out", str(tmp_path / "r3"), "--monitor", "val_bogus", *fast])
-    assert result.exit_code == 1 and "`monitor` must be a value the run logs" in result.output, result.output
+    assert result.exit_code == 1 and "`--monitor` must be a value the run logs" in result.output, result.output
 
     result = runner.invoke(main, ["train", str(p), "--out", str(run), "--overwrite", *fast])
     assert result.exit_code == 0, result.output
-    assert result.output.strip().splitlines()[-1].startswith("Test accuracy: ")
+    assert "\nTest accuracy: " in "\n" + result.output

@@ -18,7 +18,7 @@ def test_every_field_is_a_train_option_with_the_schema_choices():
         if option.choices is not None:
             assert tuple(params[name].type.choices) == option.choices
         assert params[name].default is None  # "not given": the schema's default applies (or the files')
-    assert set(params) == {f.name for f in dataclasses.fields(TrainConfig)} | {"manifest", "config_file"}
+    assert set(params) == {f.name for f in dataclasses.fields(TrainConfig)} | {"manifest", "config_file", "as_json"}
     help_text = CliRunner().invoke(main, ["train", "--help"]).output
     assert "[default: 15]" in help_text and "--lr" in help_text and "--sample-weights" in help_text
 

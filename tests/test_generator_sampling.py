@@ -246,7 +246,7 @@ def test_cli_train_with_sampling_and_weights(indexed_manifest: Path, tmp_path: P
     bad = CliRunner().invoke(main, ["train", str(indexed_manifest), "--out", str(tmp_path / "bad"),
                                     "--sampling", "balanced", "--balance", "stratified"])
     assert bad.exit_code == 1, bad.output
-    assert "With sampling='balanced', `balance` must be one of 'undersample', 'oversample'" in bad.output
+    assert "With --sampling balanced, `--balance` must be one of 'undersample', 'oversample'" in bad.output
     bad = CliRunner().invoke(main, ["train", str(indexed_manifest), "--out", str(tmp_path / "bad"),
                                     "--class-weight", "{oops"])
-    assert bad.exit_code == 1 and "`class_weight` must be a JSON object" in bad.output
+    assert bad.exit_code == 1 and "`--class-weight` must be a JSON object" in bad.output

@@ -32,9 +32,12 @@ def test_prepare_images(image_folder: Path, tmp_path: Path):
     arr = np.load(tmp_path / "out" / "data" / "a_img_003.npy")
     np.testing.assert_array_equal(arr[:, :, 0], np.asarray(Image.open(image_folder / "a" / "img_003.png")))
     assert "2 inputs skipped (1 hidden, 1 unreadable" in result.summary()
-    assert result.summary().startswith("Prepared 45 samples in 3 classes: train 36, validation 5, test 4; "
-                                       "per class train/validation/test: a 16/2/2, b 12/2/1, c 8/1/1; ")
-    assert result.summary().endswith(f" -> {m.path}")
+    lines = result.summary().splitlines()
+    assert lines[0] == f"Prepared 45 samples in 3 classes: train 36, validation 5, test 4 -> {m.path}"
+    assert lines[1:6] == ["class  train  validation  test  total", "a         16           2     2     20",
+                          "b         12           2     1     15", "c          8           1     1     10",
+                          "total     36           5     4     45"]
+    assert lines[6] == "Imbalance ratio 2.00 (largest class 'a': 20 samples, smallest 'c': 10)"
     # nothing left behind
     assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
     assert not list((tmp_path / "out").rglob("*.partial"))
@@ -181,10 +184,10 @@ def test_16bit_classes_stay_apart(tmp_path: Path):
     assert m.sample_dtype == "uint16" and m.prepare["dtype"] == "uint16"
     assert int(_load(tmp_path / "out", "dark_0").max()) == 2000  # old code: 255 for both classes
     assert int(_load(tmp_path / "out", "bright_0").max()) == 65535
-    assert "converted" not in result.summary()
+    assert "onverted" not in result.summary()
     m8 = prepare(raw, tmp_path / "out8", dtype="uint8", n_jobs=1)
     assert int(_load(tmp_path / "out8", "dark_0").max()) == 2000 >> 8
-    assert "converted: 12 16-bit to uint8 (v >> 8)" in m8.summary()
+    assert "\nConverted: 12 16-bit to uint8 (v >> 8)" in m8.summary()
 
 
 def test_mixed_sizes_error_names_the_sizes_and_the_option(tmp_path: Path):
@@ -225,7 +228,7 @@ def test_csv_missing_values_policy_in_the_summary(tmp_path: Path):
     result = prepare(tmp_path / "t.csv", tmp_path / "out", n_jobs=1)
     assert result.manifest.num_samples == 199  # old code: 10, after dropping 190 rows
     summary = result.summary()
-    assert "dropped columns: sparse (90% missing), name (text)" in summary
+    assert "\nDropped columns: sparse (90% missing), name (text)\n" in summary
     assert "1 with NaN/Inf skipped (--nonfinite skip)" in summary
     result = prepare(tmp_path / "t.csv", tmp_path / "out2", missing="drop-rows", n_jobs=1)
     assert result.manifest.num_samples == 20
@@ -297,7 +300,9 @@ def test_rare_and_tiny_classes_through_prepare(tmp_path: Path):
     result = prepare(tmp_path / "t.csv", tmp_path / "out", split="0.9,0.05,0.05", n_jobs=1)
     assert result.manifest.class_counts("validation")["rare"] == 1
     assert result.manifest.class_counts("test")["rare"] == 1
-    assert "per class train/validation/test: common 900/50/50, rare 1/1/1" in result.summary()
+    assert "\ncommon    900          50    50   1000\nrare        1           1     1      3\n" in result.summary()
+    assert result.summary().endswith("\nImbalance ratio 333.33 (largest class 'common': 1000 samples, smallest "
+                                     "'rare': 3)")
     raw = make_image_folder(tmp_path / "raw", {"x": 6, "y": 6})
     m = prepare(raw, tmp_path / "out2", n_jobs=1).manifest  # old code: refused
     assert [len(m.partition[p]) for p in ("train", "validation", "test")] == [8, 2, 2]
@@ -357,8 +362,11 @@ def test_sample_checksums_match_the_stored_samples_in_every_format(tmp_path: Pat
 
 
 def test_many_classes_summary_is_compact(tmp_path: Path):
-    rows = ["label,x"] + [f"c{k:02d},{k * 100 + j}" for k in range(20) for j in range(3 + k)]
+    rows = ["label,x"] + [f"c{k:02d},{k * 100 + j}" for k in range(30) for j in range(3 + k)]
     (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
-    summary = prepare(tmp_path / "t.csv", tmp_path / "out", n_jobs=1).summary()
-    assert "per class train/validation/test: smallest c00 1/1/1, c01 2/1/1," in summary
-    assert ", largest c19 18/2/2" in summary
+    lines = prepare(tmp_path / "t.csv", tmp_path / "out", n_jobs=1).summary().splitlines()
+    table = lines[1:-1]  # 10 smallest, a "... more" row, 5 largest, the totals
+    assert len(table) == 1 + 10 + 1 + 5 + 1
+    assert table[1].split() == ["c00", "1", "1", "1", "3"] and table[11].split() == ["...", "15", "more"]
+    assert table[-2].split()[0] == "c29" and table[-1].split()[0] == "total"
+    assert lines[-1].startswith("Imbalance ratio 10.67 (largest class 'c29': 32 samples, smallest 'c00': 3)")

@@ -46,8 +46,8 @@ def manifest(tmp_path_factory) -> Path:
 def three_runs(manifest, tmp_path_factory):
     """The same 2-epoch run with each loop (same seed, data and model)."""
     out = tmp_path_factory.mktemp("runs")
-    return {loop: train(manifest, config(loop=loop, log_every=2), out=out / loop, model=tiny_model)
-            for loop in ("fit", "step", "tape")}
+    return {loop: train(manifest, config(loop=loop, log_every=2, metrics=("f1", "auc")), out=out / loop,
+                        model=tiny_model) for loop in ("fit", "step", "tape")}
 
 
 # ------------------------------------------------------------------ loops
@@ -74,7 +74,9 @@ def test_each_loop_learns_and_writes_the_run_folder(three_runs, loop):
     if loop == "tape":  # the tape loop logs each logged step's own loss
         assert all(row.split(",")[4] for row in steps[1:])
     csv_log = (result.run_dir / "log.csv").read_text().splitlines()
-    assert csv_log[0].split(",") == ["epoch", "accuracy", "loss", "val_accuracy", "val_loss"] and len(csv_log) == 3
+    assert csv_log[0].split(",") == ["epoch", "accuracy", "auc", "f1", "loss", "val_accuracy", "val_auc", "val_f1",
+                                     "val_loss"] and len(csv_log) == 3
+    assert set(metrics["metrics"]) == {"f1", "auc"}
 
 
 def test_three_loops_agree(three_runs):
@@ -87,7 +89,7 @@ def test_three_loops_agree(three_runs):
     fit = three_runs["fit"]
     for loop in ("step", "tape"):
         other = three_runs[loop]
-        for key in ("loss", "val_loss", "accuracy", "val_accuracy"):
+        for key in ("loss", "val_loss", "accuracy", "val_accuracy", "f1", "val_f1", "auc", "val_auc"):
             np.testing.assert_allclose(other.history[key], fit.history[key], rtol=1e-4, err_msg=f"{loop}: {key}")
         for a, b in zip(other.model.get_weights(), fit.model.get_weights()):
             np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)

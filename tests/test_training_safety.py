@@ -137,7 +137,7 @@ def test_arguments_and_manifest_are_checked_before_tensorflow_starts(manifest, t
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("1 False False True"), out.stdout  # nothing changed outside the command
-    assert "`monitor` must be a value the run logs" in out.stdout
+    assert "`--monitor` must be a value the run logs" in out.stdout
     code = ("import sys, kpipe; "
             "print(sorted(m for m in ('sklearn', 'keras', 'tensorflow', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

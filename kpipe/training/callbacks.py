@@ -203,7 +203,9 @@ def restore_checkpoint(model: keras.Model, run: RunFolder, state: dict[str, Any]
 class EpochLogger(keras.callbacks.Callback):
     """Append each epoch's logs to a CSV file (``log.csv``), as `keras.callbacks.CSVLogger` writes it.
 
-    Columns: ``epoch``, then the logged names in sorted order. The file is
+    Columns: ``epoch``, then the logged names in sorted order. Epochs are numbered from 1, as Keras'
+    progress bar ("Epoch 1/15"), ``metrics.json`` and ``curves.png`` number them (`keras.callbacks.CSVLogger`
+    writes the 0-based index). The file is
     opened for each row and closed at once, so a run that fails mid-way
     leaves no open file behind; a resumed run appends.
 
@@ -223,13 +225,13 @@ class EpochLogger(keras.callbacks.Callback):
             writer = csv.writer(f)
             if new:
                 writer.writerow(["epoch", *keys])
-            writer.writerow([epoch, *(logs[k] for k in keys)])
+            writer.writerow([epoch + 1, *(logs[k] for k in keys)])
 
 
 class StepLossLogger(keras.callbacks.Callback):
     """Append the training loss to ``steps.csv`` every ``every`` optimizer steps.
 
-    Columns: ``step`` (counted over the whole run), ``epoch``, ``batch``,
+    Columns: ``step`` (counted over the whole run), ``epoch`` and ``batch`` (both from 1),
     ``loss`` (the running mean over the epoch so far, as Keras logs it) and
     ``step_loss`` (the loss of that very batch; the ``tape`` loop reports it,
     the ``fit`` / ``step`` loops leave it empty). With ``echo=True`` a line is
@@ -264,7 +266,7 @@ class StepLossLogger(keras.callbacks.Callback):
             writer = csv.writer(f)
             if new:
                 writer.writerow(["step", "epoch", "batch", "loss", "step_loss"])
-            writer.writerow([self.step, self._epoch, batch, "" if loss is None else f"{float(loss):.6g}",
+            writer.writerow([self.step, self._epoch + 1, batch + 1, "" if loss is None else f"{float(loss):.6g}",
                              "" if step_loss is None else f"{float(step_loss):.6g}"])
         if self.echo:
             shown = step_loss if step_loss is not None else loss

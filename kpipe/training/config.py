@@ -47,6 +47,7 @@ from kpipe._validation import (
     check_bool,
     check_int,
     check_json_object,
+    check_name_list,
     check_number,
     check_optional_bool,
     check_positive_int,
@@ -66,7 +67,13 @@ LOOP_NAMES = ("fit", "step", "tape")
 CODE_FIELDS = ("model", "loss", "step_model")
 """Fields that may name code to import (``module:attr`` / ``file.py:attr``)."""
 
-INFORMATIONAL_KEYS = frozenset({"manifest", "dataset_fingerprint", "kpipe_version", "resolved"})
+METRIC_NAMES = ("accuracy", "auc", "pr_auc", "precision", "recall", "f1", "balanced_accuracy")
+"""Names ``--metrics`` accepts (`kpipe.training.metrics`; accuracy is always logged)."""
+
+GROUPS = ("data", "model and loss", "sampling and weights", "optimisation", "loop", "run folder")
+"""The sections of ``kpipe train --help``, in order (each option's `Option.group`)."""
+
+INFORMATIONAL_KEYS = frozenset({"manifest", "dataset_fingerprint", "kpipe_version", "resolved", "dataset"})
 """Keys a run's ``config.json`` holds for people, ignored when it is read back."""
 
 
@@ -179,9 +186,14 @@ class TrainConfig:
     label_mode: str | None = _choice(None, "Label encoding (default: from the loss; a custom loss is tried on one "
                                      "batch with one-hot, then integer labels).", ("int", "categorical", "binary"),
                                      "model and loss")
-    rescale: float | None = _field(None, "Multiply inputs by this (default: 1/255 for uint8 data, else a "
-                                   "Normalization layer adapted on train).", lambda v, n: check_number(
-                                       v, n, allow_none=True), "model and loss", kind="float")
+    rescale: float | None = _field(None, "Multiply inputs by this, inside the saved model (default: 1/255 for "
+                                   "uint8, 1/65535 for uint16 data, else a Normalization layer adapted on train).",
+                                   lambda v, n: check_number(v, n, allow_none=True), "model and loss", kind="float")
+    metrics: tuple[str, ...] = _field((), "Metrics logged besides loss and accuracy, comma-separated: auc, pr_auc, "
+                                      "precision, recall, f1, balanced_accuracy (macro over classes; of class 1 "
+                                      "with --label-mode binary). --monitor may name them.",
+                                      lambda v, n: tuple(m for m in check_name_list(v, n, METRIC_NAMES)
+                                                         if m != "accuracy"), "model and loss", metavar="NAMES")
     # --- optimisation
     optimizer: str = _text("adam", "Keras optimizer name.", "optimisation")
     learning_rate: float = _field(1e-3, "Learning rate of the optimizer.", lambda v, n: check_number(
@@ -225,6 +237,10 @@ class TrainConfig:
     balance: str | None = _choice(None, "balanced: undersample (default) | oversample; bootstrap: none | "
                                   "stratified | balanced.", ("undersample", "oversample", "none", "stratified",
                                                              "balanced"), "sampling and weights")
+    steps_per_epoch: int | None = _field(None, "Batches per epoch, read in order from the train generator's "
+                                         "endless stream (default: one pass over the sampler's epoch).",
+                                         lambda v, n: check_positive_int(v, n, allow_none=True),
+                                         "sampling and weights", kind="int", minimum=1)
     samples_per_epoch: int | None = _field(None, "Samples per epoch for --sampling balanced/bootstrap (default: "
                                            "from --balance).", lambda v, n: check_positive_int(
                                                v, n, allow_none=True), "sampling and weights", kind="int",
@@ -259,6 +275,9 @@ class TrainConfig:
             object.__setattr__(self, f.name, f.metadata[OPTION].check(getattr(self, f.name), f.name))
         if self.step_model == "default":
             object.__setattr__(self, "step_model", None)
+        monitored = self.monitor.removeprefix("val_")
+        if monitored in METRIC_NAMES[1:] and monitored not in self.metrics:  # --monitor val_auc logs auc
+            object.__setattr__(self, "metrics", (*self.metrics, monitored))
         if self.step_model is not None and self.loop != "step":
             raise ArgumentError(
                 f"`step_model` is used by the step loop only. Add --loop step, or drop --step-model. "

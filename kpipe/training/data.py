@@ -25,13 +25,12 @@ def sampling_options(config: Any) -> dict[str, Any]:
     return {k: v for k, v in options.items() if v is not None and v is not False}
 
 
-def probe_generator(manifest: Manifest, config: TrainConfig, *, rescale: float | None) -> DataGenerator:
+def probe_generator(manifest: Manifest, config: TrainConfig) -> DataGenerator:
     """The train partition in manifest order with integer labels: pre-flight's batch and the normalizer's data."""
-    return DataGenerator(manifest, "train", shuffle=False, batch_size=config.batch_size, label_mode="int",
-                         rescale=rescale)
+    return DataGenerator(manifest, "train", shuffle=False, batch_size=config.batch_size, label_mode="int")
 
 
-def make_generators(manifest: Manifest, config: TrainConfig, *, label_mode: str, rescale: float | None
+def make_generators(manifest: Manifest, config: TrainConfig, *, label_mode: str
                     ) -> tuple[DataGenerator, DataGenerator | None, DataGenerator | None]:
     """Build the ``train``, ``validation`` and ``test`` generators of a run.
 
@@ -41,6 +40,10 @@ def make_generators(manifest: Manifest, config: TrainConfig, *, label_mode: str,
     ``class_weight`` to `fit`); validation and test are sequential and
     unweighted, so their metrics are the plain ones. A partition with no
     sample gives `None`. Only train and validation use workers (test is read once).
+    ``steps_per_epoch`` sets the train generator's epoch length (its exact stream policy).
+
+    Samples are served as stored, cast to float32 and never scaled: the scaling or normalization is the
+    model's first layer (`kpipe.training.models.preprocessing_layer`), so ``model.keras`` takes raw samples.
 
     Returns:
         ``(train, validation or None, test or None)``.
@@ -49,10 +52,11 @@ def make_generators(manifest: Manifest, config: TrainConfig, *, label_mode: str,
         SamplingError: On an invalid sampling option (see `kpipe.sampling`).
         WeightError: On an invalid weight option (see `kpipe.weights`).
     """
-    common = dict(batch_size=config.batch_size, seed=config.seed, label_mode=label_mode, rescale=rescale)
+    common = dict(batch_size=config.batch_size, seed=config.seed, label_mode=label_mode)
     loader = dict(workers=config.workers, use_multiprocessing=config.use_multiprocessing,
                   max_queue_size=config.max_queue_size)
-    train = DataGenerator(manifest, "train", **common, **loader, **sampling_options(config))
+    train = DataGenerator(manifest, "train", **common, **loader, **sampling_options(config),
+                          steps_per_epoch=config.steps_per_epoch)
     val = (DataGenerator(manifest, "validation", shuffle=False, **common, **loader)
            if manifest.partition.get("validation") else None)
     test = DataGenerator(manifest, "test", shuffle=False, **common) if manifest.partition.get("test") else None

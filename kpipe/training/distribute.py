@@ -89,3 +89,13 @@ def output_dtype_warning(model: keras.Model) -> str | None:
                 "(e.g. Dense(num_classes, activation='softmax', dtype='float32')); it outputs float16.")
     return None
 
+
+
+def mixed_precision_warning() -> str | None:
+    """A message if ``--mixed-precision`` is asked for and no GPU is visible (float16 is slower on a CPU)."""
+    import tensorflow as tf  # the device list is TensorFlow's, as the strategy
+
+    if tf.config.list_logical_devices("GPU"):
+        return None
+    return ("--mixed-precision without a GPU: float16 is emulated on the CPU, so training is slower, not faster. "
+            "Drop --mixed-precision on this machine.")

@@ -166,12 +166,15 @@ def model_outputs(model: keras.Model) -> str | None:
     """What the model's last layer outputs: ``"probabilities"``, ``"logits"`` or `None` (unknown).
 
     Read from the activation of the last layer: softmax or sigmoid ->
-    probabilities, linear -> logits.
+    probabilities, linear -> logits. A last layer that is itself a model
+    (a model with kpipe's preprocessing in front) is looked into.
     """
     layers = getattr(model, "layers", None)
     if not layers:
         return None
     last = layers[-1]
+    if isinstance(last, keras.Model):
+        return model_outputs(last)
     if isinstance(last, keras.layers.Softmax):
         return "probabilities"
     activation = getattr(last, "activation", None)

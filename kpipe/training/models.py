@@ -1,4 +1,10 @@
-"""Default models: a small CNN for images, an MLP for vectors."""
+"""Default models (a small CNN for images, an MLP for vectors) and the preprocessing put in front of every model.
+
+The model a run saves (``model.keras``) is the whole pipeline from the samples as ``kpipe prepare`` writes them
+to class probabilities: `preprocessing_layer` scales integer images (``Rescaling(1/255)`` for uint8,
+``Rescaling(1/65535)`` for uint16) or normalises other data (a `keras.layers.Normalization` adapted on the
+train partition), and the run's generators serve the samples unscaled, so nothing is scaled twice.
+"""
 
 from __future__ import annotations
 
@@ -106,14 +112,63 @@ def build_model(spec: str | Callable[..., keras.Model] | None, input_shape: Sequ
 def adapted_normalizer(data: Any, max_samples: int = 10_000) -> keras.layers.Normalization:
     """A per-feature `Normalization` layer adapted on (up to) ``max_samples`` samples of ``data``.
 
+    It computes in float32 whatever the dtype policy (float16 would overflow on large raw values).
+
     Args:
         data: A `kpipe.DataGenerator` (its ``ids`` and ``store`` are read, in manifest order).
         max_samples: Samples read at most.
     """
     x = data.store.read_many(list(data.ids)[:max_samples]).astype("float32")
-    layer = keras.layers.Normalization(axis=-1)
+    layer = keras.layers.Normalization(axis=-1, dtype="float32", name="normalization")
     layer.adapt(x)
     return layer
+
+
+INTEGER_SCALES = {"uint8": 1 / 255, "uint16": 1 / 65535}
+"""Sample dtype -> the scale that maps its full range onto [0, 1] (8-bit and 16-bit images)."""
+
+
+def preprocessing_layer(sample_dtype: str, *, rescale: float | None = None, data: Any = None
+                        ) -> tuple[keras.layers.Layer, str]:
+    """The layer that turns raw samples into the model's inputs, and a description of it.
+
+    * ``rescale`` given: ``Rescaling(rescale)``, whatever the dtype;
+    * uint8 / uint16 samples (8- and 16-bit images): ``Rescaling(1/255)`` / ``Rescaling(1/65535)``
+      (`INTEGER_SCALES`: the full range to [0, 1], as prepare's 8 -> 16 bits rule ``v * 257`` keeps it);
+    * anything else (float, other integers, CSV features): a `keras.layers.Normalization` adapted on ``data``
+      (`adapted_normalizer`).
+
+    The layer computes in float32 (a float16 policy could not hold 65535).
+
+    Args:
+        sample_dtype: The manifest's sample dtype.
+        rescale: A factor that overrides the choice. Defaults to `None`.
+        data: The train partition (a `kpipe.DataGenerator`), needed for the normalization.
+
+    Returns:
+        ``(layer, description)``, e.g. ``(Rescaling, "x / 255")``.
+    """
+    if rescale is not None:
+        return keras.layers.Rescaling(rescale, dtype="float32", name="rescaling"), f"x * {rescale:g}"
+    if sample_dtype in INTEGER_SCALES:
+        scale = INTEGER_SCALES[sample_dtype]
+        return keras.layers.Rescaling(scale, dtype="float32", name="rescaling"), f"x / {round(1 / scale)}"
+    return adapted_normalizer(data), "normalized (mean and variance of the train partition)"
+
+
+def with_preprocessing(net: keras.Model, layer: keras.layers.Layer, input_shape: Sequence[int]) -> keras.Model:
+    """A functional model ``net(layer(x))`` named as ``net``: the preprocessing in front of any model.
+
+    Args:
+        net: The model (functional, Sequential or subclassed; it becomes one layer of the result).
+        layer: The preprocessing layer (`preprocessing_layer`).
+        input_shape: Shape of one sample.
+
+    Returns:
+        An uncompiled `keras.Model` taking raw samples.
+    """
+    inputs = keras.Input(shape=tuple(int(d) for d in input_shape))
+    return keras.Model(inputs, net(layer(inputs)), name=net.name)
 
 
 def plain_model(net: keras.Model) -> keras.Model:
@@ -132,3 +187,33 @@ def plain_model(net: keras.Model) -> keras.Model:
     inputs = inputs[0] if len(inputs) == 1 else inputs
     outputs = outputs[0] if len(outputs) == 1 else outputs
     return keras.Model(inputs, outputs, name=net.name)
+
+
+def run_model(spec: Any, manifest: Any, *, rescale: float | None, data: Any, binary: bool = False
+              ) -> tuple[keras.Model, str | None, str]:
+    """The model a run trains: kpipe's preprocessing in front of the default model or the user's.
+
+    The default model takes the `preprocessing_layer` as its first layer; a `keras.Model` or a factory of
+    the user's is called on it (`with_preprocessing`), so ``model.keras`` always maps raw samples to class
+    probabilities.
+
+    Args:
+        spec: A `keras.Model`, a factory, ``"module:function"``, or `None` / ``"default"``.
+        manifest: The `kpipe.manifest.Manifest` (sample shape and dtype, number of classes).
+        rescale: ``--rescale`` (`None`: chosen from the dtype).
+        data: The train partition (adapts a `keras.layers.Normalization`).
+        binary: One sigmoid output for the default model.
+
+    Returns:
+        ``(model, outputs, description)``: ``outputs`` is what the model's own last layer gives
+        (``"probabilities"``, ``"logits"`` or `None`, `kpipe.training.losses.model_outputs`), the description
+        says what the preprocessing does.
+    """
+    from kpipe.training.losses import model_outputs
+
+    layer, description = preprocessing_layer(manifest.sample_dtype, rescale=rescale, data=data)
+    if not isinstance(spec, keras.Model) and spec in (None, "default"):
+        net = default_model(manifest.sample_shape, manifest.num_classes, normalizer=layer, binary=binary)
+        return net, model_outputs(net), description
+    net = spec if isinstance(spec, keras.Model) else build_model(spec, manifest.sample_shape, manifest.num_classes)
+    return with_preprocessing(net, layer, manifest.sample_shape), model_outputs(net), description

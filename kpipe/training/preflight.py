@@ -14,6 +14,7 @@ Two steps, so that a mistake costs seconds, not an epoch:
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -35,8 +36,9 @@ CANDIDATE_LABEL_MODES = ("categorical", "int")
 
 def logged_names(config: TrainConfig, *, has_validation: bool) -> list[str]:
     """The values a run logs per epoch (what ``monitor`` may name)."""
-    names = ["loss", "accuracy"] + (["gradient_norm"] if config.loop == "step" and config.clip_norm else [])
-    return names + ([f"val_{n}" for n in ("loss", "accuracy")] if has_validation else [])
+    both = ["loss", "accuracy", *config.metrics]
+    names = both + (["gradient_norm"] if config.loop == "step" and config.clip_norm else [])
+    return names + ([f"val_{n}" for n in both] if has_validation else [])
 
 
 def check_monitor(config: TrainConfig, *, has_validation: bool) -> None:
@@ -90,11 +92,32 @@ def check_run(manifest: Manifest, config: TrainConfig) -> tuple[RunFolder, dict[
         KpipeError: On a run folder that may not be written or resumed, a
             ``monitor`` the run does not log, or a dataset that cannot be trained on.
     """
-    check_dataset(manifest, config)
     check_monitor(config, has_validation=bool(manifest.partition.get("validation")))
-    if config.resume is not None:
-        return RunFolder.for_resume(config.resume, out=config.out, manifest=manifest, epochs=config.epochs)
-    return RunFolder.for_new_run(manifest, out=config.out, overwrite=config.overwrite), None
+    if config.use_multiprocessing and config.workers == 1:
+        warnings.warn("--use-multiprocessing with one worker starts a process to make batches one at a time, "
+                      "which is slower than the main process alone. Add --workers N (N > 1), or drop it.",
+                      stacklevel=2)
+    if config.resume is not None:  # the run first: "nothing to resume" whatever the state of the files
+        run, state = RunFolder.for_resume(config.resume, out=config.out, manifest=manifest, epochs=config.epochs)
+    else:
+        run, state = RunFolder.for_new_run(manifest, out=config.out, overwrite=config.overwrite), None
+    check_dataset(manifest, config)
+    return run, state
+
+
+def logits_warning(loss: Any, outputs: str | None) -> str | None:
+    """A message if a custom loss function meets a model that outputs logits (no softmax / sigmoid at the end).
+
+    kpipe sets ``from_logits`` for Keras losses; a custom function gets the outputs as they are, so it must
+    take logits itself, or the model should end with a softmax.
+    """
+    from kpipe.training.losses import FunctionLoss, loss_name
+
+    if not (isinstance(loss, FunctionLoss) and outputs == "logits"):
+        return None
+    return (f"The model's last layer has no softmax or sigmoid (it outputs logits), and the custom loss "
+            f"`{loss_name(loss)}` gets these outputs as they are: make it take logits (as a Keras loss does with "
+            "from_logits=True), or end the model with a softmax.")
 
 
 def check_output_size(net: keras.Model, num_classes: int, label_mode: str, x: np.ndarray) -> None:

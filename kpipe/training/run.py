@@ -11,22 +11,23 @@ from pathlib import Path
 from typing import Any
 
 import keras
-import numpy as np
 
 from kpipe._io import atomic_save
 from kpipe.errors import KpipeError
 from kpipe.generator import DataGenerator
 from kpipe.manifest import Manifest, load_manifest
 from kpipe.training import preflight
-from kpipe.training.callbacks import monitor_mode, restore_checkpoint, run_callbacks_for
+from kpipe.training.callbacks import RunCheckpoint, monitor_mode, restore_checkpoint, run_callbacks_for
 from kpipe.training.config import TrainConfig
 from kpipe.training.data import make_generators, probe_generator
-from kpipe.training.distribute import dtype_policy, get_strategy, output_dtype_warning
-from kpipe.training.evaluate import evaluate_on
+from kpipe.training.distribute import dtype_policy, get_strategy, mixed_precision_warning, output_dtype_warning
+from kpipe.training.evaluate import evaluate_into_run, evaluation_partition
 from kpipe.training.loops import get_loop
 from kpipe.training.loops.base import Loop, make_optimizer
-from kpipe.training.losses import build_loss, known_label_mode, loss_name, model_outputs
-from kpipe.training.models import adapted_normalizer, build_model, plain_model
+from kpipe.training.losses import build_loss, known_label_mode, loss_name
+from kpipe.training.metrics import build_metrics
+from kpipe.training.models import plain_model, run_model
+from kpipe.training.report import run_summary, training_facts
 from kpipe.training.run_folder import DISK_FULL, RunFolder, output_error, writing
 
 
@@ -42,14 +43,13 @@ class TrainResult:
     loop: str = "fit"
 
     def summary(self) -> str:
-        """One line for people."""
-        m = self.metrics
-        part = m.get("partition", "test")
-        note = "" if part == "test" else " (no test partition)"
-        return (
-            f"{part.capitalize()} accuracy{note}: {m['accuracy']:.4f} (loss {m['loss']:.4f}, "
-            f"{m['num_samples']} samples) in {self.seconds:.0f}s -> {self.run_dir}"
-        )
+        """Three lines for people: the evaluation (accuracy, macro-F1, balanced accuracy, the worst class),
+        the kept epoch and why training stopped, the run folder (`kpipe.training.report.run_summary`)."""
+        return run_summary(self.metrics, self.run_dir, self.seconds)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``metrics.json`` plus ``run_dir`` and ``seconds`` (``kpipe train --json``)."""
+        return {"run_dir": str(self.run_dir), "seconds": round(self.seconds, 2)} | self.metrics
 
 
 class TrainingInterrupted(KpipeError, KeyboardInterrupt):
@@ -69,34 +69,28 @@ class _Setup:
     resolved: dict[str, Any]
 
 
-def _network(model: Any, config: TrainConfig, manifest: Manifest, probe: DataGenerator, *, binary: bool
-             ) -> keras.Model:
-    if isinstance(model, keras.Model):
-        return model
-    spec = model if model is not None else config.model
-    if spec not in (None, "default"):
-        return build_model(spec, manifest.sample_shape, manifest.num_classes)
-    adapt = config.rescale is None and manifest.sample_dtype != "uint8"
-    return build_model(spec, manifest.sample_shape, manifest.num_classes,
-                       normalizer=adapted_normalizer(probe) if adapt else None, binary=binary)
-
-
 def _build(manifest: Manifest, config: TrainConfig, *, model: Any, loss: Any, strategy: Any, policy: str) -> _Setup:
     """Strategy, model, loss, pre-flight on one batch, generators, and the loop's compiled model."""
     strategy = get_strategy(strategy if strategy is not None else config.distribute)
     loss_spec = loss if loss is not None else config.loss
-    rescale = config.rescale if config.rescale is not None else (1 / 255 if manifest.sample_dtype == "uint8" else None)
-    probe = probe_generator(manifest, config, rescale=rescale)
+    probe = probe_generator(manifest, config)
     wanted = config.label_mode or known_label_mode(loss_spec)
     with strategy.scope():
-        net = _network(model, config, manifest, probe, binary=wanted == "binary")
-        if policy == "mixed_float16" and (message := output_dtype_warning(net)):
-            warnings.warn(message, stacklevel=3)
-        resolved_loss = build_loss(loss_spec, config.loss_args, outputs=model_outputs(net))
+        net, outputs, preprocessing = run_model(model if model is not None else config.model, manifest,
+                                                rescale=config.rescale, data=probe, binary=wanted == "binary")
+        for message in (output_dtype_warning(net), mixed_precision_warning()) if policy == "mixed_float16" else ():
+            if message:
+                warnings.warn(message, stacklevel=3)
+        resolved_loss = build_loss(loss_spec, config.loss_args, outputs=outputs)
+    if message := preflight.logits_warning(resolved_loss, outputs):
+        warnings.warn(message, stacklevel=3)
     label_mode = preflight.check_model(net, resolved_loss, probe[0], num_classes=manifest.num_classes,
                                        label_mode=wanted)
-    train, validation, test = make_generators(manifest, config, label_mode=label_mode, rescale=rescale)
-    loop = get_loop(config.loop)(config, label_mode=label_mode, mixed_precision=policy == "mixed_float16")
+    train, validation, test = make_generators(manifest, config, label_mode=label_mode)
+    metrics = build_metrics(config.metrics, num_classes=manifest.num_classes, label_mode=label_mode,
+                            logits=outputs == "logits")
+    loop = get_loop(config.loop)(config, label_mode=label_mode, mixed_precision=policy == "mixed_float16",
+                                 metrics=metrics)
     with strategy.scope():
         trained = loop.prepare(net, resolved_loss)
     monitor = config.monitor
@@ -104,10 +98,11 @@ def _build(manifest: Manifest, config: TrainConfig, *, model: Any, loss: Any, st
         warnings.warn(f"There is no validation partition: monitoring {monitor[4:]!r} instead of {monitor!r}.",
                       stacklevel=3)
         monitor = monitor[4:]
-    resolved = {"label_mode": label_mode, "rescale": rescale, "monitor": monitor, "monitor_mode": monitor_mode(monitor),
-                "loss": loss_name(resolved_loss), "loss_label": loss_spec if isinstance(loss_spec, str)
-                else loss_name(loss_spec), "dtype_policy": policy, "strategy": type(strategy).__name__,
-                "replicas": int(strategy.num_replicas_in_sync)}
+    resolved = {"label_mode": label_mode, "preprocessing": preprocessing, "outputs": outputs, "monitor": monitor,
+                "monitor_mode": monitor_mode(monitor), "loss": loss_name(resolved_loss),
+                "loss_label": loss_spec if isinstance(loss_spec, str) else loss_name(loss_spec),
+                "dtype_policy": policy, "strategy": type(strategy).__name__,
+                "replicas": int(strategy.num_replicas_in_sync), "steps_per_epoch": len(train)}
     return _Setup(loop, trained, resolved_loss, train, validation, test, resolved)
 
 
@@ -139,7 +134,7 @@ def _fit(run: RunFolder, setup: _Setup, config: TrainConfig, callbacks: list[ker
     except KeyboardInterrupt:
         done = run.load_state()["next_epoch"] if run.has_checkpoint() else 0
         run.discard_unfinished()
-        hint = (f"Resume with: kpipe train {manifest.path} --resume {run.path}" if done
+        hint = (f"Resume with: kpipe train --resume {run.path}" if done
                 else "No epoch finished, so there is no checkpoint: start the run again.")
         raise TrainingInterrupted(f"Training interrupted after {done} complete epoch(s). {hint}") from None
     except Exception as e:
@@ -153,37 +148,39 @@ def _fit(run: RunFolder, setup: _Setup, config: TrainConfig, callbacks: list[ker
     raise error  # outside the handler: the wrapped error and its frames are freed, and not shown
 
 
-def _finish(run: RunFolder, setup: _Setup, config: TrainConfig, manifest: Manifest, history: dict[str, list[float]]
-            ) -> tuple[keras.Model, dict[str, Any]]:
-    """Export the best model as ``model.keras``, evaluate it, write ``metrics.json`` and the figures."""
-    from kpipe.training.artifacts import plot_confusion_matrix, plot_history
+def _finish(run: RunFolder, setup: _Setup, config: TrainConfig, manifest: Manifest,
+            checkpoint: RunCheckpoint) -> tuple[keras.Model, dict[str, Any]]:
+    """Export the best model as ``model.keras``, evaluate it, write ``metrics.json`` and the figures.
 
+    A failing evaluation (a test file gone since pre-flight) leaves ``model.keras`` and the curves in place
+    and says to run ``kpipe evaluate RUN``.
+    """
+    history = checkpoint.history
     run.write_json("history.json", history)
-    if run.best_weights.is_file():
+    kept_best = run.best_weights.is_file()
+    if kept_best:
         setup.model.load_weights(run.best_weights)
     export = plain_model(setup.model)
-    if export is not setup.model:
-        export.compile(optimizer=make_optimizer(config.optimizer, config.learning_rate), loss=setup.loss,
-                       metrics=["accuracy"])
-        export.optimizer.build(export.trainable_variables)  # so that load_model finds the variables it expects
+    export.compile(optimizer=make_optimizer(config.optimizer, config.learning_rate), loss=setup.loss,
+                   metrics=["accuracy"])
+    export.optimizer.build(export.trainable_variables)  # so that load_model finds the variables it expects
     with writing(run.file("model.keras")):
         atomic_save(run.file("model.keras"), export.save)
-    if setup.test is not None or setup.validation is not None:
-        data, partition = (setup.test, "test") if setup.test is not None else (setup.validation, "validation")
-    else:  # the train partition, in order and unweighted
-        data, partition = DataGenerator(manifest, "train", shuffle=False, batch_size=config.batch_size,
-                                        label_mode=setup.resolved["label_mode"],
-                                        rescale=setup.resolved["rescale"]), "train"
-    metrics = {"partition": partition} | evaluate_on(export, data, manifest.classes)
-    monitor, monitored = setup.resolved["monitor"], history.get(setup.resolved["monitor"]) or []
-    metrics |= {"loop": config.loop, "epochs_trained": len(history.get("loss", [])), "monitor": monitor}
-    if monitored:
-        pick = int(np.argmin(monitored) if setup.resolved["monitor_mode"] == "min" else np.argmax(monitored))
-        metrics |= {"best_epoch": pick + 1, "best_" + monitor: float(monitored[pick])}
-    with writing(run.path):
-        plot_history(history, run.file("curves.png"))
-        plot_confusion_matrix(metrics["confusion_matrix"], manifest.classes, run.file("confusion_matrix.png"),
-                              title=f"Confusion matrix ({partition})")
+    early = checkpoint.early_stopping
+    facts = training_facts(history, monitor=setup.resolved["monitor"], mode=setup.resolved["monitor_mode"],
+                           epochs=config.epochs, patience=config.patience, kept_best=kept_best,
+                           stopped=bool(early is not None and early.stopped_epoch) or bool(setup.model.stop_training))
+    facts = {"loop": config.loop} | facts
+    run.plot_curves(history, facts)
+    partition = evaluation_partition(manifest)
+    data = {"test": setup.test, "validation": setup.validation}.get(partition) or DataGenerator(
+        manifest, "train", shuffle=False, batch_size=config.batch_size, label_mode=setup.resolved["label_mode"])
+    try:
+        metrics = evaluate_into_run(run, export, data, manifest, partition=partition, metrics=config.metrics,
+                                    label_mode=setup.resolved["label_mode"], facts=facts)
+    except KpipeError as e:
+        raise KpipeError(f"Training finished and {run.file('model.keras')} is saved, but the final evaluation on "
+                         f"the {partition} partition failed: {e} Fix it, then run `kpipe evaluate {run.path}`.") from e
     return export, metrics
 
 
@@ -239,7 +236,7 @@ def train(
         initial_epoch = _resume(run, setup, state) if state is not None else 0
         run_callbacks, checkpoint = run_callbacks_for(run, config, setup.train, setup.resolved, state, callbacks)
         _fit(run, setup, config, run_callbacks, initial_epoch, manifest)
-        export, metrics = _finish(run, setup, config, manifest, checkpoint.history)
+        export, metrics = _finish(run, setup, config, manifest, checkpoint)
     seconds = time.perf_counter() - started
     metrics["train_seconds"] = round(seconds, 2)
     run.write_json("metrics.json", metrics)

@@ -56,6 +56,19 @@ def dataset_fingerprint(manifest: Manifest) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()
 
 
+PREPARE_KEYS = ("layout", "image_size", "color_mode", "resized", "dtype", "background", "feature_columns",
+                "label_column", "id_column", "missing", "weight_column")
+"""The ``prepare`` parameters a run keeps: how ``kpipe predict`` reads new inputs as the dataset's were read."""
+
+
+def dataset_record(manifest: Manifest) -> dict[str, Any]:
+    """What a run needs of its dataset to read new inputs without it: classes, sample, the ingest rules."""
+    prepare = manifest.prepare or {}
+    return {"classes": list(manifest.classes), "sample": {"shape": list(manifest.sample_shape),
+                                                          "dtype": manifest.sample_dtype},
+            "prepare": {k: prepare[k] for k in PREPARE_KEYS if k in prepare}}
+
+
 def output_error(error: OSError, path: str | os.PathLike) -> OutputWriteError:
     """The `OutputWriteError` for an `OSError` met writing ``path`` (one line, the file named)."""
     target = error.filename or path
@@ -193,8 +206,10 @@ class RunFolder:
         run._check_dataset(manifest)
         if state.get("stopped") or state["next_epoch"] >= epochs:
             why = "stopped early" if state.get("stopped") else f"trained {state['next_epoch']} of {epochs} epochs"
-            raise KpipeError(f"Nothing to resume: the run {run.path} {why}. Pass a larger --epochs to train "
-                             f"further. Received: epochs={epochs}")
+            unevaluated = "" if run.file("metrics.json").is_file() else (
+                f" Its final evaluation did not complete: run `kpipe evaluate {run.path}`.")
+            raise KpipeError(f"Nothing to resume: the run {run.path} {why}.{unevaluated} Pass a larger --epochs to "
+                             f"train further. Received: epochs={epochs}")
         return run, state
 
     def load_state(self) -> dict[str, Any]:
@@ -264,8 +279,17 @@ class RunFolder:
         for key in ("resume", "out", "overwrite"):
             values.pop(key, None)
         return self.write_json("config.json", values | {
-            "manifest": str(manifest.path), "dataset_fingerprint": dataset_fingerprint(manifest),
+            "manifest": None if manifest.path is None else str(Path(manifest.path).resolve()),
+            "dataset_fingerprint": dataset_fingerprint(manifest), "dataset": dataset_record(manifest),
             "kpipe_version": __version__, "resolved": resolved})
+
+    def plot_curves(self, history: dict[str, list[float]], facts: dict[str, Any]) -> None:
+        """Draw ``curves.png`` (`kpipe.training.artifacts.plot_history`) with the kept epoch marked."""
+        from kpipe.training.artifacts import plot_history
+
+        with writing(self.path):
+            plot_history(history, self.file("curves.png"), best_epoch=facts.get("best_epoch"),
+                         monitor=facts.get("monitor"))
 
     def write_json(self, name: str, value: Any) -> Path:
         """Write ``name`` (JSON) atomically; returns its path."""
@@ -275,8 +299,11 @@ class RunFolder:
         return path
 
     def trim_logs(self, *, epochs: int, steps: int) -> None:
-        """Drop rows of ``log.csv`` / ``steps.csv`` written after the checkpoint (an interrupt between writes)."""
-        for name, limit in (("log.csv", epochs - 1), ("steps.csv", steps)):
+        """Drop rows of ``log.csv`` / ``steps.csv`` written after the checkpoint (an interrupt between writes).
+
+        ``log.csv`` numbers epochs from 1, so the rows kept are epochs ``1 .. epochs``.
+        """
+        for name, limit in (("log.csv", epochs), ("steps.csv", steps)):
             path = self.file(name)
             if not path.is_file():
                 continue

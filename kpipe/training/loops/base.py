@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import keras
@@ -60,14 +61,22 @@ class Loop:
             ``clip_norm``, ``accumulation_steps``, ``step_model``...).
         label_mode: ``"int"``, ``"categorical"`` or ``"binary"``.
         mixed_precision: Whether the ``mixed_float16`` policy is in force.
+        metrics: Factories of the metrics logged besides loss and accuracy
+            (`kpipe.training.metrics.build_metrics`). Defaults to none.
     """
 
     name: ClassVar[str] = ""
 
-    def __init__(self, config: TrainConfig, *, label_mode: str, mixed_precision: bool = False) -> None:
+    def __init__(self, config: TrainConfig, *, label_mode: str, mixed_precision: bool = False,
+                 metrics: Sequence[Callable[[], keras.metrics.Metric]] = ()) -> None:
         self.config = config
         self.label_mode = label_mode
         self.mixed_precision = mixed_precision
+        self.metrics = list(metrics)
+
+    def compiled_metrics(self) -> list[Any]:
+        """The ``metrics`` of `compile`: ``"accuracy"`` (Keras picks its form), then one new instance per factory."""
+        return ["accuracy", *(factory() for factory in self.metrics)]
 
     def optimizer(self, **options: Any) -> keras.optimizers.Optimizer:
         """The configured optimizer, with gradient accumulation and any ``options``."""

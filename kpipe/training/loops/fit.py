@@ -20,7 +20,8 @@ class FitLoop(Loop):
     name = "fit"
 
     def prepare(self, net: keras.Model, loss: keras.losses.Loss) -> keras.Model:
-        net.compile(optimizer=self.optimizer(global_clipnorm=self.config.clip_norm), loss=loss, metrics=["accuracy"])
+        net.compile(optimizer=self.optimizer(global_clipnorm=self.config.clip_norm), loss=loss,
+                    metrics=self.compiled_metrics())
         return net
 
     def fit(self, model: keras.Model, train: Any, *, validation: Any, epochs: int, initial_epoch: int,

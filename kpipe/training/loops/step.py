@@ -332,7 +332,7 @@ class StepLoop(FitLoop):
         if issubclass(cls, KpipeModel):
             kwargs = {"clip_norm": self.config.clip_norm, "accumulation_steps": self.config.accumulation_steps}
         model = wrap_model(net, cls, **{k: v for k, v in kwargs.items() if v not in (None, 1)})
-        model.compile(optimizer=self.optimizer(), loss=loss, metrics=["accuracy"])
+        model.compile(optimizer=self.optimizer(), loss=loss, metrics=self.compiled_metrics())
         model.optimizer.build(model.trainable_variables)  # its variables exist before train_step is traced
         return model
 

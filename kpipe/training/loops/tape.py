@@ -276,9 +276,10 @@ class TapeRunner(Loop):
     name = "tape"
 
     def prepare(self, net: keras.Model, loss: keras.losses.Loss) -> keras.Model:
-        self.tape = TapeLoop(net, loss, self.optimizer(), label_mode=self.label_mode, clip_norm=self.config.clip_norm,
-                             mixed_precision=self.mixed_precision)
-        net.compile(optimizer=self.tape.optimizer, loss=loss, metrics=["accuracy"], auto_scale_loss=False)
+        metrics = [lambda: accuracy_metric(self.label_mode), *self.metrics]
+        self.tape = TapeLoop(net, loss, self.optimizer(), metrics=metrics, label_mode=self.label_mode,
+                             clip_norm=self.config.clip_norm, mixed_precision=self.mixed_precision)
+        net.compile(optimizer=self.tape.optimizer, loss=loss, metrics=self.compiled_metrics(), auto_scale_loss=False)
         return net
 
     def fit(self, model: keras.Model, train: Any, *, validation: Any, epochs: int, initial_epoch: int,
