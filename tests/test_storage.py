@@ -13,7 +13,7 @@ import pytest
 from helpers import make_indexed_npy_folder
 
 from kpipe.convert import convert
-from kpipe.errors import InputError, ManifestError, SampleNotFoundError, StoreError
+from kpipe.errors import ArgumentError, InputError, ManifestError, SampleNotFoundError, StoreError
 from kpipe.manifest import Manifest
 from kpipe.prepare import prepare
 from kpipe.storage import MemoryStore, NpyStore, open_store
@@ -89,6 +89,34 @@ def test_missing_id(store, expected):
     with pytest.raises(SampleNotFoundError, match="no_such_id") as info:
         store.read_many([next(iter(expected)), "no_such_id"])
     assert isinstance(info.value, KeyError)
+
+
+def test_rows_read_as_ids(store, expected):
+    """`read_rows(rows(ids))` is `read_many(ids)`: order, duplicates, `out`, across shards and processes."""
+    ids = sorted(expected)
+    wanted = [ids[59], ids[0], ids[59], ids[31], ids[0], ids[8], ids[8], ids[8]]
+    rows = store.rows(wanted)
+    assert rows.dtype == np.int64 and rows.shape == (8,)
+    assert rows[0] == rows[2] and rows[1] == rows[4] and len(set(rows.tolist())) == 4
+    assert ((rows >= 0) & (rows < store.num_rows)).all()
+    np.testing.assert_array_equal(store.read_rows(rows), np.stack([expected[i] for i in wanted]))
+    out = np.full((10, 4, 4, 1), -1, np.float32)
+    assert store.read_rows(rows[::-1], out=out).shape == (8, 4, 4, 1)  # a strided view of rows
+    np.testing.assert_array_equal(out[:8], np.stack([expected[i] for i in wanted[::-1]]))
+    assert (out[8:] == -1).all()
+    assert store.read_rows(np.array([], np.int64)).shape == (0, 4, 4, 1)
+    np.testing.assert_array_equal(store.read_rows(rows.astype(np.int32).tolist()), store.read_many(wanted))
+    clone = pickle.loads(pickle.dumps(store))  # rows are stable across pickling
+    np.testing.assert_array_equal(clone.rows(wanted), rows)
+    np.testing.assert_array_equal(clone.read_rows(rows), store.read_many(wanted))
+
+
+def test_rows_refuse_bad_input(store, expected):
+    with pytest.raises(SampleNotFoundError, match="no_such_id"):
+        store.rows([next(iter(expected)), "no_such_id"])
+    for bad in ([0, -1], [store.num_rows], [1.5], [[0, 1]]):
+        with pytest.raises(ArgumentError, match="`rows`"):
+            store.read_rows(np.array(bad))
 
 
 def test_pickle_round_trip(store, expected):

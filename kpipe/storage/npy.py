@@ -120,59 +120,68 @@ class NpyStore(Store):
 
     def _read_one(self, sample_id: str, out_row: np.ndarray) -> None:
         path = f"{self._root_str}/{sample_id}.npy"  # a str: no Path object per sample
-        if _HAS_PREADV:
-            # One open, one preadv (header | data | 1 byte that must not exist), one close.
-            header, extra = bytearray(len(self._header)), bytearray(1)
-            try:
-                fd = os.open(path, self._open_flags)  # O_NONBLOCK: a FIFO does not block the open
-            except FileNotFoundError:
-                raise SampleNotFoundError(
-                    f"Sample {sample_id!r} has no file {path}. Check the ID, or run `kpipe prepare` again."
-                ) from None
-            except OSError as e:
-                self._check_regular(sample_id, path)  # a refused link says so
-                raise StoreError(f"Sample {sample_id!r}: cannot read {path}: {describe_os_error(e)}") from e
-            try:
-                got = os.preadv(fd, [header, out_row.reshape(-1).view(np.uint8), extra], 0)
-            except OSError as e:
-                got = e
-            finally:
-                os.close(fd)
-            if isinstance(got, OSError):  # e.g. ESPIPE: not a regular file
-                self._check_regular(sample_id, path)
-                raise StoreError(f"Sample {sample_id!r}: cannot read {path}: {describe_os_error(got)}") from got
-            if header == self._header:
-                if got != len(header) + self._nbytes:
-                    self._check_regular(sample_id, path)
-                    held = "more than " if got > len(header) + self._nbytes else ""
+        read = self._read_preadv if _HAS_PREADV else self._read_plain
+        if not read(sample_id, path, out_row):  # the header differs (another numpy version...): load and check
+            self._read_checked(sample_id, path, out_row)
+
+    def _missing(self, sample_id: str, path: str) -> SampleNotFoundError:
+        return SampleNotFoundError(
+            f"Sample {sample_id!r} has no file {path}. Check the ID, or run `kpipe prepare` again."
+        )
+
+    def _read_preadv(self, sample_id: str, path: str, out_row: np.ndarray) -> bool:
+        """One open, one preadv (header | data | 1 byte that must not exist), one close; False if the header differs."""
+        header, extra = bytearray(len(self._header)), bytearray(1)
+        try:
+            fd = os.open(path, self._open_flags)  # O_NONBLOCK: a FIFO does not block the open
+        except FileNotFoundError:
+            raise self._missing(sample_id, path) from None
+        except OSError as e:
+            self._check_regular(sample_id, path)  # a refused link says so
+            raise StoreError(f"Sample {sample_id!r}: cannot read {path}: {describe_os_error(e)}") from e
+        try:
+            got = os.preadv(fd, [header, out_row.reshape(-1).view(np.uint8), extra], 0)
+        except OSError as e:
+            got = e
+        finally:
+            os.close(fd)
+        if isinstance(got, OSError):  # e.g. ESPIPE: not a regular file
+            self._check_regular(sample_id, path)
+            raise StoreError(f"Sample {sample_id!r}: cannot read {path}: {describe_os_error(got)}") from got
+        if header != self._header:
+            return False
+        if got != len(header) + self._nbytes:
+            self._check_regular(sample_id, path)
+            held = "more than " if got > len(header) + self._nbytes else ""
+            raise StoreError(
+                f"Sample {sample_id!r}: file {path} holds {held}{got - len(header)} data bytes, expected "
+                f"{self._nbytes}; it is truncated or corrupt. Run `kpipe prepare` again."
+            )
+        return True
+
+    def _read_plain(self, sample_id: str, path: str, out_row: np.ndarray) -> bool:
+        """Without ``os.preadv``: read the header, then the data into the row; False if the header differs."""
+        try:
+            with os.fdopen(self._open_regular(sample_id, path), "rb", buffering=0) as f:
+                if f.read(len(self._header)) != self._header:
+                    return False
+                n = f.readinto(memoryview(out_row.reshape(-1).view(np.uint8)))
+                if n != self._nbytes or f.read(1):
+                    size = os.fstat(f.fileno()).st_size - len(self._header)
                     raise StoreError(
-                        f"Sample {sample_id!r}: file {path} holds {held}{got - len(header)} data bytes, expected "
+                        f"Sample {sample_id!r}: file {path} holds {size} data bytes, expected "
                         f"{self._nbytes}; it is truncated or corrupt. Run `kpipe prepare` again."
                     )
-                return
-        else:
-            try:
-                with os.fdopen(self._open_regular(sample_id, path), "rb", buffering=0) as f:
-                    header = f.read(len(self._header))
-                    if header == self._header:
-                        view = memoryview(out_row.reshape(-1).view(np.uint8))
-                        n = f.readinto(view)
-                        if n != self._nbytes or f.read(1):
-                            size = os.fstat(f.fileno()).st_size - len(self._header)
-                            raise StoreError(
-                                f"Sample {sample_id!r}: file {path} holds {size} data bytes, expected "
-                                f"{self._nbytes}; it is truncated or corrupt. Run `kpipe prepare` again."
-                            )
-                        return
-            except FileNotFoundError:
-                raise SampleNotFoundError(
-                    f"Sample {sample_id!r} has no file {path}. Check the ID, or run `kpipe prepare` again."
-                ) from None
-            except StoreError:
-                raise
-            except OSError as e:
-                raise StoreError(f"Sample {sample_id!r}: cannot read {path}: {e}") from e
-        # Header differs (another numpy version, Fortran order...): load and check.
+                return True
+        except FileNotFoundError:
+            raise self._missing(sample_id, path) from None
+        except StoreError:
+            raise
+        except OSError as e:
+            raise StoreError(f"Sample {sample_id!r}: cannot read {path}: {e}") from e
+
+    def _read_checked(self, sample_id: str, path: str, out_row: np.ndarray) -> None:
+        """Load a file whose header is not the expected one with ``np.load``, and check its shape and dtype."""
         try:
             with os.fdopen(self._open_regular(sample_id, path), "rb") as f:
                 arr = np.load(f, allow_pickle=False)
@@ -191,9 +200,7 @@ class NpyStore(Store):
         try:
             return open_regular(path, what=f"file of sample {sample_id!r}", follow_links=self.follow_links)
         except FileNotFoundError:
-            raise SampleNotFoundError(
-                f"Sample {sample_id!r} has no file {path}. Check the ID, or run `kpipe prepare` again."
-            ) from None
+            raise self._missing(sample_id, path) from None
         except StoreError:
             raise
         except OSError as e:
