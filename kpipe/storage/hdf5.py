@@ -579,6 +579,15 @@ class Hdf5Store(Store):
             self._read_positions(self._positions(ids), out)
         return out
 
+    def read_rows(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        if out is not None:
+            return super().read_rows(rows, out)
+        g = as_rows(rows, int(self._starts[-1]))
+        out = np.empty((len(g), *self.sample_shape), dtype=self.dtype)
+        if len(g):
+            self._read_positions(g, out)
+        return out
+
     def read_rows_into(self, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
         self._check_out(len(rows), out)
         g = as_rows(rows, int(self._starts[-1]))
@@ -615,7 +624,7 @@ class Hdf5Store(Store):
                 )
             if where is None:
                 # mode="clip": rows are valid, and mode="raise" would copy through a buffer.
-                np.take(reader.array, rows, axis=0, out=out[: len(rows)], mode="clip")
+                reader.array.take(rows, axis=0, out=out[: len(rows)], mode="clip")
             else:
                 out[where] = reader.array[rows]
             return
