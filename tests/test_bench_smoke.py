@@ -18,10 +18,14 @@ def test_bench_tiny(tmp_path):
                        "--json", str(out), "--tmp", str(tmp_path)]) == 0
     report = json.loads(out.read_text())
     results = report["sizes"]["32x32x3 float32"]["results"]
-    for name in ("numpy", "classic", "tf.data mem", "tf.data files", "kpipe npy", "kpipe hdf5"):
-        assert results[name]["samples_per_s"] > 0 and "vs_numpy" in results[name] and "vs_tf_mem" in results[name]
+    for name in ("numpy", "classic", "tf.data mem", "tf.data files", "kpipe npy", "kpipe hdf5", "kpipe cache=memory"):
+        r = results[name]
+        assert r["samples_per_s"] > 0 and r["samples_per_cpu_s"] > 0 and len(r["rounds"]) == 1
+        assert r["vs_numpy"] > 0 and r["vs_numpy_cpu"] > 0 and r["vs_tf_mem"] > 0
+    assert results["numpy"]["vs_numpy"] == 1.0  # ratios are paired per round
     assert set(report["sizes"]["32x32x3 float32"]["targets"]) == {
-        "hdf5 >= 1.5x tf.data mem", "hdf5 >= 0.3x numpy", "npy >= 3x classic", "npy >= 1.0x tf.data files"}
+        "hdf5 >= 1.5x tf.data mem", "hdf5 >= 0.3x numpy", "hdf5 mmap >= 0.8x numpy", "cache=memory >= 0.9x numpy",
+        "npy >= 3x classic", "npy >= 1.0x tf.data files"}
     assert list(tmp_path.iterdir()) == [out]  # temporary data removed
 
 

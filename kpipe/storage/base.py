@@ -68,6 +68,15 @@ class DatasetGuard:
         self.path, self.identity = state
 
 
+_INT64 = np.dtype(np.int64)
+_UINT64 = np.dtype(np.uint64)
+
+
+def rows_max(rows: np.ndarray) -> int:
+    """The largest of int64 ``rows`` seen as unsigned: a negative row counts as huge (one pass for both bounds)."""
+    return int(rows.view(_UINT64).max())
+
+
 def as_rows(rows, num_rows: int) -> np.ndarray:
     """``rows`` as an int64 array of rows in ``[0, num_rows)`` (no copy when it is one already).
 
@@ -75,8 +84,8 @@ def as_rows(rows, num_rows: int) -> np.ndarray:
         ArgumentError: If ``rows`` is not a 1-D array of integers, or a row is
             out of range (a row comes from `Store.rows`).
     """
-    arr = np.asarray(rows)
-    if arr.dtype != np.int64:
+    arr = rows if type(rows) is np.ndarray else np.asarray(rows)
+    if arr.dtype != _INT64:
         if arr.size == 0:
             arr = arr.astype(np.int64)
         elif arr.dtype.kind not in "iu":
@@ -85,7 +94,7 @@ def as_rows(rows, num_rows: int) -> np.ndarray:
             arr = arr.astype(np.int64)
     if arr.ndim != 1:
         raise ArgumentError(f"`rows` must be a 1-D array of row numbers. Received: rows of shape {arr.shape}")
-    if len(arr) and int(arr.view(np.uint64).max()) >= num_rows:  # one pass: a negative row is huge as uint64
+    if len(arr) and rows_max(arr) >= num_rows:
         bad = int(arr[(arr < 0) | (arr >= num_rows)][0])
         raise ArgumentError(
             f"`rows` must be row numbers in [0, {num_rows}) given by `store.rows(ids)`. Received: row={bad}"

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from kpipe.storage.base import Store, as_rows
+from kpipe.storage.base import _INT64, Store, as_rows, rows_max
 
 _LOAD_BLOCK_BYTES = 64 << 20
 
@@ -156,24 +156,21 @@ class MemoryStore(Store):
         return out
 
     def read_rows(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        if out is None:
-            cached = self._cached
-            if cached is not None:
-                arr = np.asarray(rows)
-                if (arr.dtype == np.int64 and arr.ndim == 1 and len(arr)
-                        and int(arr.view(np.uint64).max()) < len(cached.data)):  # all cached: the fast path
-                    return cached.data.take(arr, axis=0)  # a new array (mode "raise" without `out` copies once)
+        cached = self._cached
+        if (out is None and cached is not None and type(rows) is np.ndarray and rows.dtype == _INT64
+                and rows.ndim == 1 and len(rows) and rows_max(rows) < len(cached.data)):  # all cached: the fast path
+            return cached.data.take(rows, axis=0)  # a new array (mode "raise" without `out` copies once)
         return super().read_rows(rows, out)
 
     def read_rows_into(self, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
         data, _ = self._loaded()
         self._check_out(len(rows), out)
         arr = np.asarray(rows)
-        if arr.dtype != np.int64 or arr.ndim != 1:
+        if arr.dtype != _INT64 or arr.ndim != 1:
             arr = as_rows(arr, self.num_rows)
         if not len(arr):
             return out
-        if int(arr.view(np.uint64).max()) < len(data):  # all cached (a negative row is huge as uint64)
+        if rows_max(arr) < len(data):  # all cached (a negative row counts as huge)
             np.take(data, arr, axis=0, out=out[: len(arr)], mode="clip")  # "raise" would buffer a copy
             return out
         arr = as_rows(arr, self.num_rows)
