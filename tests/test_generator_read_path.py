@@ -123,3 +123,29 @@ def test_one_hot_table_and_per_batch_one_hot_agree(uint8_datasets, monkeypatch):
         assert y.shape == (8, 3) and y.dtype == np.float32 and y.flags.c_contiguous
         np.testing.assert_array_equal(y, per_batch[i][1])
         assert y.argmax(1).tolist() == [table.manifest.labels[s] for s in table.batch_ids(i)]
+
+
+def test_large_npy_partition_gets_a_one_time_hint_to_convert(uint8_datasets, monkeypatch, recwarn):
+    import warnings
+
+    import kpipe.generator as generator
+
+    monkeypatch.setattr(generator, "_NPY_HINTED", set())
+    monkeypatch.setattr(generator, "NPY_HINT_SAMPLES", 50)  # the train partition holds 72
+    warnings.simplefilter("always")
+    DataGenerator(uint8_datasets["hdf5"], "train")
+    DataGenerator(uint8_datasets["npy"], "train", cache="memory")  # read once: nothing to gain
+    DataGenerator(uint8_datasets["npy"], "validation")  # 24 samples
+    assert not [w for w in recwarn if "kpipe convert" in str(w.message)]
+    with pytest.warns(UserWarning, match=r"Partition 'train' holds 72 samples stored as one \.npy file each") as info:
+        DataGenerator(uint8_datasets["npy"], "train")
+    (hint,) = [w for w in info if "kpipe convert" in str(w.message)]
+    assert f"kpipe convert {uint8_datasets['npy']} --to hdf5 --out DIR" in str(hint.message)
+    assert hint.filename == __file__  # points at the caller's line
+    recwarn.clear()
+    DataGenerator(uint8_datasets["npy"], "train", batch_size=4)  # once per dataset and process
+    assert not [w for w in recwarn if "kpipe convert" in str(w.message)]
+    monkeypatch.setattr(generator, "_NPY_HINTED", set())
+    monkeypatch.setattr(generator, "NPY_HINT_MAX_SAMPLE_BYTES", 63)  # samples of 64 bytes: the copy dominates
+    DataGenerator(uint8_datasets["npy"], "train")
+    assert not [w for w in recwarn if "kpipe convert" in str(w.message)]

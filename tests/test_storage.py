@@ -507,3 +507,31 @@ def test_a_shard_truncated_while_mapped_is_an_error_not_sigbus(tmp_path):
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])  # -7: killed by SIGBUS
     assert "StoreError:" in proc.stdout and "shrank" in proc.stdout
+
+
+def test_npy_file_with_another_header_is_loaded_and_checked(datasets, expected, tmp_path):
+    """A sample saved in Fortran order (another header) is read through np.load; a wrong dtype is an error."""
+    m = _copy_dataset(datasets["npy"], tmp_path / "copy")
+    ids = sorted(expected)
+    a, b = ids[3], ids[40]
+    np.save(m.root / f"{a}.npy", np.asfortranarray(np.arange(16, dtype=np.float32).reshape(4, 4, 1)))
+    store = open_store(m)
+    batch = store.read_many([ids[0], a, ids[1]] * 4)  # 12 >= the size read by the thread pool
+    np.testing.assert_array_equal(batch[1], np.arange(16, dtype=np.float32).reshape(4, 4, 1))
+    np.testing.assert_array_equal(batch[0], expected[ids[0]])
+    np.testing.assert_array_equal(batch[2], expected[ids[1]])
+    np.save(m.root / f"{b}.npy", np.zeros((4, 4, 1), np.float64))
+    with pytest.raises(StoreError, match=rf"Sample '{b}': file .* holds float64\[4, 4, 1\], the manifest says float32"):
+        store.read_many([b])
+
+
+def test_npy_reader_pool_reads_exactly_and_reports_errors(datasets, expected):
+    """The pooled path (used from 4 CPUs on) gives the single-thread result; an error in a pool chunk surfaces."""
+    m = Manifest.load(datasets["npy"])
+    ids = sorted(expected)
+    wanted = ids[::-1] + ids[:7]  # 67 samples, duplicates, over 4 chunks
+    pooled = open_store(m, num_threads=4)
+    np.testing.assert_array_equal(pooled.read_many(wanted), open_store(m, num_threads=1).read_many(wanted))
+    np.testing.assert_array_equal(pooled.read_rows(pooled.rows(wanted)), np.stack([expected[i] for i in wanted]))
+    with pytest.raises(SampleNotFoundError, match="no_such_id"):
+        pooled.read_many(["no_such_id"] + ids[:20])  # in the first chunk: read by a pool thread

@@ -672,6 +672,207 @@ def _integrity_size(name: str, spec: dict, args, tmp: Path) -> dict:
     return result
 
 
+# ------------------------------------------------------------- npy floor
+NPY_FLOOR_C = r"""
+/* The syscall floor of one file per sample: open + preadv + close per sample, no Python, no checks.
+   usage: floor LIST NBYTES THREADS   (LIST: one path per line, in the order to read) -> samples/s */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+static char **paths; static long n, nbytes; static int threads;
+static void *work(void *arg) {
+  long t = (long)arg; char *buf = malloc(nbytes + 1);
+  for (long i = t; i < n; i += threads) {
+    int fd = open(paths[i], O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    if (fd < 0) { perror(paths[i]); exit(1); }
+    struct iovec v[1] = {{buf, nbytes + 1}};
+    if (preadv(fd, v, 1, 0) != nbytes) { fprintf(stderr, "short read: %s\n", paths[i]); exit(1); }
+    close(fd);
+  }
+  free(buf); return NULL;
+}
+int main(int argc, char **argv) {
+  FILE *f = fopen(argv[1], "r"); nbytes = atol(argv[2]); threads = atoi(argv[3]);
+  long cap = 1024; paths = malloc(sizeof(char *) * cap); char line[4096];
+  while (fgets(line, sizeof line, f)) {
+    if (n == cap) paths = realloc(paths, sizeof(char *) * (cap *= 2));
+    line[strcspn(line, "\n")] = 0; paths[n++] = strdup(line);
+  }
+  struct timespec a, b; clock_gettime(CLOCK_MONOTONIC, &a);
+  pthread_t th[64]; for (long t = 0; t < threads; t++) pthread_create(&th[t], NULL, work, (void *)t);
+  for (int t = 0; t < threads; t++) pthread_join(th[t], NULL);
+  clock_gettime(CLOCK_MONOTONIC, &b);
+  printf("%.1f\n", n / ((b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) / 1e9));
+  return 0;
+}
+"""
+
+NPY_FLOOR_SIZES = {
+    "32x32x3 float32": {"n": 20_000, "quick": 2_000, "shape": (32, 32, 3), "dtype": "float32"},
+    "128x128x3 uint8": {"n": 5_000, "quick": 1_000, "shape": (128, 128, 3), "dtype": "uint8"},
+    "512x512x3 uint8": {"n": 600, "quick": 100, "shape": (512, 512, 3), "dtype": "uint8"},
+}
+
+
+def _compile_floor(tmp: Path) -> Path | None:
+    import shutil as sh
+
+    cc = sh.which(os.environ.get("CC", "cc")) or sh.which("gcc") or sh.which("clang")
+    if cc is None:
+        return None
+    (tmp / "floor.c").write_text(NPY_FLOOR_C)
+    exe = tmp / "npy_floor"
+    proc = subprocess.run([cc, "-O2", "-pthread", "-o", str(exe), str(tmp / "floor.c")], capture_output=True, text=True)
+    return exe if proc.returncode == 0 else None
+
+
+def _epochs_c_floor(exe: Path, paths: list[str], nbytes: int, threads: int, tmp: Path, epochs: int):
+    """Epoch runs of the C floor; the rate is the program's own (its clock covers the reads only)."""
+    listing = tmp / f"floor-{threads}.txt"
+    for e in range(epochs):
+        order = np.random.default_rng(e).permutation(len(paths))
+        listing.write_text("\n".join(paths[i] for i in order) + "\n")
+        box: dict[str, float] = {}
+
+        def run(box=box):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            out = subprocess.run([str(exe), str(listing), str(nbytes), str(threads)], check=True,
+                                 capture_output=True, text=True)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            box["rate"] = float(out.stdout.strip())
+            box["cpu_s"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        run.box = box
+        yield run
+
+
+def _epochs_py_floor(paths: list[str], shape, dtype: str, epochs: int):
+    """Epoch runs of the Python floor: os.open + os.preadv + os.close per sample into a batch, one thread."""
+    header = len(__import__("kpipe.storage.npy", fromlist=["expected_header"]).expected_header(shape, np.dtype(dtype)))
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    for e in range(epochs):
+        perm = np.random.default_rng(e).permutation(len(paths))
+
+        def run(perm=perm):
+            head = bytearray(header)
+            for lo in range(0, len(perm), BATCH):
+                out = np.empty((len(perm[lo : lo + BATCH]), *shape), dtype)
+                flat = out.reshape(len(out), -1).view(np.uint8)
+                for i, p in enumerate(perm[lo : lo + BATCH].tolist()):
+                    fd = os.open(paths[p], flags)
+                    os.preadv(fd, [head, flat[i]], 0)
+                    os.close(fd)
+        yield run
+
+
+def _epochs_store_rows(store, ids: list[str], epochs: int):
+    rows = store.rows(ids)
+    for e in range(epochs):
+        perm = np.random.default_rng(e).permutation(len(ids))
+
+        def run(perm=perm):
+            for lo in range(0, len(perm), BATCH):
+                store.read_rows(rows[perm[lo : lo + BATCH]])
+        yield run
+
+
+def npy_floor_check(args, tmp: Path) -> dict:
+    """Where the npy store's time goes: the same shuffled epochs read by a C loop of open + preadv + close
+    (1 and 2 threads), the same loop in Python, `NpyStore` (1 thread, then its reader pool), `DataGenerator`
+    over npy, and over HDF5 (memory map, ``preadv``); numpy fancy indexing in memory as the ceiling.
+    Interleaved rounds; ratios are medians of the per-round ratios. Also: ``kpipe convert --to hdf5`` time, and
+    the epochs after which it pays for itself (what `DataGenerator`'s npy hint is chosen from)."""
+
+    exe = _compile_floor(tmp)
+    if exe is None:
+        print("\n== npy floor: no C compiler (cc, gcc, clang): the C floor is left out ==")
+    return {name: _npy_floor_size(name, NPY_FLOOR_SIZES[name], args, tmp, exe)
+            for name in args.npy_floor_sizes.split(",")}
+
+
+def _npy_floor_size(name: str, spec: dict, args, tmp: Path, exe: Path | None) -> dict:
+    from kpipe import DataGenerator
+    from kpipe.convert import convert
+    from kpipe.storage import open_store
+
+    n = spec["quick"] if args.quick else spec["n"]
+    if args.num_samples:
+        n = min(n, args.num_samples)
+    shape, dtype = spec["shape"], spec["dtype"]
+    x, y = make_arrays(n, shape, dtype)
+    folder = tmp / ("npyfloor_" + name.replace(" ", "_"))
+    m_npy = write_dataset(folder / "npy", x, y, "npy")
+    t = time.perf_counter()
+    m_h5 = convert(m_npy, folder / "hdf5", to="hdf5").manifest
+    convert_s = time.perf_counter() - t
+    ids = m_npy.ids("train")
+    paths = [f"{m_npy.root}/{i}.npy" for i in ids]
+    nbytes = os.path.getsize(paths[0])
+    E = args.epochs + 1
+    pooled = open_store(m_npy, num_threads=2)  # the calling thread and one pool thread (the default from 4 CPUs)
+    serial = open_store(m_npy, num_threads=1)  # the default below 4 CPUs
+
+    def gen(manifest, **kw):
+        return DataGenerator(manifest, "train", batch_size=BATCH, dtype=dtype, **kw)
+
+    def gen_pread():
+        g = gen(m_h5)
+        g.store = open_store(g.manifest, mmap="pread")
+        return g
+
+    methods = {"numpy": lambda: epochs_numpy(x, y, E)}
+    c_runs = {}
+    if exe is not None:
+        for threads in (1, 2):
+            label = f"C open+preadv+close, {threads} thread{'s' if threads > 1 else ''}"
+            c_runs[label] = list(_epochs_c_floor(exe, paths, nbytes, threads, folder, E))
+            methods[label] = lambda runs=c_runs[label]: iter(runs)
+    methods.update({
+        "Python os.open+preadv+close": lambda: _epochs_py_floor(paths, shape, dtype, E),
+        "NpyStore, 1 thread": lambda: _epochs_store_rows(serial, ids, E),
+        "NpyStore, 2 threads (pool)": lambda: _epochs_store_rows(pooled, ids, E),
+        "DataGenerator npy": lambda: epochs_generator(gen(m_npy), E),
+        "DataGenerator hdf5 (mmap)": lambda: epochs_generator(gen(m_h5), E),
+        "DataGenerator hdf5 (preadv)": lambda: epochs_generator(gen_pread(), E),
+    })
+    print(f"\n== npy floor, {name}: {n} samples of {nbytes:,} bytes, {args.epochs} interleaved rounds ==",
+          flush=True)
+    res = measure_interleaved(methods, n, args.epochs)
+    for label, runs in c_runs.items():  # the C program's own clock (without process start); its CPU time
+        rates = [r.box["rate"] for r in runs[1:]]
+        res[label]["rounds"] = [round(v) for v in rates]
+        res[label]["samples_per_s"] = statistics.median(rates)
+        res[label]["cpu_rounds"] = [round(n / max(r.box["cpu_s"], 1e-9)) for r in runs[1:]]
+        res[label]["samples_per_cpu_s"] = statistics.median(res[label]["cpu_rounds"])
+    base = next(iter(c_runs), None)
+    for label, r in res.items():
+        r["vs_numpy"] = paired_ratio(r, res["numpy"])
+        r["us_per_sample"] = 1e6 / r["samples_per_s"]
+        r["cpu_us_per_sample"] = 1e6 / r["samples_per_cpu_s"]
+        if base is not None:
+            r["vs_c_1_thread"] = paired_ratio(r, res[base])
+            r["vs_c_1_thread_cpu"] = paired_ratio(r, res[base], "cpu_rounds")
+        print(f"  {label:<30} {r['samples_per_s']:>9,.0f} samples/s {r['us_per_sample']:6.1f} us/sample "
+              f"({r['cpu_us_per_sample']:5.1f} CPU)  x numpy {r['vs_numpy']:.3f}"
+              + (f"  x C 1 thread {r['vs_c_1_thread']:.2f} (CPU {r['vs_c_1_thread_cpu']:.2f})" if base else ""),
+              flush=True)
+    npy_s = n / res["DataGenerator npy"]["samples_per_s"]
+    h5_s = n / res["DataGenerator hdf5 (preadv)"]["samples_per_s"]  # the path of stores over 256 MiB
+    saved = npy_s - h5_s
+    out = {"num_samples": n, "file_bytes": nbytes, "results": res, "convert_s": convert_s,
+           "npy_epoch_s": npy_s, "hdf5_epoch_s": h5_s,
+           "convert_pays_after_epochs": convert_s / saved if saved > 0 else None}
+    print(f"  epoch: npy {npy_s:.2f} s, hdf5 (preadv) {h5_s:.2f} s; kpipe convert --to hdf5 took {convert_s:.2f} s:"
+          f" it pays for itself after {convert_s / saved:.1f} epochs" if saved > 0 else "  hdf5 saves nothing here")
+    shutil.rmtree(folder, ignore_errors=True)
+    return out
+
+
 # ------------------------------------------------------------------ main
 def machine() -> dict:
     cpu = platform.processor()
@@ -706,6 +907,9 @@ def main(argv=None) -> int:
     p.add_argument("--integrity", action="store_true",
                    help="Also measure the read-path integrity checks against the unchecked memory-mapped path.")
     p.add_argument("--integrity-rounds", type=int, default=7, help="Interleaved rounds of the integrity check.")
+    p.add_argument("--npy-floor", action="store_true",
+                   help="Also measure the npy store against the syscall floor (a C loop of open + preadv + close).")
+    p.add_argument("--npy-floor-sizes", default=",".join(NPY_FLOOR_SIZES), help=argparse.SUPPRESS)
     p.add_argument("--json", default="bench.json", help="Where to write the results.")
     p.add_argument("--tmp", default=None, help="Parent folder of the temporary data (default: /tmp).")
     p.add_argument("--_memory-child", nargs=3, help=argparse.SUPPRESS)
@@ -734,6 +938,8 @@ def main(argv=None) -> int:
             report["training"] = training_check(args, tmp)
         if args.integrity:
             report["integrity"] = integrity_check(args, tmp)
+        if args.npy_floor:
+            report["npy_floor"] = npy_floor_check(args, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

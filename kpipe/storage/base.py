@@ -166,6 +166,11 @@ class Store(abc.ABC):
         return self.read_into([sample_id], out)[0]
 
     @property
+    def sample_nbytes(self) -> int:
+        """Bytes of one stored sample."""
+        return int(np.prod(self.sample_shape, dtype=np.int64)) * self.dtype.itemsize
+
+    @property
     def num_rows(self) -> int:
         """Rows `read_rows` accepts: ``0 .. num_rows - 1`` (by default ``len(ids)``)."""
         return len(self.ids)
