@@ -41,3 +41,34 @@ def test_bench_integrity_tiny(tmp_path):
     assert set(result["kpipe_vs_reference"]) == {"store", "generator"}
     assert all(v > 0 for v in result["samples_per_s"].values()) and result["hash_once_s"] > 0
     assert list(tmp_path.iterdir()) == [out]
+
+
+def test_bench_peers_tiny(tmp_path):
+    """`--peers` at a tiny size: each method in its own process; peers not installed are skipped with a note."""
+    import importlib.util as util
+
+    spec = importlib.util.spec_from_file_location("kpipe_bench", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    methods = ["kpipe balanced hdf5", "Grain MapDataset.mix"]
+    assert bench.main(["--no-speed", "--peers", "--quick", "--peer-rounds", "1", "--peer-scenarios", "balanced 99:1",
+                       "--peers-only", ",".join(methods), "--json", str(out), "--tmp", str(tmp_path)]) == 0
+    report = json.loads(out.read_text())["peers"]
+    assert report["versions"]["numpy"]
+    installed = {"Grain MapDataset.mix": util.find_spec("grain") is not None,
+                 "imbalanced-learn BalancedBatchGenerator": util.find_spec("imblearn") is not None}
+    for method, present in installed.items():
+        assert (method in report["skipped"]) != present
+    result = report["scenarios"]["balanced 99:1"]
+    expected = {"kpipe balanced hdf5", *(m for m, present in installed.items() if present)}
+    assert set(result) == expected
+    kpipe = result["kpipe balanced hdf5"]
+    assert kpipe["samples_per_s"] > 0 and kpipe["samples_per_epoch"] == 100  # 10 classes x the 10 of the smallest
+    assert kpipe["max_deviation"] < 0.01  # 6 or 7 of each class in a batch of 64: |7/64 - 1/10| = 0.009
+    assert kpipe["majority_new_next_epoch"] == 1.0  # a new undersample every epoch
+    assert kpipe["peak_rss_mb"] > kpipe["baseline_rss_mb"] > 0
+    if installed["imbalanced-learn BalancedBatchGenerator"]:
+        assert result["imbalanced-learn BalancedBatchGenerator"]["majority_new_next_epoch"] == 0.0
+        assert kpipe["vs_reference"] > 0
+    assert list(tmp_path.iterdir()) == [out]

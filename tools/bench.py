@@ -873,6 +873,428 @@ def _npy_floor_size(name: str, spec: dict, args, tmp: Path, exe: Path | None) ->
     return out
 
 
+# ------------------------------------------------------------------ peers
+# `--peers`: kpipe against the libraries users would pick instead, each method in its own process (its peak RSS
+# is its own), all driven in the same interleaved rounds: one epoch of every method per round, in a rotated order.
+PEER_SCENARIOS = {
+    # name -> samples per class (10 classes); "shuffle": every sample once per epoch, "balanced": equal class
+    # shares per batch (undersampling: 10 x the smallest class per epoch)
+    "shuffle": {"counts": [2_000] * 10, "quick": [200] * 10},
+    "balanced 19:1": {"counts": [3_800] * 5 + [200] * 5, "quick": [380] * 5 + [20] * 5},
+    "balanced 99:1": {"counts": [3_960] * 5 + [40] * 5, "quick": [990] * 5 + [10] * 5},
+}
+PEER_SHAPE, PEER_DTYPE = (32, 32, 3), "float32"
+
+PEERS = {
+    # method -> (scenario kind, module it needs or None, how it reads)
+    "numpy fancy indexing": ("shuffle", None, "memory"),
+    "tf.data from_tensor_slices": ("shuffle", "tensorflow", "memory"),
+    "Grain MapDataset": ("shuffle", "grain", "ArrayRecord"),
+    "Grain DataLoader, 0 workers": ("shuffle", "grain", "ArrayRecord"),
+    "Grain DataLoader, 2 workers": ("shuffle", "grain", "ArrayRecord"),
+    "kpipe hdf5": ("shuffle", None, "HDF5 (memory map)"),
+    "kpipe npy": ("shuffle", None, "one .npy per sample"),
+    "imbalanced-learn BalancedBatchGenerator": ("balanced", "imblearn", "memory"),
+    "tf.data sample_from_datasets": ("balanced", "tensorflow", "memory"),
+    "tf.data choose_from_datasets": ("balanced", "tensorflow", "memory"),
+    "tf.data rejection_resample": ("balanced", "tensorflow", "memory"),
+    "Grain MapDataset.mix": ("balanced", "grain", "ArrayRecord"),
+    "kpipe balanced hdf5": ("balanced", None, "HDF5 (memory map)"),
+    "kpipe balanced cache=memory": ("balanced", None, "memory"),
+}
+PEER_REFERENCE = {"shuffle": "numpy fancy indexing", "balanced": "imbalanced-learn BalancedBatchGenerator"}
+
+
+def _installed(module: str | None) -> bool:
+    import importlib.util
+
+    return module is None or importlib.util.find_spec(module) is not None
+
+
+def peer_versions() -> dict:
+    from importlib import metadata
+
+    out = {}
+    for dist in ("kpipe", "numpy", "tensorflow", "keras", "h5py", "grain", "array-record", "imbalanced-learn",
+                 "scikit-learn"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def _write_peer_data(folder: Path, counts: list[int], seed: int = 0) -> dict:
+    """The scenario's samples in every format the peers read: arrays (.npy), kpipe npy + hdf5, ArrayRecord."""
+    n = sum(counts)
+    x, _ = make_arrays(n, PEER_SHAPE, PEER_DTYPE, seed)
+    y = np.random.default_rng(seed + 1).permutation(np.repeat(np.arange(len(counts)), counts)).astype(np.int64)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "x.npy", x)
+    np.save(folder / "y.npy", y)
+    from kpipe.convert import convert
+
+    m_npy = write_dataset(folder / "npy", x, y, "npy")
+    convert(m_npy, folder / "hdf5", to="hdf5")
+    paths = {"arrays": str(folder), "npy": str(folder / "npy" / "manifest.json"),
+             "hdf5": str(folder / "hdf5" / "manifest.json")}
+    if _installed("array_record"):
+        from array_record.python.array_record_module import ArrayRecordWriter
+
+        writer = ArrayRecordWriter(str(folder / "samples.array_record"), "group_size:1")
+        for i in range(n):  # a record: the sample's bytes, then its label and index as int64
+            writer.write(x[i].tobytes() + np.int64(y[i]).tobytes() + np.int64(i).tobytes())
+        writer.close()
+        paths["array_record"] = str(folder / "samples.array_record")
+    return paths
+
+
+def _parse_record(record: bytes) -> dict:
+    raw = np.frombuffer(record, np.uint8)
+    nbytes = int(np.prod(PEER_SHAPE)) * np.dtype(PEER_DTYPE).itemsize
+    label, index = raw[nbytes:].view(np.int64).tolist()
+    return {"x": raw[:nbytes].view(PEER_DTYPE).reshape(PEER_SHAPE), "y": label, "i": index}
+
+
+def _grain_parse():
+    import grain
+
+    class Parse(grain.transforms.Map):
+        def map(self, element):
+            return _parse_record(element)
+    return Parse()
+
+
+def _epoch_size(y: np.ndarray) -> int:
+    return len(np.bincount(y)) * int(np.bincount(y).min())
+
+
+# Each builder returns epoch(e) -> list of batches as (labels, sample indices or None).
+def _peer_numpy(paths, y):
+    x = np.load(Path(paths["arrays"]) / "x.npy")
+    n = len(x)
+
+    def epoch(e):
+        perm = np.random.default_rng(e).permutation(n)
+        out = []
+        for lo in range(0, n, BATCH):
+            idx = perm[lo : lo + BATCH]
+            xb, yb = x[idx], y[idx]  # noqa: F841 - the read is what is measured
+            out.append((yb, None))
+        return out
+    return epoch
+
+
+def _tf_per_class(x, y):
+    import tensorflow as tf
+
+    return [tf.data.Dataset.from_tensor_slices((x[y == c], y[y == c], np.flatnonzero(y == c)))
+            .shuffle(int((y == c).sum()), seed=c).repeat() for c in range(int(y.max()) + 1)]
+
+
+def _tf_epochs(ds, batches_per_epoch: int | None = None):
+    """Finite ``ds``: one pass per epoch. Infinite: one iterator for the run (shuffle buffers filled once), an
+    epoch pulls ``batches_per_epoch`` batches from it."""
+    if batches_per_epoch is None:
+        def epoch(e):
+            return [(yb.numpy(), ib.numpy()) for _xb, yb, ib in ds]
+        return epoch
+    it = iter(ds)
+
+    def epoch_of_stream(e):
+        return [(yb.numpy(), ib.numpy()) for _xb, yb, ib in (next(it) for _ in range(batches_per_epoch))]
+    return epoch_of_stream
+
+
+def _peer_tf_memory(paths, y):
+    import tensorflow as tf
+
+    x = np.load(Path(paths["arrays"]) / "x.npy")
+    ds = (tf.data.Dataset.from_tensor_slices((x, y, np.arange(len(y)))).shuffle(len(y), seed=0)
+          .batch(BATCH).prefetch(tf.data.AUTOTUNE))
+    return _tf_epochs(ds)
+
+
+def _peer_tf_sample(paths, y):
+    import tensorflow as tf
+
+    x = np.load(Path(paths["arrays"]) / "x.npy")
+    k = int(y.max()) + 1
+    ds = tf.data.Dataset.sample_from_datasets(_tf_per_class(x, y), weights=[1 / k] * k, seed=0)
+    return _tf_epochs(ds.batch(BATCH).prefetch(tf.data.AUTOTUNE), -(-_epoch_size(y) // BATCH))
+
+
+def _peer_tf_choose(paths, y):
+    import tensorflow as tf
+
+    x = np.load(Path(paths["arrays"]) / "x.npy")
+    k = int(y.max()) + 1
+    ds = tf.data.Dataset.choose_from_datasets(_tf_per_class(x, y), tf.data.Dataset.range(k).repeat())
+    return _tf_epochs(ds.batch(BATCH).prefetch(tf.data.AUTOTUNE), -(-_epoch_size(y) // BATCH))
+
+
+def _peer_tf_rejection(paths, y):
+    import tensorflow as tf
+
+    x = np.load(Path(paths["arrays"]) / "x.npy")
+    counts = np.bincount(y)
+    k = len(counts)
+    ds = (tf.data.Dataset.from_tensor_slices((x, y, np.arange(len(y)))).shuffle(len(y), seed=0).repeat()
+          .rejection_resample(lambda xs, ys, i: tf.cast(ys, tf.int32), target_dist=[1 / k] * k,
+                              initial_dist=(counts / counts.sum()).tolist(), seed=0)
+          .map(lambda cls, element: element))
+    return _tf_epochs(ds.batch(BATCH).prefetch(tf.data.AUTOTUNE), -(-_epoch_size(y) // BATCH))
+
+
+def _grain_batches(batches):
+    return [(np.asarray(b["y"]), np.asarray(b["i"])) for b in batches]
+
+
+def _peer_grain_map(paths, y):
+    import grain
+
+    base = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(paths["array_record"])).map(_grain_parse())
+
+    def epoch(e):
+        return _grain_batches(base.shuffle(seed=e).batch(BATCH))
+    return epoch
+
+
+def _peer_grain_loader(workers):
+    def build(paths, y):
+        import grain
+
+        source = grain.sources.ArrayRecordDataSource(paths["array_record"])
+        loader = grain.DataLoader(data_source=source, worker_count=workers,
+                                  sampler=grain.samplers.IndexSampler(len(source), shuffle=True, num_epochs=None,
+                                                                      seed=0),
+                                  operations=[_grain_parse(), grain.transforms.Batch(BATCH)])
+        it = iter(loader)
+        per_epoch = -(-len(source) // BATCH)
+
+        def epoch(e):
+            return _grain_batches(next(it) for _ in range(per_epoch))
+        return epoch
+    return build
+
+
+def _peer_grain_mix(paths, y):
+    import grain
+
+    source = grain.sources.ArrayRecordDataSource(paths["array_record"])
+    k = int(y.max()) + 1
+    per_class = []
+    for c in range(k):
+        members = np.flatnonzero(y == c)
+        # repeat, then shuffle: Grain's lazy global shuffle (shuffle-then-repeat measured 25x slower in a mix)
+        per_class.append(grain.MapDataset.range(len(members)).map(lambda j, m=members: source[int(m[j])])
+                         .map(_grain_parse()).repeat(1000).shuffle(seed=c))
+    mixed = grain.MapDataset.mix(per_class, weights=[1 / k] * k)
+    size = _epoch_size(y)
+
+    def epoch(e):
+        return _grain_batches(mixed[e * size : (e + 1) * size].batch(BATCH))
+    return epoch
+
+
+def _peer_imblearn(paths, y):
+    from imblearn.keras import BalancedBatchGenerator
+    from imblearn.under_sampling import RandomUnderSampler
+
+    x = np.load(Path(paths["arrays"]) / "x.npy")
+    gen = BalancedBatchGenerator(x.reshape(len(x), -1), y, batch_size=BATCH, sampler=RandomUnderSampler(random_state=0),
+                                 random_state=0)
+
+    def epoch(e):
+        out = []
+        for i in range(len(gen)):
+            _xb, yb = gen[i]
+            out.append((yb, gen.indices_[i * BATCH : (i + 1) * BATCH]))
+        gen.on_epoch_end()
+        return out
+    return epoch
+
+
+def _peer_kpipe(fmt, **options):
+    def build(paths, y):
+        from kpipe import DataGenerator
+
+        gen = DataGenerator(paths[fmt], "train", batch_size=BATCH, dtype=PEER_DTYPE, **options)
+        positions = {sid: i for i, sid in enumerate(gen.manifest.ids("train"))}  # the sample's index in x
+        index = np.array([positions[sid] for sid in gen.ids])
+
+        def epoch(e):
+            out = []
+            for i in range(len(gen)):
+                _xb, yb = gen[i]
+                out.append((yb, None))
+            order = index[gen.epoch_order(e)]
+            gen.on_epoch_end()
+            return [(yb, order[i * BATCH : i * BATCH + len(yb)]) for i, (yb, _) in enumerate(out)]
+        return epoch
+    return build
+
+
+PEER_BUILDERS = {
+    "numpy fancy indexing": _peer_numpy,
+    "tf.data from_tensor_slices": _peer_tf_memory,
+    "Grain MapDataset": _peer_grain_map,
+    "Grain DataLoader, 0 workers": _peer_grain_loader(0),
+    "Grain DataLoader, 2 workers": _peer_grain_loader(2),
+    "kpipe hdf5": _peer_kpipe("hdf5"),
+    "kpipe npy": _peer_kpipe("npy"),
+    "imbalanced-learn BalancedBatchGenerator": _peer_imblearn,
+    "tf.data sample_from_datasets": _peer_tf_sample,
+    "tf.data choose_from_datasets": _peer_tf_choose,
+    "tf.data rejection_resample": _peer_tf_rejection,
+    "Grain MapDataset.mix": _peer_grain_mix,
+    "kpipe balanced hdf5": _peer_kpipe("hdf5", sampling="balanced"),
+    "kpipe balanced cache=memory": _peer_kpipe("hdf5", sampling="balanced", cache="memory"),
+}
+
+
+def _balance(batches: list, k: int) -> float:
+    """Max over full batches and classes of |share of the class in the batch - 1/k|."""
+    full = [np.asarray(yb) for yb, _ in batches if len(yb) == BATCH]
+    if not full:
+        return float("nan")
+    return float(max(np.abs(np.bincount(yb, minlength=k) / BATCH - 1 / k).max() for yb in full))
+
+
+def _peer_child(method: str, paths_json: str) -> None:
+    """Runs in its own process: builds one method, then serves epochs on request (stdin "epoch E" / "quit")."""
+    paths = json.loads(paths_json)
+    module = PEERS[method][1]
+    if module is not None:
+        __import__(module)
+    if method.startswith(("kpipe", "imbalanced-learn")):
+        import keras  # noqa: F401 - what a Keras user has loaded anyway
+    baseline = _rss_mb()
+    y = np.load(Path(paths["arrays"]) / "y.npy")
+    epoch = PEER_BUILDERS[method](paths, y)
+    k = int(y.max()) + 1
+    big = np.flatnonzero(np.bincount(y) > np.bincount(y).min())
+    print(json.dumps({"ready": True, "baseline_mb": baseline}), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "quit":
+            break
+        e = int(line.split()[1])
+        t, c = time.perf_counter(), time.process_time()
+        batches = epoch(e)
+        wall, cpu = time.perf_counter() - t, time.process_time() - c
+        served = [i for _, idx in batches if idx is not None for i in np.asarray(idx)[np.isin(y[idx], big)].tolist()]
+        print(json.dumps({"samples": int(sum(len(yb) for yb, _ in batches)), "wall_s": wall, "cpu_s": cpu,
+                          "max_deviation": _balance(batches, k), "majority_served": sorted(served)}), flush=True)
+    print(json.dumps({"maxrss_mb": _peak_rss_mb(), "baseline_mb": baseline}), flush=True)
+
+
+def _peak_rss_mb() -> float:
+    """This process image's peak RSS (VmHWM; ``ru_maxrss`` survives ``exec`` and can report the parent's)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _start_peer(method: str, paths: dict) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, __file__, "--_peer-child", method, json.dumps(paths)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            stderr=subprocess.DEVNULL)
+    return proc
+
+
+def _ask(proc: subprocess.Popen, line: str | None) -> dict:
+    """Send ``line`` (unless `None`) and return the peer's next JSON answer."""
+    if line is not None:
+        proc.stdin.write(line + "\n")
+        proc.stdin.flush()
+    while True:
+        out = proc.stdout.readline()
+        if not out:
+            raise RuntimeError("a peer process ended without an answer")
+        if out.startswith("{"):
+            return json.loads(out)
+
+
+def peers_check(args, tmp: Path) -> dict:
+    """`--peers`: each scenario's methods in their own processes, interleaved rounds (see PEERS)."""
+    report = {"versions": peer_versions(), "skipped": {}, "scenarios": {}}
+    for method, (_, module, _) in PEERS.items():
+        if not _installed(module):
+            report["skipped"][method] = f"{module} is not installed (pip install 'kpipe[bench]')"
+    for method, why in report["skipped"].items():
+        print(f"  skipped {method}: {why}")
+    for name in args.peer_scenarios.split(","):
+        spec = PEER_SCENARIOS[name]
+        kind = "shuffle" if name == "shuffle" else "balanced"
+        methods = [m for m, (k, _, _) in PEERS.items() if k == kind and m not in report["skipped"]]
+        if args.peers_only:
+            methods = [m for m in methods if m in args.peers_only or m == PEER_REFERENCE[kind]]
+        counts = spec["quick"] if args.quick else spec["counts"]
+        paths = _write_peer_data(tmp / ("peers_" + name.replace(" ", "_").replace(":", "-")), counts)
+        report["scenarios"][name] = _peer_scenario(name, kind, methods, paths, counts, args)
+        shutil.rmtree(Path(paths["arrays"]), ignore_errors=True)
+    print_peers(report)
+    return report
+
+
+def _peer_scenario(name: str, kind: str, methods: list[str], paths: dict, counts: list[int], args) -> dict:
+    print(f"\n== peers, {name}: {sum(counts):,} samples ({', '.join(map(str, sorted(set(counts), reverse=True)))} "
+          f"per class), {args.peer_rounds} interleaved rounds, one process per method ==", flush=True)
+    procs = {}
+    try:
+        for m in methods:  # one at a time: start-up does not overlap the others
+            procs[m] = _start_peer(m, paths)
+            _ask(procs[m], None)  # its "ready" line
+        rounds: dict[str, list[dict]] = {m: [] for m in methods}  # round 0 (the warm-up) first
+        for r in range(args.peer_rounds + 1):
+            for m in methods[r % len(methods):] + methods[: r % len(methods)]:
+                rounds[m].append(_ask(procs[m], f"epoch {r}"))
+        final = {m: _ask(p, "quit") for m, p in procs.items()}
+    finally:
+        for p in procs.values():
+            p.kill()
+            p.wait()
+    return _summarize_peers(kind, methods, rounds, final)
+
+
+def _summarize_peers(kind: str, methods: list[str], rounds: dict, final: dict) -> dict:
+    out = {}
+    for m in methods:
+        rates = [r["samples"] / r["wall_s"] for r in rounds[m][1:]]  # 0 when a method serves no full batch
+        served = [set(r["majority_served"]) for r in rounds[m][:2]]  # epochs 0 and 1
+        changes = None
+        if kind == "balanced" and len(served) > 1 and served[0]:
+            changes = len(served[1] - served[0]) / max(1, len(served[1]))  # share of majority samples new
+        out[m] = {"samples_per_s": statistics.median(rates), "rounds": rates,
+                  "samples_per_epoch": rounds[m][0]["samples"], "max_deviation": rounds[m][0]["max_deviation"],
+                  "majority_new_next_epoch": changes, "peak_rss_mb": final[m]["maxrss_mb"],
+                  "baseline_rss_mb": final[m]["baseline_mb"], "storage": PEERS[m][2]}
+    ref = PEER_REFERENCE[kind]
+    for r in out.values():
+        pairs = list(zip(r["rounds"], out[ref]["rounds"])) if ref in out else []
+        r["vs_reference"] = statistics.median(a / b for a, b in pairs) if pairs and all(b > 0 for _, b in pairs) \
+            else None
+    return out
+
+
+def print_peers(report: dict) -> None:
+    print("\nversions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v))
+    for name, res in report["scenarios"].items():
+        ref = PEER_REFERENCE["shuffle" if name == "shuffle" else "balanced"]
+        print(f"\n{name} (ratios: median of per-round ratios to {ref})")
+        print("| method | reads from | samples/s | x reference | peak RSS MB | of it, above the imports | "
+              "max deviation | majority new next epoch |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|")
+        for m, r in res.items():
+            dev = "-" if name == "shuffle" else f"{r['max_deviation']:.3f}"
+            new = "-" if r["majority_new_next_epoch"] is None else f"{r['majority_new_next_epoch']:.0%}"
+            ratio = "-" if r["vs_reference"] is None else f"{r['vs_reference']:.2f}"
+            print(f"| {m} | {r['storage']} | {r['samples_per_s']:,.0f} | {ratio} | {r['peak_rss_mb']:,.0f} | "
+                  f"{r['peak_rss_mb'] - r['baseline_rss_mb']:,.0f} | {dev} | {new} |")
+
+
 # ------------------------------------------------------------------ main
 def machine() -> dict:
     cpu = platform.processor()
@@ -910,15 +1332,26 @@ def main(argv=None) -> int:
     p.add_argument("--npy-floor", action="store_true",
                    help="Also measure the npy store against the syscall floor (a C loop of open + preadv + close).")
     p.add_argument("--npy-floor-sizes", default=",".join(NPY_FLOOR_SIZES), help=argparse.SUPPRESS)
+    p.add_argument("--peers", action="store_true",
+                   help="Also compare with Grain, imbalanced-learn and tf.data (pip install 'kpipe[bench]').")
+    p.add_argument("--peer-rounds", type=int, default=5, help="Interleaved rounds of the peers comparison.")
+    p.add_argument("--peers-only", default=None, help="Comma-separated peer methods (the references always run).")
+    p.add_argument("--peer-scenarios", default=",".join(PEER_SCENARIOS),
+                   help="Comma-separated subset of: " + ", ".join(PEER_SCENARIOS))
     p.add_argument("--json", default="bench.json", help="Where to write the results.")
     p.add_argument("--tmp", default=None, help="Parent folder of the temporary data (default: /tmp).")
     p.add_argument("--_memory-child", nargs=3, help=argparse.SUPPRESS)
+    p.add_argument("--_peer-child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args._memory_child:
         path, epochs, cache = args._memory_child
         _memory_child(path, int(epochs), None if cache == "None" else cache)
         return 0
+    if args._peer_child:
+        _peer_child(*args._peer_child)
+        return 0
     args.only = set(args.only.split(",")) if args.only else None
+    args.peers_only = set(args.peers_only.split(",")) if args.peers_only else None
 
     import tensorflow as tf
 
@@ -940,6 +1373,8 @@ def main(argv=None) -> int:
             report["integrity"] = integrity_check(args, tmp)
         if args.npy_floor:
             report["npy_floor"] = npy_floor_check(args, tmp)
+        if args.peers:
+            report["peers"] = peers_check(args, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
