@@ -72,3 +72,23 @@ def test_bench_peers_tiny(tmp_path):
         assert result["imbalanced-learn BalancedBatchGenerator"]["majority_new_next_epoch"] == 0.0
         assert kpipe["vs_reference"] > 0
     assert list(tmp_path.iterdir()) == [out]
+
+
+def test_bench_npy_floor_tiny(tmp_path):
+    """`--npy-floor`: the npy store against a C loop of open + preadv + close (left out without a C compiler)."""
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("kpipe_bench", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--no-speed", "--npy-floor", "--num-samples", "256", "--epochs", "1", "--npy-floor-sizes",
+                       "32x32x3 float32", "--json", str(out), "--tmp", str(tmp_path)]) == 0
+    result = json.loads(out.read_text())["npy_floor"]["32x32x3 float32"]
+    rows = result["results"]
+    has_cc = any(shutil.which(c) for c in ("cc", "gcc", "clang"))
+    assert ("C open+preadv+close, 1 thread" in rows) == has_cc
+    for row in rows.values():
+        assert row["samples_per_s"] > 0 and row["cpu_us_per_sample"] > 0
+    assert result["file_bytes"] == 12_416 and result["npy_epoch_s"] > 0 and result["convert_s"] > 0
+    assert list(tmp_path.iterdir()) == [out]

@@ -535,3 +535,13 @@ def test_npy_reader_pool_reads_exactly_and_reports_errors(datasets, expected):
     np.testing.assert_array_equal(pooled.read_rows(pooled.rows(wanted)), np.stack([expected[i] for i in wanted]))
     with pytest.raises(SampleNotFoundError, match="no_such_id"):
         pooled.read_many(["no_such_id"] + ids[:20])  # in the first chunk: read by a pool thread
+
+
+def test_memory_cache_releases_the_wrapped_stores_maps(datasets, expected):
+    """Loaded into RAM, the cache closes the hdf5 store it read from (its maps would double the RSS); an uncached
+    ID still reads through it."""
+    m = Manifest.load(datasets["hdf5"])
+    cached = open_store(m, cache="memory", ids=m.ids("train"))
+    assert cached.nbytes == 36 * 16 * 4 and not cached.store._readers  # no shard open, no map
+    other = m.ids("test")[0]
+    np.testing.assert_array_equal(cached.read(other), expected[other])

@@ -117,6 +117,7 @@ class MemoryStore(Store):
         step = max(1, _LOAD_BLOCK_BYTES // max(1, data[:1].nbytes))
         for lo in range(0, len(self._ids), step):
             self.store.read_into(self._ids[lo : lo + step], data[lo : lo + step])
+        self.store.close()  # its memory maps would keep a second copy in RSS; reopened if an uncached ID is read
         cached = _Cached(data, {sid: i for i, sid in enumerate(self._ids)}, self._ids)
         if self.share_key is not None:
             with _SHARED_LOCK:
