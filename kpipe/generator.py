@@ -79,12 +79,14 @@ _CLASSIC_OPTIONS = ("list_IDs", "labels", "data_dir", "num_classes")
 NPY_HINT_SAMPLES = 50_000
 """From this many samples in a partition (of samples up to `NPY_HINT_MAX_SAMPLE_BYTES`), a generator over an npy
 dataset says once that HDF5 would read it faster. Measured with ``tools/bench.py --npy-floor`` on the 2-core
-development machine (12 KiB samples): an npy epoch costs 14.5 µs per sample (the file system's open + preadv + close
-floor is 10 µs in C), an HDF5 epoch 4.8 µs (``preadv`` path) or 2.5 µs (memory map); from 50,000 samples the
-difference is over half a second per epoch, and ``kpipe convert`` pays for itself in about a dozen epochs."""
+development machine: a DataGenerator epoch over npy costs 8.9 µs of CPU per 12 KiB sample, of which the file
+system's open + preadv + close is 6.8 µs (a C loop), against 1.4 µs (memory map) or 2.9 µs (``preadv``) over HDF5
+shards. The saving, about 10 µs per sample and epoch whatever the sample size, is half a second per epoch from
+50,000 samples; ``kpipe convert`` pays for itself after 13 epochs (12 KiB samples) or 46 (48 KiB)."""
 
-NPY_HINT_MAX_SAMPLE_BYTES = 256 << 10
-"""Above this sample size the copy dominates the per-file cost, and HDF5 saves little (see `NPY_HINT_SAMPLES`)."""
+NPY_HINT_MAX_SAMPLE_BYTES = 64 << 10
+"""Above this sample size the conversion (which copies every byte) takes longer to pay for itself than most
+trainings last (480 epochs for 768 KiB samples, see `NPY_HINT_SAMPLES`): no hint."""
 
 _NPY_HINTED: set[str] = set()
 """Dataset folders this process has given the npy hint for."""
@@ -392,9 +394,9 @@ class DataGenerator(keras.utils.PyDataset):
                else "`kpipe prepare RAW --out DIR --format hdf5`")
         warnings.warn(
             f"Partition {self.partition!r} holds {n:,} samples stored as one .npy file each, so every epoch opens "
-            f"and closes {n:,} files (about 10 µs each, the file system's floor, more than the read itself). "
-            f"HDF5 shards read the same samples several times faster: convert once with {how} (it pays for itself "
-            "within about a dozen epochs), or pass cache='memory' if the partition fits in RAM.",
+            f"and closes {n:,} files (about 10 µs each, the file system's floor, more than reading a small sample). "
+            f"HDF5 shards skip that: convert once with {how} (in kpipe's benchmark it pays for itself after 13 "
+            "epochs for 12 KiB samples, 46 for 48 KiB), or pass cache='memory' if the partition fits in RAM.",
             UserWarning, stacklevel=5,
         )
 

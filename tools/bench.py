@@ -1290,11 +1290,12 @@ def _summarize_peers(kind: str, methods: list[str], rounds: dict, final: dict) -
     out = {}
     for m in methods:
         rates = [r["samples"] / r["wall_s"] for r in rounds[m][1:]]  # 0 when a method serves no full batch
+        cpu_rates = [r["samples"] / max(r["cpu_s"], 1e-9) for r in rounds[m][1:]]  # its process only
         served = [set(v) for v in rounds[m][0]["majority_served"]]  # epochs 0 and 1
         changes = None
         if kind == "balanced" and len(served) > 1 and served[0]:
             changes = len(served[1] - served[0]) / max(1, len(served[1]))  # share of majority samples new
-        out[m] = {"samples_per_s": statistics.median(rates), "rounds": rates,
+        out[m] = {"samples_per_s": statistics.median(rates), "rounds": rates, "cpu_rounds": cpu_rates,
                   "samples_per_epoch": rounds[m][0]["samples"] // 2, "epochs_per_round": rounds[m][-1]["samples"]
                   // max(1, rounds[m][0]["samples"] // 2), "max_deviation": max(r["max_deviation"] for r in rounds[m])
                   if not any(math.isnan(r["max_deviation"]) for r in rounds[m]) else float("nan"),
@@ -1302,9 +1303,9 @@ def _summarize_peers(kind: str, methods: list[str], rounds: dict, final: dict) -
                   "baseline_rss_mb": final[m]["baseline_mb"], "storage": PEERS[m][2]}
     ref = PEER_REFERENCE[kind]
     for r in out.values():
-        pairs = list(zip(r["rounds"], out[ref]["rounds"])) if ref in out else []
-        r["vs_reference"] = statistics.median(a / b for a, b in pairs) if pairs and all(b > 0 for _, b in pairs) \
-            else None
+        for key, rates in (("vs_reference", "rounds"), ("vs_reference_cpu", "cpu_rounds")):
+            pairs = list(zip(r[rates], out[ref][rates])) if ref in out else []
+            r[key] = statistics.median(a / b for a, b in pairs) if pairs and all(b > 0 for _, b in pairs) else None
     return out
 
 
@@ -1313,13 +1314,13 @@ def print_peers(report: dict) -> None:
     for name, res in report["scenarios"].items():
         ref = PEER_REFERENCE["shuffle" if name == "shuffle" else "balanced"]
         print(f"\n{name} (ratios: median of per-round ratios to {ref})")
-        print("| method | reads from | samples/s | x reference | peak RSS MB | of it, above the imports | "
+        print("| method | reads from | samples/s | x reference, wall / CPU | peak RSS MB | of it, above the imports | "
               "max deviation | majority new next epoch |")
         print("|---|---|---:|---:|---:|---:|---:|---:|")
         for m, r in res.items():
             dev = "-" if name == "shuffle" else f"{r['max_deviation']:.3f}"
             new = "-" if r["majority_new_next_epoch"] is None else f"{r['majority_new_next_epoch']:.0%}"
-            ratio = "-" if r["vs_reference"] is None else f"{r['vs_reference']:.2f}"
+            ratio = "-" if r["vs_reference"] is None else f"{r['vs_reference']:.2f} / {r['vs_reference_cpu']:.2f}"
             print(f"| {m} | {r['storage']} | {r['samples_per_s']:,.0f} | {ratio} | {r['peak_rss_mb']:,.0f} | "
                   f"{r['peak_rss_mb'] - r['baseline_rss_mb']:,.0f} | {dev} | {new} |")
 

@@ -50,12 +50,13 @@ rng = np.random.default_rng(0)
 x = rng.standard_normal((n, 1), dtype=np.float32)
 y = rng.integers(0, classes, n)
 ids = [f"s{i:07d}" for i in range(n)]
-writer = make_writer("npy", tmp, (1,), "float32")
+src = os.path.join(tmp, "npy")
+writer = make_writer("npy", src, (1,), "float32")
 writer.add_many(ids, x)
 labels = {s: int(v) for s, v in zip(ids, y)}
 m = Manifest(classes=[str(c) for c in range(classes)], labels=labels, partition={"train": ids}, sample_shape=(1,),
              sample_dtype="float32", storage=writer.finish(labels, ids))
-m.save(os.path.join(tmp, "manifest.json"))
+m.save(os.path.join(src, "manifest.json"))
 h5 = convert(m, os.path.join(tmp, "h5"), to="hdf5").manifest
 out = {}
 
@@ -97,6 +98,8 @@ for name, (big, small) in (("plan 19:1", (3800, 200)), ("plan 99:1", (3960, 40))
         for _ in range(100):
             sampler.indices(next(counter))
     out[name] = per_batch(plans, 100)
+import shutil
+shutil.rmtree(tmp, ignore_errors=True)
 print(json.dumps(out))
 """
 

@@ -12,14 +12,14 @@ This is the layout of the classic Keras ``DataGenerator``
   I/O releases the GIL): one pool of `READER_THREADS` threads per process,
   shared by every `NpyStore`, so generators built again and again do not add
   threads. Below 4 CPUs a batch is read in the calling thread: on 2 cores the
-  pool measured slower (11.3 vs 9.0 µs of CPU per 12 KiB sample, 17.4 vs 14.0
+  pool measured slower (10.1 vs 8.7 µs of CPU per 12 KiB sample, 13.3 vs 11.5
   µs wall, ``tools/bench.py --npy-floor``), and training needs the other core.
 
-The floor is the file system: ``open`` + ``preadv`` + ``close`` of one small
-file costs 7 µs of CPU (10 µs wall) in a C loop on the 2-core development
-machine, about 5x what a memory copy of the sample costs, however the loop is
-written. Datasets read many times are faster as HDF5 shards (`DataGenerator`
-says so once for a large npy partition, see `NPY_HINT_SAMPLES`).
+The floor is the file system: ``open`` + ``preadv`` + ``close`` of one 12 KiB
+file costs 6.8 µs of CPU in a C loop on the 2-core development machine, 5.5x
+what numpy's copy of the sample from memory costs; this store spends 8.7 µs.
+Datasets read many times are faster as HDF5 shards (`kpipe.DataGenerator`
+says so once for a large npy partition: ``kpipe.generator.NPY_HINT_SAMPLES``).
 """
 
 from __future__ import annotations
