@@ -140,10 +140,10 @@ def main(argv=None) -> int:
     result = {t: {k: statistics.median(v) for k, v in r.items()} for t, r in rows.items()}
     print(f"CPU microseconds, median of {args.rounds} rounds x {args.epochs} epochs, batch 64, "
           "20,000 samples of 4 bytes")
-    header = f"| {'':<13}|" + "".join(f" {t:>10} |" for t in trees) + (" ratio |" if args.against else "")
+    header = f"| {'':<26}|" + "".join(f" {t:>10} |" for t in trees) + (" ratio |" if args.against else "")
     print(header)
     for key in result["this"]:
-        line = f"| {key + ' (' + UNITS.get(key, 'us/batch') + ')':<13}|"
+        line = f"| {key + ' (' + UNITS.get(key, 'us/batch') + ')':<26}|"
         line += "".join(f" {result[t][key]:>10.1f} |" for t in trees)
         if args.against:
             line += f" {result[args.against][key] / result['this'][key]:5.1f} |"

@@ -88,6 +88,7 @@ _COPY_BLOCK_BYTES = 64 << 20
 MMAP_LIMIT_BYTES = 256 << 20
 """``mmap="auto"`` maps a store's shards when all their samples take at most this many bytes."""
 _HAS_PREADV = hasattr(os, "preadv")
+_MAP_POPULATE = getattr(_mmap, "MAP_POPULATE", 0)
 
 # h5py handles inherited through fork: kept referenced, so that a child never
 # closes (and so never calls into HDF5 for) a handle its parent opened.
@@ -566,7 +567,13 @@ class Hdf5Store(Store):
             if n == 0:
                 return _Reader(array=np.empty((0, *self.sample_shape), self.dtype), need=need)
             start = offset - offset % _mmap.ALLOCATIONGRANULARITY
-            mm = _mmap.mmap(fd, need - start, access=_mmap.ACCESS_READ, offset=start)
+            # MAP_POPULATE: the page tables are filled now, once (tens of ms for 256 MiB), not by a page fault at
+            # the first read of each sample (a balanced epoch at 99:1 reads mostly samples not read before).
+            if hasattr(_mmap, "MAP_SHARED"):
+                mm = _mmap.mmap(fd, need - start, flags=_mmap.MAP_SHARED | _MAP_POPULATE, prot=_mmap.PROT_READ,
+                                offset=start)
+            else:  # Windows
+                mm = _mmap.mmap(fd, need - start, access=_mmap.ACCESS_READ, offset=start)
         finally:
             os.close(fd)
         array = np.frombuffer(mm, dtype=self.dtype, count=n * math.prod(self.sample_shape), offset=offset - start)
