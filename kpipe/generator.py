@@ -76,6 +76,33 @@ _LOADER_OPTIONS = ("workers", "use_multiprocessing", "max_queue_size")
 _CLASSIC_OPTIONS = ("list_IDs", "labels", "data_dir", "num_classes")
 
 
+NPY_HINT_SAMPLES = 50_000
+"""From this many samples in a partition (of samples up to `NPY_HINT_MAX_SAMPLE_BYTES`), a generator over an npy
+dataset says once that HDF5 would read it faster. Measured with ``tools/bench.py --npy-floor`` on the 2-core
+development machine: a DataGenerator epoch over npy costs 8.9 µs of CPU per 12 KiB sample, of which the file
+system's open + preadv + close is 6.8 µs (a C loop), against 1.4 µs (memory map) or 2.9 µs (``preadv``) over HDF5
+shards. The saving, about 10 µs per sample and epoch whatever the sample size, is half a second per epoch from
+50,000 samples; ``kpipe convert`` pays for itself after 13 epochs (12 KiB samples) or 46 (48 KiB)."""
+
+NPY_HINT_MAX_SAMPLE_BYTES = 64 << 10
+"""Above this sample size the conversion (which copies every byte) takes longer to pay for itself than most
+trainings last (480 epochs for 768 KiB samples, see `NPY_HINT_SAMPLES`): no hint."""
+
+_NPY_HINTED: set[str] = set()
+"""Dataset folders this process has given the npy hint for."""
+
+_ONE_HOT_TABLE_CLASSES = 1024
+"""Up to this many classes, one-hot labels are rows of a precomputed identity matrix."""
+
+
+class _EpochPlan(NamedTuple):
+    """One sampler epoch, planned: positions (into the generator's IDs) and the store's rows of them."""
+
+    epoch: int
+    positions: np.ndarray
+    rows: np.ndarray
+
+
 class Prefetch(NamedTuple):
     """How a generator makes batches ahead: the ``workers``, ``use_multiprocessing`` and ``max_queue_size`` asked for.
 
@@ -286,6 +313,7 @@ class DataGenerator(keras.utils.PyDataset):
         self.labels: np.ndarray = self.manifest.label_array(self.ids)
         self.sampler: Sampler = recipe["sampler"].bind(self.labels, class_names=self.manifest.classes,
                                                        partition=self.partition)
+        self._batch_size = int(self.sampler.batch_size)
         self.weights: SampleWeights = recipe["weights"]
         self.sample_weights, self.weight_details = self.weights.compute(
             self.labels, self.manifest.classes, manifest=self.manifest, ids=self.ids, partition=self.partition)
@@ -307,14 +335,16 @@ class DataGenerator(keras.utils.PyDataset):
         self.batches_per_sampler_epoch: int = n // b if self.drop_remainder else -(-n // b)
         self.num_dropped: int = n - self.batches_per_sampler_epoch * b if self.drop_remainder else 0
         self.steps_per_epoch: int = recipe["steps_per_epoch"] or self.batches_per_sampler_epoch
-        self.store: Store = open_store(self.manifest)
+        self._labels_out = self._label_table()
+        self._scratch = threading.local()  # per thread: the read buffer of a batch converted to `dtype`
+        store: Store = open_store(self.manifest)
         if recipe["cache"] == "memory":  # shared by generators over the same files and IDs (see MemoryStore)
             source = recipe["source"]
             key = None if "path" not in source else (
                 source["path"], tuple(source["fingerprint"]), self.partition, len(self.ids), hash(tuple(self.ids)))
-            self.store = MemoryStore(self.store, self.ids, share_key=key)
+            store = MemoryStore(store, self.ids, share_key=key)
+        self.store = store
         self.last_error: KpipeError | None = None
-        self._order_cache: tuple[int, np.ndarray] | None = None
         self._lock = threading.Lock()
         self._epoch = int(epoch)
         self._reset_window()
@@ -340,6 +370,7 @@ class DataGenerator(keras.utils.PyDataset):
                 "Use one of the two.",
                 UserWarning, stacklevel=4,
             )
+        self._hint_npy(recipe)
         if recipe["cache"] == "memory" and self.prefetch.use_multiprocessing \
                 and multiprocessing.get_start_method() != "fork":
             warnings.warn(
@@ -348,6 +379,26 @@ class DataGenerator(keras.utils.PyDataset):
                 "(use_multiprocessing=False), which share the cache, or the 'fork' start method.",
                 UserWarning, stacklevel=4,
             )
+
+    def _hint_npy(self, recipe: dict[str, Any]) -> None:
+        """Once per dataset and process: a large npy partition of small samples would read faster as HDF5."""
+        n = len(self.ids)
+        if (self.manifest.storage.get("format") != "npy" or recipe["cache"] is not None or n < NPY_HINT_SAMPLES
+                or self.store.sample_nbytes > NPY_HINT_MAX_SAMPLE_BYTES):
+            return
+        key = str(self.manifest.root)
+        if key in _NPY_HINTED:
+            return
+        _NPY_HINTED.add(key)
+        how = (f"`kpipe convert {self.manifest.path} --to hdf5 --out DIR`" if self.manifest.path is not None
+               else "`kpipe prepare RAW --out DIR --format hdf5`")
+        warnings.warn(
+            f"Partition {self.partition!r} holds {n:,} samples stored as one .npy file each, so every epoch opens "
+            f"and closes {n:,} files (about 10 µs each, the file system's floor, more than reading a small sample). "
+            f"HDF5 shards skip that: convert once with {how} (in kpipe's benchmark it pays for itself after 13 "
+            "epochs for 12 KiB samples, 46 for 48 KiB), or pass cache='memory' if the partition fits in RAM.",
+            UserWarning, stacklevel=5,
+        )
 
     # ----------------------------------------------------- options (owned by the sampler)
     @property
@@ -358,7 +409,23 @@ class DataGenerator(keras.utils.PyDataset):
     @property
     def batch_size(self) -> int:
         """The sampler's batch size."""
-        return int(self.sampler.batch_size)
+        return self._batch_size
+
+    @property
+    def store(self) -> Store:
+        """The `kpipe.storage.Store` batches are read from (`open_store` of the manifest, or its `MemoryStore`).
+
+        Setting it (e.g. a store opened with other options over the same
+        manifest) makes the generator map its IDs to the new store's rows
+        again on the next batch.
+        """
+        return self._store
+
+    @store.setter
+    def store(self, store: Store) -> None:
+        self._store = store
+        self._rows: np.ndarray | None = None  # store row of every position (`Store.rows(self.ids)`), once
+        self._plan_cache: _EpochPlan | None = None
 
     @property
     def sampling(self) -> str:
@@ -414,26 +481,96 @@ class DataGenerator(keras.utils.PyDataset):
         """Global batch ``k`` of the stream: batch ``k mod P`` of sampler epoch ``k div P``.
 
         A pure function of ``k`` (and of the generator's arguments): what
-        worker threads and processes run. All of a batch is assembled here.
+        worker threads and processes run. The batch's positions and store
+        rows are slices of the sampler epoch's plan (computed once per
+        epoch); the batch itself is assembled in `assemble`.
 
         Returns:
             ``(x,)``, ``(x, y)`` or ``(x, y, sample_weight)``.
         """
         epoch, index = divmod(int(k), self.batches_per_sampler_epoch)
-        positions = self._positions(epoch, index)
-        ids = [self.ids[p] for p in positions]
-        raw = self.store.read_many(ids)
-        x = raw.astype(self.dtype, copy=raw.dtype != self.dtype)
-        if self.rescale is not None:
-            x *= self.dtype.type(self.rescale)
-        y = None if self.label_mode is None else self._encode(self.labels[positions])
+        plan = self._plan(epoch)
+        lo = index * self._batch_size
+        hi = lo + self._batch_size
+        return self.assemble(plan.positions[lo:hi], plan.rows[lo:hi], epoch, index)
+
+    def assemble(self, positions: np.ndarray, rows: np.ndarray, epoch: int, index: int):
+        """The batch of the samples at ``positions`` (into `ids`), read from the store's ``rows``.
+
+        All of a batch is assembled here: the samples read, cast to `dtype`
+        and rescaled, the labels encoded, ``transform`` applied (its ``rng``
+        from ``(seed, epoch, index)``) and the sample weights attached. Every
+        array returned is new: Keras may keep a batch (TensorFlow's
+        ``from_generator`` wraps a NumPy array without copying it, and
+        prefetches), so a returned buffer is never written again. Only the
+        read buffer of a batch that is cast to `dtype` is reused (per thread).
+
+        Args:
+            positions: int64 ``(n,)`` positions into `ids`.
+            rows: int64 ``(n,)`` the store's rows of those samples
+                (``store.rows(ids)[positions]``).
+            epoch: The sampler epoch (for ``transform``'s generator and messages).
+            index: The batch's index in that sampler epoch.
+
+        Returns:
+            ``(x,)``, ``(x, y)`` or ``(x, y, sample_weight)``.
+        """
+        x = self._read_x(rows)
+        y = None if self._labels_out is None else self._encode(positions)
         if self.transform is not None:
-            x, y = self._apply_transform(x, y, epoch, index, k, ids)
+            x, y = self._apply_transform(x, y, epoch, index, positions)
         if y is None:
             return (x,)
         if self.sample_weights is None:
             return x, y
         return x, y, self.sample_weights[positions]
+
+    def _read_x(self, rows: np.ndarray) -> np.ndarray:
+        """The samples at ``rows``, as a new array of `dtype`, rescaled."""
+        store = self._store
+        if store.dtype == self.dtype:
+            x = store.read_rows(rows)
+            if self.rescale is not None:
+                x *= self.dtype.type(self.rescale)
+            return x
+        raw = store.read_rows(rows, out=self._read_buffer(store, len(rows)))
+        x = np.empty(raw.shape, self.dtype)
+        if self.rescale is None:
+            np.copyto(x, raw, casting="unsafe")
+        else:  # one pass: cast each value to `dtype`, then multiply in `dtype` (as astype, then *=)
+            np.multiply(raw, self.dtype.type(self.rescale), out=x, dtype=self.dtype, casting="unsafe")
+        return x
+
+    def _read_buffer(self, store: Store, n: int) -> np.ndarray:
+        """This thread's buffer for ``n`` samples in the store's dtype (consumed before the batch is returned)."""
+        buf = getattr(self._scratch, "buf", None)
+        if buf is None or len(buf) < n or buf.dtype != store.dtype or buf.shape[1:] != store.sample_shape:
+            buf = np.empty((max(n, self._batch_size), *store.sample_shape), store.dtype)
+            self._scratch.buf = buf
+        return buf
+
+    def _label_table(self) -> np.ndarray | None:
+        """Encoded labels, once: per position (int, binary), or one row per class (categorical)."""
+        if self.label_mode is None:
+            return None
+        if self.label_mode == "int":
+            return self.labels.astype(np.int32)
+        if self.label_mode == "binary":
+            return self.labels.astype(np.float32)[:, None]
+        if self.num_classes <= _ONE_HOT_TABLE_CLASSES:
+            return np.eye(self.num_classes, dtype=np.float32)
+        return np.empty(0, np.float32)  # many classes: one-hot rows are filled per batch
+
+    def _encode(self, positions: np.ndarray) -> np.ndarray:
+        table = self._labels_out
+        if self.label_mode != "categorical":
+            return table[positions]
+        y = self.labels[positions]
+        if len(table):
+            return table[y]
+        onehot = np.zeros((len(y), self.num_classes), dtype=np.float32)
+        onehot[np.arange(len(y)), y] = 1.0
+        return onehot
 
     def _check_index(self, index: Any) -> int:
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
@@ -444,41 +581,33 @@ class DataGenerator(keras.utils.PyDataset):
 
     def _positions(self, epoch: int, index: int) -> np.ndarray:
         order = self.epoch_order(epoch)
-        return order[index * self.batch_size : (index + 1) * self.batch_size]
+        return order[index * self._batch_size : (index + 1) * self._batch_size]
 
-    def _apply_transform(self, x: np.ndarray, y: np.ndarray | None, epoch: int, index: int, k: int,
-                         ids: list[str]):
+    def _apply_transform(self, x: np.ndarray, y: np.ndarray | None, epoch: int, index: int, positions: np.ndarray):
         rng = epoch_rng(self.seed, epoch, STREAM_AUGMENT, index)
+        k = epoch * self.batches_per_sampler_epoch + index
         try:
             out = self.transform(x, y, rng)
         except Exception as e:
             raise TransformError(
-                f"`transform` failed on {self._describe(k, ids)}: {type(e).__name__}: {e}"
+                f"`transform` failed on {self._describe(k, positions)}: {type(e).__name__}: {e}"
             ) from e
         if isinstance(out, tuple):
             if len(out) != 2:
                 raise TransformError(
-                    f"`transform` must return x_batch or (x_batch, y_batch); on {self._describe(k, ids)} it "
+                    f"`transform` must return x_batch or (x_batch, y_batch); on {self._describe(k, positions)} it "
                     f"returned a tuple of {len(out)} items."
                 )
             return out
         return out, y
 
-    def _encode(self, y: np.ndarray) -> np.ndarray:
-        if self.label_mode == "int":
-            return y.astype(np.int32)
-        if self.label_mode == "categorical":
-            onehot = np.zeros((len(y), self.num_classes), dtype=np.float32)
-            onehot[np.arange(len(y)), y] = 1.0
-            return onehot
-        return y.astype(np.float32)[:, None]  # binary
-
-    def _describe(self, k: int, ids: Sequence[str] | None = None) -> str:
+    def _describe(self, k: int, positions: Sequence[int] | None = None) -> str:
         """Words naming global batch ``k``: its fit epoch, index and sample IDs."""
         epoch, index = divmod(int(k), self.steps_per_epoch)
-        if ids is None:
+        if positions is None:
             e, i = divmod(int(k), self.batches_per_sampler_epoch)
-            ids = [self.ids[p] for p in self._positions(e, i)]
+            positions = self._positions(e, i)
+        ids = [self.ids[p] for p in positions]
         shown = ", ".join(repr(s) for s in ids[:8]) + (f", ... ({len(ids)} in all)" if len(ids) > 8 else "")
         return f"batch {index} of epoch {epoch} of partition {self.partition!r} (sample IDs {shown})"
 
@@ -546,13 +675,20 @@ class DataGenerator(keras.utils.PyDataset):
         """
         if epoch is None:
             epoch = self._epoch * self.steps_per_epoch // self.batches_per_sampler_epoch
-        epoch = int(epoch)
-        cached = self._order_cache
-        if cached is not None and cached[0] == epoch:
-            return cached[1]
-        order = self.sampler.indices(epoch)
-        self._order_cache = (epoch, order)  # a race here only recomputes the same value
-        return order
+        return self._plan(int(epoch)).positions
+
+    def _plan(self, epoch: int) -> _EpochPlan:
+        """Sampler epoch ``epoch``'s positions and store rows (the last epoch's is kept)."""
+        plan = self._plan_cache
+        if plan is not None and plan.epoch == epoch:
+            return plan
+        rows = self._rows
+        if rows is None:
+            rows = self._rows = self._store.rows(self.ids)
+        positions = self.sampler.indices(epoch)
+        plan = _EpochPlan(epoch, positions, rows[positions])
+        self._plan_cache = plan  # a race here only recomputes the same value
+        return plan
 
     def batch_positions(self, index: int, epoch: int | None = None) -> np.ndarray:
         """Positions (into `ids`) of batch ``index`` of ``fit`` epoch ``epoch`` (default: the current one)."""
@@ -569,7 +705,7 @@ class DataGenerator(keras.utils.PyDataset):
         return [self.ids[p] for p in self._batch_positions(index, epoch)]
 
     def oob_ids(self, epoch: int | None = None) -> list[str]:
-        """Out-of-bag sample IDs of sampler epoch ``epoch`` (default as `epoch_order`): those the bootstrap did not draw.
+        """Out-of-bag sample IDs of sampler epoch ``epoch`` (default as `epoch_order`): those not drawn.
 
         Raises:
             SamplingError: If the generator does not bootstrap.
@@ -622,7 +758,7 @@ class DataGenerator(keras.utils.PyDataset):
         if self._prefetcher is not None:
             self._prefetcher.close()
         self.store.close()
-        self._order_cache = None
+        self._plan_cache = None
 
     def __enter__(self) -> Self:
         return self

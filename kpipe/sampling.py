@@ -49,8 +49,6 @@ _STREAM_BATCH = 1  # within-batch shuffles of the balanced sampler
 _STREAM_CLASS = 2  # per-class permutation cycles of the balanced sampler
 _STREAM_BOOTSTRAP = 3  # bootstrap draws
 STREAM_AUGMENT = 4  # the `transform` hook's generator (seed, epoch, 4, batch index)
-_STREAM_REPEAT = 5  # whole-class repeats when oversampling
-_STREAM_MIX = 6  # order of a class's samples within the epoch
 
 
 BALANCE_MODES = {
@@ -431,6 +429,7 @@ class BalancedSampler(Sampler):
     class_names: tuple[str, ...] | None = dataclasses.field(default=None, repr=False)
     partition: str | None = dataclasses.field(default=None, repr=False)
     _plan: dict | None = dataclasses.field(init=False, repr=False, default=None)
+    _stream_cache: dict = dataclasses.field(init=False, repr=False, default_factory=dict)
 
     mode: ClassVar[str] = "balanced"
 
@@ -518,7 +517,9 @@ class BalancedSampler(Sampler):
         # the class of every slot of the epoch, batch by batch
         slot_class = np.concatenate([np.repeat(np.arange(k), row) for row in per_batch])
         slot_batch = np.repeat(np.arange(num_batches), sizes)
-        return {"per_batch": per_batch, "totals": per_batch.sum(axis=0), "slot_class": slot_class,
+        totals = per_batch.sum(axis=0)
+        class_slots = [(int(c), np.flatnonzero(slot_class == c)) for c in np.flatnonzero(totals)]
+        return {"per_batch": per_batch, "totals": totals, "class_slots": class_slots,
                 "slot_batch": slot_batch, "epoch_size": int(n)}
 
     @property
@@ -538,49 +539,80 @@ class BalancedSampler(Sampler):
         self._require_bound()
         return self._plan["totals"]
 
-    def _class_window(self, c: int, epoch: int) -> np.ndarray:
+    def _class_window(self, c: int, epoch: int, rng: np.random.Generator) -> np.ndarray:
         """The ``T`` samples of class ``c`` for ``epoch`` (``T`` = its per-epoch total), in random order.
 
-        With ``T = q * count + r``: every sample ``q`` times (fresh
-        permutations), then positions ``[epoch*r, (epoch+1)*r)`` of the
-        class's stream, the concatenation of permutations of its samples
-        (permutation ``j`` from ``(seed, j, class)``). When that window
-        crosses from one permutation into the next, samples already taken
-        from the first are skipped in the second: no sample repeats beyond
-        ``q + 1`` times in an epoch (none when undersampling), and over
-        successive epochs every sample is served.
+        With ``T = q * count + r``: every sample ``q`` times (permutations
+        drawn from ``rng``, the epoch's generator), then positions
+        ``[epoch*r, (epoch+1)*r)`` of the class's stream, the concatenation of
+        permutations of its samples (permutation ``j`` from ``(seed, j,
+        class)``). When that window crosses from one permutation into the
+        next, samples already taken from the first are skipped in the
+        second: no sample repeats beyond ``q + 1`` times in an epoch (none
+        when undersampling), and over successive epochs every sample is
+        served.
+
+        Cost: ``O(T)`` per epoch, amortized. A stream permutation serves
+        ``count / r`` consecutive epochs and is kept (`_stream_permutation`),
+        so a class of 4,000 samples that gives 40 per epoch is permuted once
+        every 100 epochs, not every epoch.
         """
         members = self._plan["positions"][c]
-        n, t = len(members), int(self._plan["totals"][c])
-        repeats, t = divmod(t, n)  # oversampling: every sample `repeats` times, then `t` more
-
-        def perm(j: int) -> np.ndarray:
-            return epoch_rng(self.seed, j, _STREAM_CLASS, c).permutation(n)
-
-        parts = [epoch_rng(self.seed, epoch, _STREAM_REPEAT, c, k).permutation(n) for k in range(repeats)]
+        n = len(members)
+        repeats, t = divmod(int(self._plan["totals"][c]), n)  # every sample `repeats` times, then `t` more
+        if not repeats:  # undersampled: a window of the stream (most classes, most of the time)
+            j, a = divmod(epoch * t, n)
+            if a + t <= n:
+                return members[self._stream_permutation(c, j)[a : a + t]]
+        parts = [rng.permutation(n) for _ in range(repeats)]
         if t:
             j, a = divmod(epoch * t, n)
-            first = perm(j)
+            first = self._stream_permutation(c, j)
             if a + t <= n:
                 parts.append(first[a : a + t])
             else:
                 tail = first[a:]
-                following = perm(j + 1)
+                # The first t - len(tail) samples of the next permutation that are not in `tail` lie in its
+                # first t entries (at most len(tail) of them are in `tail`).
+                following = self._stream_permutation(c, j + 1)[:t]
                 following = following[~np.isin(following, tail)]
                 parts.append(np.concatenate([tail, following[: t - len(tail)]]))
-        idx = parts[0] if len(parts) == 1 else epoch_rng(self.seed, epoch, _STREAM_MIX, c).permutation(
-            np.concatenate(parts))
+        idx = parts[0] if len(parts) == 1 else rng.permutation(np.concatenate(parts))
         return members[idx]
 
+    def _stream_permutation(self, c: int, j: int) -> np.ndarray:
+        """Permutation ``j`` of class ``c``'s stream, ``(seed, j, class)``; the last two of each class are kept."""
+        kept = self._stream_cache.get(c, ())
+        for key, perm in kept:
+            if key == j:
+                return perm
+        n = len(self._plan["positions"][c])
+        perm = epoch_rng(self.seed, j, _STREAM_CLASS, c).permutation(n).astype(np.int32 if n < 2**31 else np.int64)
+        self._stream_cache[c] = ((j, perm), *kept[:1])  # one tuple swap: safe under threads
+        return perm
+
     def indices(self, epoch: int) -> np.ndarray:
+        """Positions of ``epoch``: each batch's planned classes, filled by `_class_window`, shuffled in the batch.
+
+        One generator per epoch, ``(seed, epoch)``, draws the within-batch
+        order first, then the repeats of oversampled classes; the cost is
+        proportional to the epoch size (see `_class_window`), not to the
+        partition size.
+        """
         self._require_bound()
         plan = self._plan
+        epoch = int(epoch)
+        rng = epoch_rng(self.seed, epoch, _STREAM_BATCH)
+        keys = plan["slot_batch"] + rng.random(plan["epoch_size"])  # shuffle inside each batch: sort by (batch, key)
         order = np.empty(plan["epoch_size"], dtype=np.int64)
-        for c in np.flatnonzero(plan["totals"]):
-            order[plan["slot_class"] == c] = self._class_window(int(c), int(epoch))
-        # shuffle inside each batch: sort by (batch, random key)
-        keys = plan["slot_batch"] + epoch_rng(self.seed, epoch, _STREAM_BATCH).random(len(order))
+        for c, slots in plan["class_slots"]:
+            order[slots] = self._class_window(c, epoch, rng)
         return order[np.argsort(keys, kind="stable")]
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_stream_cache"] = {}  # a cache, rebuilt where needed: not sent to worker processes
+        return state
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)

@@ -18,10 +18,14 @@ def test_bench_tiny(tmp_path):
                        "--json", str(out), "--tmp", str(tmp_path)]) == 0
     report = json.loads(out.read_text())
     results = report["sizes"]["32x32x3 float32"]["results"]
-    for name in ("numpy", "classic", "tf.data mem", "tf.data files", "kpipe npy", "kpipe hdf5"):
-        assert results[name]["samples_per_s"] > 0 and "vs_numpy" in results[name] and "vs_tf_mem" in results[name]
+    for name in ("numpy", "classic", "tf.data mem", "tf.data files", "kpipe npy", "kpipe hdf5", "kpipe cache=memory"):
+        r = results[name]
+        assert r["samples_per_s"] > 0 and r["samples_per_cpu_s"] > 0 and len(r["rounds"]) == 1
+        assert r["vs_numpy"] > 0 and r["vs_numpy_cpu"] > 0 and r["vs_tf_mem"] > 0
+    assert results["numpy"]["vs_numpy"] == 1.0  # ratios are paired per round
     assert set(report["sizes"]["32x32x3 float32"]["targets"]) == {
-        "hdf5 >= 1.5x tf.data mem", "hdf5 >= 0.3x numpy", "npy >= 3x classic", "npy >= 1.0x tf.data files"}
+        "hdf5 >= 1.5x tf.data mem", "hdf5 >= 0.3x numpy", "hdf5 mmap >= 0.8x numpy", "cache=memory >= 0.9x numpy",
+        "npy >= 3x classic", "npy >= 1.0x tf.data files"}
     assert list(tmp_path.iterdir()) == [out]  # temporary data removed
 
 
@@ -36,4 +40,55 @@ def test_bench_integrity_tiny(tmp_path):
     result = json.loads(out.read_text())["integrity"]["128x128x3 uint8"]
     assert set(result["kpipe_vs_reference"]) == {"store", "generator"}
     assert all(v > 0 for v in result["samples_per_s"].values()) and result["hash_once_s"] > 0
+    assert list(tmp_path.iterdir()) == [out]
+
+
+def test_bench_peers_tiny(tmp_path):
+    """`--peers` at a tiny size: each method in its own process; peers not installed are skipped with a note."""
+    import importlib.util as util
+
+    spec = importlib.util.spec_from_file_location("kpipe_bench", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    methods = ["kpipe balanced hdf5", "Grain MapDataset.mix"]
+    assert bench.main(["--no-speed", "--peers", "--quick", "--peer-rounds", "1", "--peer-scenarios", "balanced 99:1",
+                       "--peers-only", ",".join(methods), "--json", str(out), "--tmp", str(tmp_path)]) == 0
+    report = json.loads(out.read_text())["peers"]
+    assert report["versions"]["numpy"]
+    installed = {"Grain MapDataset.mix": util.find_spec("grain") is not None,
+                 "imbalanced-learn BalancedBatchGenerator": util.find_spec("imblearn") is not None}
+    for method, present in installed.items():
+        assert (method in report["skipped"]) != present
+    result = report["scenarios"]["balanced 99:1"]
+    expected = {"kpipe balanced hdf5", *(m for m, present in installed.items() if present)}
+    assert set(result) == expected
+    kpipe = result["kpipe balanced hdf5"]
+    assert kpipe["samples_per_s"] > 0 and kpipe["samples_per_epoch"] == 100  # 10 classes x the 10 of the smallest
+    assert kpipe["max_deviation"] < 0.01  # 6 or 7 of each class in a batch of 64: |7/64 - 1/10| = 0.009
+    assert kpipe["majority_new_next_epoch"] == 1.0  # a new undersample every epoch
+    assert kpipe["peak_rss_mb"] > kpipe["baseline_rss_mb"] > 0
+    if installed["imbalanced-learn BalancedBatchGenerator"]:
+        assert result["imbalanced-learn BalancedBatchGenerator"]["majority_new_next_epoch"] == 0.0
+        assert kpipe["vs_reference"] > 0
+    assert list(tmp_path.iterdir()) == [out]
+
+
+def test_bench_npy_floor_tiny(tmp_path):
+    """`--npy-floor`: the npy store against a C loop of open + preadv + close (left out without a C compiler)."""
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("kpipe_bench", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--no-speed", "--npy-floor", "--num-samples", "256", "--epochs", "1", "--npy-floor-sizes",
+                       "32x32x3 float32", "--json", str(out), "--tmp", str(tmp_path)]) == 0
+    result = json.loads(out.read_text())["npy_floor"]["32x32x3 float32"]
+    rows = result["results"]
+    has_cc = any(shutil.which(c) for c in ("cc", "gcc", "clang"))
+    assert ("C open+preadv+close, 1 thread" in rows) == has_cc
+    for row in rows.values():
+        assert row["samples_per_s"] > 0 and row["cpu_us_per_sample"] > 0
+    assert result["file_bytes"] == 12_416 and result["npy_epoch_s"] > 0 and result["convert_s"] > 0
     assert list(tmp_path.iterdir()) == [out]

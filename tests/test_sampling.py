@@ -257,3 +257,54 @@ def test_unbound_sampler_binds_to_a_partition():
         BalancedSampler(labels=np.array([0, -1, 1]), batch_size=2)
     with pytest.raises(SamplingError, match=r"`samples_per_epoch` and `target_distribution` apply to"):
         sampler_from_options("shuffle", samples_per_epoch=3)
+
+
+# ------------------------------------------------------------------- plan cost (issue 14 item 3)
+def test_balanced_plan_cost_follows_the_epoch_not_the_partition(monkeypatch):
+    """At 99:1 (5 x 3,960 + 5 x 40) an undersampled epoch is 400 samples: each epoch permutes O(400) positions,
+    not the 20,000 of the partition (a large class's stream permutation serves 99 epochs)."""
+    import kpipe.sampling as sampling
+
+    y = np.repeat(np.arange(10), [3960] * 5 + [40] * 5)
+    s = BalancedSampler(labels=y, batch_size=64, seed=3)
+    fresh = BalancedSampler(labels=y, batch_size=64, seed=3)
+    permuted = []
+    real_rng = sampling.epoch_rng
+
+    class Counting:
+        def __init__(self, rng):
+            self.rng = rng
+
+        def permutation(self, x):
+            permuted.append(x if isinstance(x, int) else len(x))
+            return self.rng.permutation(x)
+
+        def __getattr__(self, name):
+            return getattr(self.rng, name)
+
+    monkeypatch.setattr(sampling, "epoch_rng", lambda *a: Counting(real_rng(*a)))
+    epochs = 198
+    for e in range(epochs):
+        assert len(s.indices(e)) == 400
+    # per epoch: 5 small classes permuted (40 each); over 198 epochs each large class's stream is permuted
+    # twice (epochs 0-98 and 99-197): 10 x 3,960
+    assert sum(permuted) == epochs * 5 * 40 + 10 * 3960
+    monkeypatch.undo()
+    for e in (150, 3, 197, 3, 99, 98, 0):  # the kept permutations never change an epoch: any order of calls
+        np.testing.assert_array_equal(s.indices(e), fresh.indices(e))
+
+
+def test_balanced_window_across_two_stream_permutations():
+    """counts 7 and 3 at batch 4: class 0 gives 3 per epoch, its windows cross permutation boundaries."""
+    y = np.array([0] * 7 + [1] * 3)
+    s = BalancedSampler(labels=y, batch_size=4, seed=11)
+    served = []
+    for e in range(7):
+        order = s.indices(e)
+        assert len(set(order.tolist())) == 6 and np.bincount(y[order]).tolist() == [3, 3]
+        served.append(sorted(p for p in order.tolist() if y[p] == 0))
+    assert set().union(*map(set, served[:4])) == set(range(7))  # every sample within ceil(7 / 3) + 1 epochs
+    clone = pickle.loads(pickle.dumps(s))
+    assert clone._stream_cache == {}  # the kept permutations are not pickled
+    for e in range(7):
+        np.testing.assert_array_equal(clone.indices(e), s.indices(e))

@@ -13,7 +13,7 @@ import pytest
 from helpers import make_indexed_npy_folder
 
 from kpipe.convert import convert
-from kpipe.errors import InputError, ManifestError, SampleNotFoundError, StoreError
+from kpipe.errors import ArgumentError, InputError, ManifestError, SampleNotFoundError, StoreError
 from kpipe.manifest import Manifest
 from kpipe.prepare import prepare
 from kpipe.storage import MemoryStore, NpyStore, open_store
@@ -89,6 +89,34 @@ def test_missing_id(store, expected):
     with pytest.raises(SampleNotFoundError, match="no_such_id") as info:
         store.read_many([next(iter(expected)), "no_such_id"])
     assert isinstance(info.value, KeyError)
+
+
+def test_rows_read_as_ids(store, expected):
+    """`read_rows(rows(ids))` is `read_many(ids)`: order, duplicates, `out`, across shards and processes."""
+    ids = sorted(expected)
+    wanted = [ids[59], ids[0], ids[59], ids[31], ids[0], ids[8], ids[8], ids[8]]
+    rows = store.rows(wanted)
+    assert rows.dtype == np.int64 and rows.shape == (8,)
+    assert rows[0] == rows[2] and rows[1] == rows[4] and len(set(rows.tolist())) == 4
+    assert ((rows >= 0) & (rows < store.num_rows)).all()
+    np.testing.assert_array_equal(store.read_rows(rows), np.stack([expected[i] for i in wanted]))
+    out = np.full((10, 4, 4, 1), -1, np.float32)
+    assert store.read_rows(rows[::-1], out=out).shape == (8, 4, 4, 1)  # a strided view of rows
+    np.testing.assert_array_equal(out[:8], np.stack([expected[i] for i in wanted[::-1]]))
+    assert (out[8:] == -1).all()
+    assert store.read_rows(np.array([], np.int64)).shape == (0, 4, 4, 1)
+    np.testing.assert_array_equal(store.read_rows(rows.astype(np.int32).tolist()), store.read_many(wanted))
+    clone = pickle.loads(pickle.dumps(store))  # rows are stable across pickling
+    np.testing.assert_array_equal(clone.rows(wanted), rows)
+    np.testing.assert_array_equal(clone.read_rows(rows), store.read_many(wanted))
+
+
+def test_rows_refuse_bad_input(store, expected):
+    with pytest.raises(SampleNotFoundError, match="no_such_id"):
+        store.rows([next(iter(expected)), "no_such_id"])
+    for bad in ([0, -1], [store.num_rows], [1.5], [[0, 1]]):
+        with pytest.raises(ArgumentError, match="`rows`"):
+            store.read_rows(np.array(bad))
 
 
 def test_pickle_round_trip(store, expected):
@@ -479,3 +507,41 @@ def test_a_shard_truncated_while_mapped_is_an_error_not_sigbus(tmp_path):
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])  # -7: killed by SIGBUS
     assert "StoreError:" in proc.stdout and "shrank" in proc.stdout
+
+
+def test_npy_file_with_another_header_is_loaded_and_checked(datasets, expected, tmp_path):
+    """A sample saved in Fortran order (another header) is read through np.load; a wrong dtype is an error."""
+    m = _copy_dataset(datasets["npy"], tmp_path / "copy")
+    ids = sorted(expected)
+    a, b = ids[3], ids[40]
+    np.save(m.root / f"{a}.npy", np.asfortranarray(np.arange(16, dtype=np.float32).reshape(4, 4, 1)))
+    store = open_store(m)
+    batch = store.read_many([ids[0], a, ids[1]] * 4)  # 12 >= the size read by the thread pool
+    np.testing.assert_array_equal(batch[1], np.arange(16, dtype=np.float32).reshape(4, 4, 1))
+    np.testing.assert_array_equal(batch[0], expected[ids[0]])
+    np.testing.assert_array_equal(batch[2], expected[ids[1]])
+    np.save(m.root / f"{b}.npy", np.zeros((4, 4, 1), np.float64))
+    with pytest.raises(StoreError, match=rf"Sample '{b}': file .* holds float64\[4, 4, 1\], the manifest says float32"):
+        store.read_many([b])
+
+
+def test_npy_reader_pool_reads_exactly_and_reports_errors(datasets, expected):
+    """The pooled path (used from 4 CPUs on) gives the single-thread result; an error in a pool chunk surfaces."""
+    m = Manifest.load(datasets["npy"])
+    ids = sorted(expected)
+    wanted = ids[::-1] + ids[:7]  # 67 samples, duplicates, over 4 chunks
+    pooled = open_store(m, num_threads=4)
+    np.testing.assert_array_equal(pooled.read_many(wanted), open_store(m, num_threads=1).read_many(wanted))
+    np.testing.assert_array_equal(pooled.read_rows(pooled.rows(wanted)), np.stack([expected[i] for i in wanted]))
+    with pytest.raises(SampleNotFoundError, match="no_such_id"):
+        pooled.read_many(["no_such_id"] + ids[:20])  # in the first chunk: read by a pool thread
+
+
+def test_memory_cache_releases_the_wrapped_stores_maps(datasets, expected):
+    """Loaded into RAM, the cache closes the hdf5 store it read from (its maps would double the RSS); an uncached
+    ID still reads through it."""
+    m = Manifest.load(datasets["hdf5"])
+    cached = open_store(m, cache="memory", ids=m.ids("train"))
+    assert cached.nbytes == 36 * 16 * 4 and not cached.store._readers  # no shard open, no map
+    other = m.ids("test")[0]
+    np.testing.assert_array_equal(cached.read(other), expected[other])

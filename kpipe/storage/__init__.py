@@ -53,7 +53,7 @@ STORE_WRITERS: dict[str, Callable[..., StoreWriter]] = {"npy": _npy_writer, "hdf
 """Format -> writer factory ``(root, sample_shape, dtype, **options) -> StoreWriter``."""
 
 
-def check_format(format: str) -> str:  # noqa: A002 - the field's term
+def check_format(format: str) -> str:  # `format`: the field's term
     """Validate a storage format name.
 
     Raises:
@@ -86,7 +86,7 @@ def check_storage_options(format: str, shard_size: int | None = None,
     return compression
 
 
-def make_writer(format: str, dataset_dir: str | Path, sample_shape, dtype, **options) -> StoreWriter:  # noqa: A002
+def make_writer(format: str, dataset_dir: str | Path, sample_shape, dtype, **options) -> StoreWriter:
     """A writer of ``format`` whose files go under ``dataset_dir / STORAGE_ROOTS[format]``.
 
     Args:

@@ -7,6 +7,11 @@ a process that receives it by pickling (``spawn``, ``forkserver``) loads its
 own copy on its first read, while a ``fork`` child shares the parent's pages.
 `MemoryStore.close` releases the array (a later read loads it again).
 
+Rows (`MemoryStore.rows`): the cached samples are rows ``0 .. m - 1``, in
+the order of `MemoryStore.cached_ids`; the wrapped store's row ``r`` is row
+``m + r`` (read through, uncached). A batch of cached rows is one bounds check
+and one ``np.take``.
+
 Stores built with the same ``share_key`` (`kpipe.DataGenerator` uses the
 manifest file, its size, mtime and inode, and the IDs) share one array while
 any of them holds it, so generators built again and again over the same data
@@ -23,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from kpipe.storage.base import Store
+from kpipe.storage.base import _INT64, Store, as_rows, rows_max
 
 _LOAD_BLOCK_BYTES = 64 << 20
 
@@ -112,6 +117,7 @@ class MemoryStore(Store):
         step = max(1, _LOAD_BLOCK_BYTES // max(1, data[:1].nbytes))
         for lo in range(0, len(self._ids), step):
             self.store.read_into(self._ids[lo : lo + step], data[lo : lo + step])
+        self.store.close()  # its memory maps would keep a second copy in RSS; reopened if an uncached ID is read
         cached = _Cached(data, {sid: i for i, sid in enumerate(self._ids)}, self._ids)
         if self.share_key is not None:
             with _SHARED_LOCK:
@@ -125,6 +131,56 @@ class MemoryStore(Store):
                 self.load()
                 cached = self._cached
         return cached.data, cached.index
+
+    @property
+    def num_rows(self) -> int:
+        return len(self._ids) + self.store.num_rows
+
+    def rows(self, ids: Sequence[str]) -> np.ndarray:
+        """Rows of ``ids``: ``0 .. m - 1`` for the cached ones, ``m + `` the wrapped store's row for the others.
+
+        Raises:
+            SampleNotFoundError: If an ID is neither cached nor in the wrapped store.
+        """
+        _, index = self._loaded()
+        try:
+            return np.fromiter(map(index.__getitem__, ids), dtype=np.int64, count=len(ids))
+        except KeyError:
+            pass
+        out = np.empty(len(ids), dtype=np.int64)
+        missing = [i for i, sid in enumerate(ids) if sid not in index]
+        out[missing] = len(self._ids) + self.store.rows([ids[i] for i in missing])
+        for i, sid in enumerate(ids):
+            row = index.get(sid)
+            if row is not None:
+                out[i] = row
+        return out
+
+    def read_rows(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        cached = self._cached
+        if (out is None and cached is not None and type(rows) is np.ndarray and rows.dtype == _INT64
+                and rows.ndim == 1 and len(rows) and rows_max(rows) < len(cached.data)):  # all cached: the fast path
+            return cached.data.take(rows, axis=0)  # a new array (mode "raise" without `out` copies once)
+        return super().read_rows(rows, out)
+
+    def read_rows_into(self, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
+        data, _ = self._loaded()
+        self._check_out(len(rows), out)
+        arr = np.asarray(rows)
+        if arr.dtype != _INT64 or arr.ndim != 1:
+            arr = as_rows(arr, self.num_rows)
+        if not len(arr):
+            return out
+        if rows_max(arr) < len(data):  # all cached (a negative row counts as huge)
+            np.take(data, arr, axis=0, out=out[: len(arr)], mode="clip")  # "raise" would buffer a copy
+            return out
+        arr = as_rows(arr, self.num_rows)
+        m = len(data)
+        through = np.flatnonzero(arr >= m)
+        out[through] = self.store.read_rows(arr[through] - m)
+        cached = np.flatnonzero(arr < m)
+        out[cached] = data[arr[cached]]
+        return out
 
     def read_into(self, ids: Sequence[str], out: np.ndarray) -> np.ndarray:
         data, index = self._loaded()
