@@ -328,9 +328,11 @@ def train(manifest: Path, config_file: Path | None, **options) -> None:
     loaded = Manifest.load(manifest)
     check_run(loaded, config)  # before TensorFlow's start-up
     with _tf_noise_filtered(), _kpipe_info_to_stderr():
+        from kpipe.training.distribute import keep_tensorflow_unloaded
         from kpipe.training.run import train as run_train
 
-        result = run_train(loaded, config)
+        with keep_tensorflow_unloaded():  # on JAX / PyTorch this command never imports TensorFlow
+            result = run_train(loaded, config)
     click.echo(result.summary())
 
 
