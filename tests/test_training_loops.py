@@ -200,11 +200,12 @@ def test_step_subclass_clips_gradients(manifest, tmp_path):
     keras.utils.set_random_seed(0)
     model = KpipeModel.wrap(tiny_model((6,), 3), clip_norm=0.05)
     model.compile(optimizer=keras.optimizers.SGD(1.0), loss="sparse_categorical_crossentropy")
-    before = [v.numpy().copy() for v in model.trainable_variables]
+    before = [keras.ops.convert_to_numpy(v).copy() for v in model.trainable_variables]
     x = np.random.default_rng(0).normal(size=(16, 6)).astype("float32") * 10
     y = np.arange(16) % 3
     logs = model.fit(x, y, batch_size=16, epochs=1, verbose=0).history
-    update = np.sqrt(sum(float(np.sum((v.numpy() - b) ** 2)) for v, b in zip(model.trainable_variables, before)))
+    after = [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
+    update = np.sqrt(sum(float(np.sum((a - b) ** 2)) for a, b in zip(after, before)))
     assert update == pytest.approx(0.05, rel=1e-4)
     assert logs["gradient_norm"][0] > 0.05  # the raw norm, before clipping
 
@@ -225,7 +226,7 @@ def test_step_gradient_accumulation_equals_one_big_batch():
         model = KpipeModel.wrap(tiny_model((6,), 3), accumulation_steps=accumulation_steps)
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
         model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, shuffle=False)
-        return model.get_weights(), int(model.optimizer.iterations.numpy())
+        return model.get_weights(), int(keras.ops.convert_to_numpy(model.optimizer.iterations))
 
     accumulated, updates = run(2, 8)
     single, _ = run(1, 16)
@@ -276,6 +277,29 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(manifest, tmp_path, lo
     for a, b in zip(resumed.model.get_weights(), whole.model.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert len((tmp_path / "cut" / "log.csv").read_text().splitlines()) == 1 + 4
+
+
+def dropout_model(input_shape, num_classes):
+    """`tiny_model` with an unseeded Dropout(0.5): on PyTorch its masks come from torch's global generator."""
+    inputs = keras.Input(shape=input_shape)
+    x = keras.layers.Dense(16, activation="relu")(keras.layers.Flatten()(inputs))
+    outputs = keras.layers.Dense(num_classes, activation="softmax")(keras.layers.Dropout(0.5)(x))
+    return keras.Model(inputs, outputs, name="tiny_dropout")
+
+
+@pytest.mark.parametrize("loop, model", [("step", None), ("tape", dropout_model)],
+                         ids=["step-default-model", "tape-unseeded-dropout"])
+def test_resume_with_dropout_is_exact(manifest, tmp_path, loop, model):
+    """Dropout masks go on where they stopped, on every backend (issue 15: PyTorch's were drawn anew): kpipe's
+    default model seeds its Dropout (seed-generator state in the checkpoint), and on PyTorch the checkpoint also
+    holds torch's global generator, which a user's unseeded Dropout draws from."""
+    whole = train(manifest, config(loop=loop, epochs=3), out=tmp_path / "whole", model=model)
+    with pytest.raises(TrainingInterrupted):
+        train(manifest, config(loop=loop, epochs=3), out=tmp_path / "cut", model=model, callbacks=[StopAfter(0)])
+    resumed = train(manifest, TrainConfig.from_options({"resume": str(tmp_path / "cut")}), model=model)
+    np.testing.assert_allclose(resumed.history["loss"], whole.history["loss"], rtol=1e-5)
+    for a, b in zip(resumed.model.get_weights(), whole.model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_resume_of_a_finished_run_says_what_to_do(manifest, three_runs):

@@ -53,17 +53,33 @@ def _improves(current: float, best: float | None, mode: str) -> bool:
     return current < best if mode == "min" else current > best
 
 
-def _rng_state(model: keras.Model) -> dict[str, list]:
-    """Values of the model's variables that are not weights (the seed-generator states of Dropout...)."""
+def _state_variables(model: keras.Model) -> list[Any]:
+    """The model's variables that are not weights (the seed-generator states of Dropout...), in model order."""
     weights = {id(v) for v in model.weights}
-    return {v.path: np.asarray(v.numpy()).tolist() for v in model.variables if id(v) not in weights}
+    return [v for v in model.variables if id(v) not in weights]
+
+
+def _rng_state(model: keras.Model) -> dict[str, list]:
+    """``{path: value}`` of `_state_variables`, in model order."""
+    return {v.path: keras.ops.convert_to_numpy(v).tolist() for v in _state_variables(model)}
 
 
 def _set_rng_state(model: keras.Model, state: dict[str, list]) -> None:
-    by_path = {v.path: v for v in model.variables}
-    for path, value in state.items():
-        if path in by_path:
-            by_path[path].assign(np.asarray(value, dtype=by_path[path].dtype))
+    """Assign the saved values to `_state_variables` by position.
+
+    Paths are not names to match: Keras numbers each `SeedGenerator` in the
+    order of creation in the process (``seed_generator_2/...``), so a model
+    rebuilt in the same process (``train(..., resume=...)`` from Python) has
+    other paths than the saved ones, the same architecture the same order.
+    """
+    variables = _state_variables(model)
+    values = list(state.values())
+    if len(values) != len(variables):
+        return
+    for variable, value in zip(variables, values):
+        value = np.asarray(value, dtype=variable.dtype)
+        if value.shape == tuple(variable.shape):
+            variable.assign(value)
 
 
 def _global_rng_state() -> dict[str, str] | None:
