@@ -235,6 +235,43 @@ def test_step_gradient_accumulation_equals_one_big_batch():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+class Confident(KpipeModel):
+    """An extra loss term that depends on the weights (through ``y_pred``): its gradient must flow."""
+
+    def extra_loss(self, x, y, y_pred, sample_weight):
+        return 0.1 * keras.ops.mean(keras.ops.sum(keras.ops.square(y_pred), axis=-1))
+
+
+def test_step_extra_loss_equals_the_same_term_in_the_loss():
+    """`extra_loss` is added to the loss and differentiated, on every backend (in JAX's stateless step too)."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(32, 6)).astype("float32")
+    y = np.arange(32) % 3
+
+    def loss_with_term(y_true, y_pred):
+        ce = keras.losses.sparse_categorical_crossentropy(y_true, y_pred)
+        return ce + 0.1 * keras.ops.sum(keras.ops.square(y_pred), axis=-1)
+
+    def run(extra: bool):
+        keras.utils.set_random_seed(0)
+        net = tiny_model((6,), 3)
+        model = Confident.wrap(net) if extra else net
+        model.compile(optimizer=keras.optimizers.SGD(0.5), loss="sparse_categorical_crossentropy" if extra
+                      else loss_with_term)
+        history = model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False).history
+        return history["loss"], model.get_weights()
+
+    (extra_loss, extra_weights), (term_loss, term_weights) = run(True), run(False)
+    np.testing.assert_allclose(extra_loss, term_loss, rtol=1e-5)
+    for a, b in zip(extra_weights, term_weights):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    keras.utils.set_random_seed(0)
+    plain = tiny_model((6,), 3)
+    plain.compile(optimizer=keras.optimizers.SGD(0.5), loss="sparse_categorical_crossentropy")
+    plain.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
+    assert not np.allclose(plain.get_weights()[0], extra_weights[0])  # the term changed the training
+
+
 # ------------------------------------------------------------------ resume
 class StopAfter(keras.callbacks.Callback):
     def __init__(self, epoch: int):
