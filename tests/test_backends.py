@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -31,8 +32,13 @@ LOOP_TESTS = ("(three_loops_agree and not weighted) or sample_weights_equals or 
 """The tests of test_training_loops.py run on each backend (the others test what is not backend-specific)."""
 
 
+_JAX_CACHE = tempfile.mkdtemp(prefix="kpipe-test-jax-cache-")
+
+
 def _env(backend: str) -> dict[str, str]:
-    return {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    # JAX's persistent compilation cache: the runs of one test compile the same steps (a quarter less time)
+    return {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3",
+            "JAX_COMPILATION_CACHE_DIR": _JAX_CACHE, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
 
 
 def _require(backend: str) -> None:
