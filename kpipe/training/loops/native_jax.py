@@ -55,6 +55,19 @@ class StepMixin:
         """One: kpipe trains on one device on JAX."""
         return 1
 
+    def apply_optimizer(self, grads: list[Any]) -> None:
+        """``optimizer.stateless_apply`` on the current values, then assigned (`KpipeModel.apply_update`'s default).
+
+        Called inside the step's `keras.StatelessScope`: reading a variable
+        gives its value in the scope, assigning records the new one.
+        """
+        optimizer, variables = self.optimizer, self.trainable_variables
+        trainable, optimizer_values = optimizer.stateless_apply(
+            [keras.ops.convert_to_tensor(v) for v in optimizer.variables], grads,
+            [keras.ops.convert_to_tensor(v) for v in variables])
+        for variable, value in zip((*variables, *optimizer.variables), (*trainable, *optimizer_values)):
+            variable.assign(value)
+
     def _stateless_loss(self, trainable: list[Any], non_trainable: list[Any], metrics: list[Any],
                         optimizer: list[Any] | None, x: Any, y: Any, sample_weight: Any, training: bool
                         ) -> tuple[Any, tuple[Any, Any, list[Any], list[Any]]]:
@@ -88,7 +101,7 @@ class StepMixin:
         with keras.StatelessScope(state_mapping=_mapping(*zip(groups, (trainable, non_trainable, optimizer,
                                                                         metrics)))) as scope:
             grads = self.transform_gradients(grads)
-            self.apply_update(grads)  # optimizer.apply: new trainable and optimizer values in the scope
+            self.apply_update(grads)  # new trainable and optimizer values in the scope
             logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         return logs, tuple(_values(scope, group) for group in groups)
 

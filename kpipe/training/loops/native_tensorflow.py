@@ -31,6 +31,10 @@ class StepMixin:
         """Replicas of the model's distribution strategy (a Keras loss is divided by it per replica)."""
         return self.distribute_strategy.num_replicas_in_sync
 
+    def apply_optimizer(self, grads: list[Any]) -> None:
+        """``optimizer.apply(grads, trainable_variables)`` (`KpipeModel.apply_update`'s default)."""
+        self.optimizer.apply(grads, self.trainable_variables)
+
     def train_step(self, data: Any) -> dict[str, Any]:
         """One training step on a batch ``(x, y)`` or ``(x, y, sample_weight)``; returns the metric results."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)

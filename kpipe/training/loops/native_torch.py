@@ -36,6 +36,10 @@ class StepMixin:
         """One: kpipe trains on one device on PyTorch."""
         return 1
 
+    def apply_optimizer(self, grads: list[Any]) -> None:
+        """``optimizer.apply(grads, trainable_variables)`` (`KpipeModel.apply_update`'s default)."""
+        self.optimizer.apply(grads, self.trainable_variables)
+
     def train_step(self, data: Any) -> dict[str, Any]:
         """One training step on a batch ``(x, y)`` or ``(x, y, sample_weight)``; returns the metric results."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)

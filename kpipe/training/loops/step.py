@@ -191,14 +191,18 @@ class KpipeModel(native().StepMixin, keras.Model):
         return [None if g is None else g * keras.ops.cast(scale, g.dtype) for g in clipped]
 
     def apply_update(self, grads: list[Any]) -> None:
-        """Apply ``grads`` with the optimizer (`keras.optimizers.Optimizer.apply`).
+        """Apply ``grads`` with the optimizer: ``apply_optimizer(grads)``.
 
+        ``apply_optimizer`` is the backend's form of
+        `keras.optimizers.Optimizer.apply` (on JAX: ``stateless_apply`` on the
+        current values, whose results are assigned, as Keras' JAX trainer
+        does; a `LossScaleOptimizer`'s ``apply`` cannot run under `jax.jit`).
         With ``accumulation_steps = k > 1`` the optimizer averages ``k``
         consecutive batches' gradients and updates the weights once every
         ``k`` calls (Keras' ``gradient_accumulation_steps``; its
         ``iterations`` counts applied updates).
         """
-        self.optimizer.apply(grads, self.trainable_variables)
+        self.apply_optimizer(grads)
 
     # ------------------------------------------------------------- the loss
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
