@@ -28,7 +28,7 @@ from helpers import make_pattern_folder
 ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ["jax", "torch"]
 LOOP_TESTS = ("(three_loops_agree and not weighted) or sample_weights_equals or clips or accumulation or extra_loss "
-              "or resume_with_dropout or mixed_precision_and_accumulation")
+              "or resume_with_dropout or mixed_precision_and_accumulation or own_train_step")
 """The tests of test_training_loops.py run on each backend (the others test what is not backend-specific)."""
 
 

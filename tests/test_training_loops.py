@@ -216,6 +216,33 @@ def test_step_subclass_clips_gradients(manifest, tmp_path):
     assert result.history["gradient_norm"][0] > 0.05
 
 
+OWN_STEPS = '''
+import keras
+
+class DataStep(keras.Model):          # TensorFlow's and PyTorch's form
+    def train_step(self, data):
+        return super().train_step(data)
+
+class StateStep(keras.Model):         # JAX's form
+    def train_step(self, state, data):
+        return super().train_step(state, data)
+'''
+
+
+def test_step_model_with_its_own_train_step_must_fit_the_backend(manifest, tmp_path):
+    """A train_step written for another backend is refused in one message before anything is written (issue 15:
+    JAX failed after "Epoch 1/3" with `train_step() takes 2 positional arguments but 3 were given`)."""
+    (tmp_path / "own.py").write_text(OWN_STEPS)
+    fits, other = ("StateStep", "DataStep") if keras.backend.backend() == "jax" else ("DataStep", "StateStep")
+    result = train(manifest, config(loop="step", step_model=f"{tmp_path / 'own.py'}:{fits}", epochs=1),
+                   out=tmp_path / "fits", model=tiny_model)
+    assert np.isfinite(result.history["loss"][0])
+    with pytest.raises(ArgumentError, match=r"Keras calls train_step\(self, (state, )?data\)"):
+        train(manifest, config(loop="step", step_model=f"{tmp_path / 'own.py'}:{other}", epochs=1),
+              out=tmp_path / "other", model=tiny_model)
+    assert not (tmp_path / "other").exists()
+
+
 def test_step_gradient_accumulation_equals_one_big_batch():
     rng = np.random.default_rng(2)
     x = rng.normal(size=(16, 6)).astype("float32")

@@ -310,7 +310,34 @@ def load_step_model_class(spec: str | type | None) -> type[keras.Model]:
             f"The step model must be a subclass of kpipe.training.KpipeModel (or keras.Model). "
             f"Received: step_model={spec!r} ({type(cls).__name__})"
         )
+    _check_train_step_form(cls, spec)
     return cls
+
+
+def _check_train_step_form(cls: type[keras.Model], spec: Any) -> None:
+    """Refuse a ``train_step`` written for another backend: JAX's takes ``(state, data)``, the others ``(data)``.
+
+    Raises:
+        ArgumentError: If ``cls`` defines its own ``train_step`` whose positional
+            arguments are not those Keras passes on the backend in use.
+    """
+    step = cls.train_step
+    if step in (KpipeModel.train_step, keras.Model.train_step):
+        return
+    positional = [p.name for p in inspect.signature(step).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if any(p.kind == p.VAR_POSITIONAL for p in inspect.signature(step).parameters.values()):
+        return
+    on_jax = keras.backend.backend() == "jax"
+    if (len(positional) >= 3) == on_jax:
+        return
+    wanted = "train_step(self, state, data) -> (logs, state)" if on_jax else "train_step(self, data) -> logs"
+    raise ArgumentError(
+        f"The step model {cls.__name__} writes train_step({', '.join(positional)}), but on the "
+        f"{keras.backend.backend()} backend Keras calls {wanted}. Write it for this backend, or override only "
+        f"KpipeModel's hooks (extra_loss, transform_gradients, apply_update), which run on every backend. "
+        f"Received: step_model={spec!r}"
+    )
 
 
 class StepLoop(FitLoop):
