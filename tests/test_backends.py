@@ -1,13 +1,14 @@
 """Keras 3 on every backend (issue 15): the loops, resume and `kpipe train` on JAX and PyTorch.
 
 The rest of the suite runs on TensorFlow (conftest.py). Keras reads
-``KERAS_BACKEND`` once, at its import, so each backend runs in a subprocess:
-the backend-neutral tests of ``test_training_loops.py`` (the three loops
-agree to 1e-4, sample weights, and the step hooks: clipping, accumulation,
-extra loss; resume with Dropout), then ``kpipe
-train`` itself (``--workers 2`` trains on the batches of one worker,
-TensorFlow is never imported, refusals are one line). A backend that is not
-installed is skipped. The generator's own check per backend is
+``KERAS_BACKEND`` once, at its import, so each backend runs in a subprocess
+(JAX's and PyTorch's side by side): the backend-neutral tests of
+``test_training_loops.py`` (the three loops agree, also with mixed precision
+and accumulation; sample weights; the step hooks: clipping, accumulation,
+extra loss, a train_step of the wrong form refused; resume with Dropout),
+then ``kpipe train`` itself (``--workers 2`` trains on the batches of one
+worker, TensorFlow is never imported, refusals are one line). A backend that
+is not installed is skipped. The generator's own check per backend is
 ``test_generator.py::test_workers_serve_single_process_batches_on_other_backends``.
 """
 
