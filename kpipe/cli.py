@@ -539,9 +539,11 @@ def train(manifest: Path | None, config_file: Path | None, as_json: bool, **opti
     check_run(loaded, config)  # before TensorFlow's start-up
     with _tf_noise_filtered(), _kpipe_info_to_stderr(), contextlib.redirect_stdout(
             sys.stderr if as_json else sys.stdout):
+        from kpipe.training.distribute import keep_tensorflow_unloaded
         from kpipe.training.run import train as run_train
 
-        result = run_train(loaded, config)
+        with keep_tensorflow_unloaded():  # on JAX / PyTorch this command never imports TensorFlow
+            result = run_train(loaded, config)
     _echo_json(result.to_dict()) if as_json else click.echo(result.summary())
 
 

@@ -202,11 +202,12 @@ def test_step_subclass_clips_gradients(manifest, tmp_path):
     keras.utils.set_random_seed(0)
     model = KpipeModel.wrap(tiny_model((6,), 3), clip_norm=0.05)
     model.compile(optimizer=keras.optimizers.SGD(1.0), loss="sparse_categorical_crossentropy")
-    before = [v.numpy().copy() for v in model.trainable_variables]
+    before = [keras.ops.convert_to_numpy(v).copy() for v in model.trainable_variables]
     x = np.random.default_rng(0).normal(size=(16, 6)).astype("float32") * 10
     y = np.arange(16) % 3
     logs = model.fit(x, y, batch_size=16, epochs=1, verbose=0).history
-    update = np.sqrt(sum(float(np.sum((v.numpy() - b) ** 2)) for v, b in zip(model.trainable_variables, before)))
+    after = [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
+    update = np.sqrt(sum(float(np.sum((a - b) ** 2)) for a, b in zip(after, before)))
     assert update == pytest.approx(0.05, rel=1e-4)
     assert logs["gradient_norm"][0] > 0.05  # the raw norm, before clipping
 
@@ -215,6 +216,33 @@ def test_step_subclass_clips_gradients(manifest, tmp_path):
     result = train(manifest, config(loop="step", step_model=f"{tmp_path / 'steps.py'}:Clipped", epochs=1),
                    out=tmp_path / "run", model=tiny_model)
     assert result.history["gradient_norm"][0] > 0.05
+
+
+OWN_STEPS = '''
+import keras
+
+class DataStep(keras.Model):          # TensorFlow's and PyTorch's form
+    def train_step(self, data):
+        return super().train_step(data)
+
+class StateStep(keras.Model):         # JAX's form
+    def train_step(self, state, data):
+        return super().train_step(state, data)
+'''
+
+
+def test_step_model_with_its_own_train_step_must_fit_the_backend(manifest, tmp_path):
+    """A train_step written for another backend is refused in one message before anything is written (issue 15:
+    JAX failed after "Epoch 1/3" with `train_step() takes 2 positional arguments but 3 were given`)."""
+    (tmp_path / "own.py").write_text(OWN_STEPS)
+    fits, other = ("StateStep", "DataStep") if keras.backend.backend() == "jax" else ("DataStep", "StateStep")
+    result = train(manifest, config(loop="step", step_model=f"{tmp_path / 'own.py'}:{fits}", epochs=1),
+                   out=tmp_path / "fits", model=tiny_model)
+    assert np.isfinite(result.history["loss"][0])
+    with pytest.raises(ArgumentError, match=r"Keras calls train_step\(self, (state, )?data\)"):
+        train(manifest, config(loop="step", step_model=f"{tmp_path / 'own.py'}:{other}", epochs=1),
+              out=tmp_path / "other", model=tiny_model)
+    assert not (tmp_path / "other").exists()
 
 
 def test_step_gradient_accumulation_equals_one_big_batch():
@@ -227,13 +255,50 @@ def test_step_gradient_accumulation_equals_one_big_batch():
         model = KpipeModel.wrap(tiny_model((6,), 3), accumulation_steps=accumulation_steps)
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
         model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, shuffle=False)
-        return model.get_weights(), int(model.optimizer.iterations.numpy())
+        return model.get_weights(), int(keras.ops.convert_to_numpy(model.optimizer.iterations))
 
     accumulated, updates = run(2, 8)
     single, _ = run(1, 16)
     assert updates == 1
     for a, b in zip(accumulated, single):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+class Confident(KpipeModel):
+    """An extra loss term that depends on the weights (through ``y_pred``): its gradient must flow."""
+
+    def extra_loss(self, x, y, y_pred, sample_weight):
+        return 0.1 * keras.ops.mean(keras.ops.sum(keras.ops.square(y_pred), axis=-1))
+
+
+def test_step_extra_loss_equals_the_same_term_in_the_loss():
+    """`extra_loss` is added to the loss and differentiated, on every backend (in JAX's stateless step too)."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(32, 6)).astype("float32")
+    y = np.arange(32) % 3
+
+    def loss_with_term(y_true, y_pred):
+        ce = keras.losses.sparse_categorical_crossentropy(y_true, y_pred)
+        return ce + 0.1 * keras.ops.sum(keras.ops.square(y_pred), axis=-1)
+
+    def run(extra: bool):
+        keras.utils.set_random_seed(0)
+        net = tiny_model((6,), 3)
+        model = Confident.wrap(net) if extra else net
+        model.compile(optimizer=keras.optimizers.SGD(0.5), loss="sparse_categorical_crossentropy" if extra
+                      else loss_with_term)
+        history = model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False).history
+        return history["loss"], model.get_weights()
+
+    (extra_loss, extra_weights), (term_loss, term_weights) = run(True), run(False)
+    np.testing.assert_allclose(extra_loss, term_loss, rtol=1e-5)
+    for a, b in zip(extra_weights, term_weights):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    keras.utils.set_random_seed(0)
+    plain = tiny_model((6,), 3)
+    plain.compile(optimizer=keras.optimizers.SGD(0.5), loss="sparse_categorical_crossentropy")
+    plain.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
+    assert not np.allclose(plain.get_weights()[0], extra_weights[0])  # the term changed the training
 
 
 # ------------------------------------------------------------------ resume
@@ -278,6 +343,29 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(manifest, tmp_path, lo
     for a, b in zip(resumed.model.get_weights(), whole.model.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert len((tmp_path / "cut" / "log.csv").read_text().splitlines()) == 1 + 4
+
+
+def dropout_model(input_shape, num_classes):
+    """`tiny_model` with an unseeded Dropout(0.5): on PyTorch its masks come from torch's global generator."""
+    inputs = keras.Input(shape=input_shape)
+    x = keras.layers.Dense(16, activation="relu")(keras.layers.Flatten()(inputs))
+    outputs = keras.layers.Dense(num_classes, activation="softmax")(keras.layers.Dropout(0.5)(x))
+    return keras.Model(inputs, outputs, name="tiny_dropout")
+
+
+@pytest.mark.parametrize("loop, model", [("step", None), ("tape", dropout_model)],
+                         ids=["step-default-model", "tape-unseeded-dropout"])
+def test_resume_with_dropout_is_exact(manifest, tmp_path, loop, model):
+    """Dropout masks go on where they stopped, on every backend (issue 15: PyTorch's were drawn anew): kpipe's
+    default model seeds its Dropout (seed-generator state in the checkpoint), and on PyTorch the checkpoint also
+    holds torch's global generator, which a user's unseeded Dropout draws from."""
+    whole = train(manifest, config(loop=loop, epochs=3), out=tmp_path / "whole", model=model)
+    with pytest.raises(TrainingInterrupted):
+        train(manifest, config(loop=loop, epochs=3), out=tmp_path / "cut", model=model, callbacks=[StopAfter(0)])
+    resumed = train(manifest, TrainConfig.from_options({"resume": str(tmp_path / "cut")}), model=model)
+    np.testing.assert_allclose(resumed.history["loss"], whole.history["loss"], rtol=1e-5)
+    for a, b in zip(resumed.model.get_weights(), whole.model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_resume_of_a_finished_run_says_what_to_do(manifest, three_runs):
@@ -329,6 +417,25 @@ def test_mixed_precision_tape_loop_scales_the_loss(manifest, tmp_path):
     assert keras.config.dtype_policy().name == "float32"  # restored after the run
     saved = json.loads((tmp_path / "mp" / "config.json").read_text())
     assert saved["resolved"]["dtype_policy"] == "mixed_float16"
+
+
+def mixed_model(input_shape, num_classes):
+    """`tiny_model` whose softmax computes in float32 (as mixed precision wants)."""
+    inputs = keras.Input(shape=input_shape)
+    x = keras.layers.Dense(16, activation="relu")(keras.layers.Flatten()(inputs))
+    return keras.Model(inputs, keras.layers.Dense(num_classes, activation="softmax", dtype="float32")(x))
+
+
+def test_three_loops_agree_with_mixed_precision_and_accumulation(manifest, tmp_path):
+    """Loss scaling, accumulation and the clipping path (a norm never reached) together, in each loop's own code
+    (issue 15: JAX's step loop failed here, a LossScaleOptimizer's `apply` cannot run under `jax.jit`)."""
+    options = dict(epochs=1, mixed_precision=True, accumulation_steps=2, clip_norm=1e3, tensorboard=False)
+    runs = {loop: train(manifest, config(loop=loop, **options), out=tmp_path / loop, model=mixed_model)
+            for loop in ("fit", "step", "tape")}
+    for loop in ("step", "tape"):
+        for key in ("loss", "val_loss"):
+            np.testing.assert_allclose(runs[loop].history[key], runs["fit"].history[key], rtol=1e-3, err_msg=loop)
+    assert np.isfinite(runs["fit"].history["loss"][0])
 
 
 def test_option_precedence_defaults_run_file_command_line(tmp_path):

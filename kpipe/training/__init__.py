@@ -5,14 +5,16 @@ Layout (one job per module)::
     config.py       TrainConfig: the one definition of every option (API, CLI, config file)
     run_folder.py   RunFolder: layout, ownership marker, overwrite / resume policy, artifacts
     preflight.py    checks before anything is written: run folder, monitor, dataset; model and loss on one batch
-    loops/          LOOPS = {"fit", "step", "tape"}: one module per loop behind one interface (Loop)
+    loops/          LOOPS = {"fit", "step", "tape"}: one module per loop behind one interface (Loop);
+                    native_tensorflow / native_jax / native_torch: the steps in each backend's form
     run.py          train(): the orchestration of the above
     evaluate.py     evaluate_on(): loss, accuracy, per-class report on a generator
     models.py, losses.py, callbacks.py, data.py, distribute.py, artifacts.py, loading.py
 
 Names are imported on first use (PEP 562), so ``from kpipe.training import
-TrainConfig`` loads neither Keras nor TensorFlow, and the ``step`` / ``tape``
-loops' TensorFlow code loads only when that loop runs.
+TrainConfig`` loads neither Keras nor TensorFlow; the ``step`` / ``tape``
+loops load only when used, with the steps of the Keras backend in use only
+(a JAX or PyTorch run never imports TensorFlow).
 """
 
 from __future__ import annotations

@@ -11,12 +11,15 @@ at the end of every epoch by `RunCheckpoint`:
 * ``last.weights.h5``: the model weights *and the optimizer state* (Keras 3
   `Model.save_weights` includes the optimizer's variables);
 * ``state.json``: the next epoch, the history so far, the random-generator
-  state of Dropout-like layers, the best monitored value, the early-stopping
-  state and the train generator's position.
+  state of Dropout-like layers (their `keras.random.SeedGenerator` variables,
+  on every backend), on PyTorch also torch's global generator (which unseeded
+  random layers of a user's model draw from), the best monitored value, the
+  early-stopping state and the train generator's position.
 """
 
 from __future__ import annotations
 
+import base64
 import csv
 import importlib.util
 import math
@@ -50,17 +53,63 @@ def _improves(current: float, best: float | None, mode: str) -> bool:
     return current < best if mode == "min" else current > best
 
 
-def _rng_state(model: keras.Model) -> dict[str, list]:
-    """Values of the model's variables that are not weights (the seed-generator states of Dropout...)."""
+def _state_variables(model: keras.Model) -> list[Any]:
+    """The model's variables that are not weights (the seed-generator states of Dropout...), in model order."""
     weights = {id(v) for v in model.weights}
-    return {v.path: np.asarray(v.numpy()).tolist() for v in model.variables if id(v) not in weights}
+    return [v for v in model.variables if id(v) not in weights]
+
+
+def _rng_state(model: keras.Model) -> dict[str, list]:
+    """``{path: value}`` of `_state_variables`, in model order."""
+    return {v.path: keras.ops.convert_to_numpy(v).tolist() for v in _state_variables(model)}
 
 
 def _set_rng_state(model: keras.Model, state: dict[str, list]) -> None:
-    by_path = {v.path: v for v in model.variables}
-    for path, value in state.items():
-        if path in by_path:
-            by_path[path].assign(np.asarray(value, dtype=by_path[path].dtype))
+    """Assign the saved values to `_state_variables` by position.
+
+    Paths are not names to match: Keras numbers each `SeedGenerator` in the
+    order of creation in the process (``seed_generator_2/...``), so a model
+    rebuilt in the same process (``train(..., resume=...)`` from Python) has
+    other paths than the saved ones, the same architecture the same order.
+    """
+    variables = _state_variables(model)
+    values = list(state.values())
+    if len(values) != len(variables):
+        return
+    for variable, value in zip(variables, values):
+        value = np.asarray(value, dtype=variable.dtype)
+        if value.shape == tuple(variable.shape):
+            variable.assign(value)
+
+
+def _global_rng_state() -> dict[str, str] | None:
+    """On PyTorch, torch's global random state (CPU, and each CUDA device in use), base64 bytes; else `None`.
+
+    TensorFlow's and JAX's random layers draw from their seed generators only
+    (`_rng_state`); PyTorch's unseeded Dropout draws from the global generator.
+    """
+    if keras.backend.backend() != "torch":
+        return None
+    import torch
+
+    states = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states |= {f"cuda:{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+    return {k: base64.b64encode(v.numpy().tobytes()).decode("ascii") for k, v in states.items()}
+
+
+def _set_global_rng_state(state: dict[str, str] | None) -> None:
+    if not state or keras.backend.backend() != "torch":
+        return
+    import torch
+
+    def tensor(key: str) -> torch.Tensor:
+        return torch.frombuffer(bytearray(base64.b64decode(state[key])), dtype=torch.uint8)
+
+    torch.set_rng_state(tensor("cpu"))
+    cuda = sorted((k for k in state if k.startswith("cuda:")), key=lambda k: int(k[5:]))
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([tensor(k) for k in cuda])
 
 
 def save_weights(model: keras.Model, path: Path) -> None:
@@ -179,6 +228,7 @@ class RunCheckpoint(keras.callbacks.Callback):
             "next_epoch": int(epoch) + 1,
             "history": self.history,
             "rng_state": _rng_state(self.model),
+            "global_rng_state": _global_rng_state(),
             "best": best if best is not None and math.isfinite(best) else None,
             "early_stopping": None if self.early_stopping is None else self.early_stopping.state(),
             "stopped": bool(self.model.stop_training),
@@ -189,7 +239,7 @@ class RunCheckpoint(keras.callbacks.Callback):
 
 
 def restore_checkpoint(model: keras.Model, run: RunFolder, state: dict[str, Any]) -> None:
-    """Load ``last.weights.h5`` (weights and optimizer state) and the RNG state into a compiled model.
+    """Load ``last.weights.h5`` (weights and optimizer state) and the RNG states into a compiled model.
 
     The optimizer is built first so that its saved variables have somewhere to go.
     """
@@ -198,6 +248,7 @@ def restore_checkpoint(model: keras.Model, run: RunFolder, state: dict[str, Any]
         optimizer.build(model.trainable_variables)
     model.load_weights(run.last_weights)
     _set_rng_state(model, state.get("rng_state") or {})
+    _set_global_rng_state(state.get("global_rng_state"))
 
 
 class EpochLogger(keras.callbacks.Callback):
@@ -274,12 +325,19 @@ class StepLossLogger(keras.callbacks.Callback):
 
 
 def _use_tensorboard(setting: bool | None) -> bool:
-    """Whether to add the TensorBoard callback: ``setting``, or (`None`) whether tensorboard is installed."""
+    """Whether to add the TensorBoard callback: ``setting``, or (`None`) whether tensorboard is installed.
+
+    `None` means no on JAX and PyTorch: Keras' TensorBoard callback writes
+    through ``tf.summary``, which would import TensorFlow (``--tensorboard``
+    still asks for it there).
+    """
     installed = importlib.util.find_spec("tensorboard") is not None
     if setting and not installed:
         raise ArgumentError("TensorBoard logs need the tensorboard package: `pip install tensorboard`, "
                          "or run without --tensorboard. Received: tensorboard=True")
-    return installed if setting is None else bool(setting)
+    if setting is None:
+        return installed and keras.backend.backend() == "tensorflow"
+    return bool(setting)
 
 
 def run_callbacks_for(run: RunFolder, config: TrainConfig, train: Any, resolved: dict[str, Any],

@@ -211,14 +211,15 @@ class TrainConfig:
     mixed_precision: bool = _field(False, "Train with the mixed_float16 policy and loss scaling (GPU).",
                                    lambda v, n: check_bool(v, n), "optimisation", kind="switch")
     distribute: str = _choice("auto", "Distribution strategy: auto (MirroredStrategy when several GPUs are "
-                              "visible), none or mirrored.", ("auto", "none", "mirrored"), "optimisation")
+                              "visible; one device on JAX and PyTorch), none or mirrored (TensorFlow).",
+                              ("auto", "none", "mirrored"), "optimisation")
     monitor: str = _text("val_loss", "Logged value that picks the best model and drives --patience "
                          "(val_loss is minimized, val_accuracy maximized).", "optimisation")
     patience: int | None = _field(None, "Stop after N epochs without improvement of --monitor (default: never).",
                                   _patience, "optimisation", kind="int", minimum=0)
     # --- loop
     loop: str = _choice("fit", "fit: model.fit; step: a Model subclass with its own train_step; tape: an "
-                        "explicit GradientTape loop.", LOOP_NAMES, "loop")
+                        "explicit loop (GradientTape, jax.grad or backward() by backend).", LOOP_NAMES, "loop")
     step_model: str | None = _text(None, "With --loop step: a kpipe.training.KpipeModel subclass, module:Class "
                                    "or path.py:Class.", "loop", metavar="MODULE:CLASS")
     log_every: int = _field(0, "Write the training loss to RUN/steps.csv every N steps (0: never).",
@@ -266,7 +267,8 @@ class TrainConfig:
                                 "is the base; code it names is not imported unless given again).",
                                 lambda v, n: check_text(v, n, allow_none=True), "run folder", kind="dir")
     tensorboard: bool | None = _field(None, "TensorBoard logs in RUN/tensorboard (default: when tensorboard is "
-                                      "installed).", lambda v, n: check_optional_bool(v, n), "run folder",
+                                      "installed and the backend is TensorFlow).",
+                                      lambda v, n: check_optional_bool(v, n), "run folder",
                                       kind="switch")
 
     def __post_init__(self) -> None:

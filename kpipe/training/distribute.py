@@ -1,11 +1,18 @@
-"""Distribution strategy and mixed precision for a training run.
+"""The Keras backend of a run: its check, seeding, distribution strategy and mixed precision.
 
-The hook is `get_strategy`: ``"auto"`` (the default) gives TensorFlow's
-default strategy (one device) unless several GPUs are visible, then
+Everything here that is TensorFlow's is imported only when the backend is
+``tensorflow``: with ``KERAS_BACKEND=jax`` or ``torch`` a run never imports
+TensorFlow (`set_random_seed` seeds the backend without
+`keras.utils.set_random_seed`, which imports TensorFlow whenever it is installed).
+
+The strategy hook is `get_strategy`: on TensorFlow, ``"auto"`` (the default)
+gives the default strategy (one device) unless several GPUs are visible, then
 `tf.distribute.MirroredStrategy` over all of them (data parallel: each batch
 is split across the GPUs, gradients are all-reduced). ``"none"`` forces one
 device, ``"mirrored"`` asks for MirroredStrategy. A `tf.distribute.Strategy`
 instance can also be passed to `kpipe.training.train(..., strategy=...)`.
+On JAX and PyTorch a run uses one device (`SingleDevice`); ``"mirrored"`` is
+refused before any work starts.
 
 The model, its optimizer and metrics are created under ``strategy.scope()``;
 `fit` and the ``step`` loop then run distributed by Keras. The ``tape`` loop
@@ -15,21 +22,129 @@ runs on one device and refuses a strategy with more than one replica.
 from __future__ import annotations
 
 import contextlib
+import random
+import sys
 from collections.abc import Iterator
-
 from typing import TYPE_CHECKING, Any
 
 import keras
+import numpy as np
 
 from kpipe._validation import check_text_choice
+from kpipe.errors import ArgumentError
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
 STRATEGIES = ("auto", "none", "mirrored")
 
+BACKENDS = ("tensorflow", "jax", "torch")
+"""The Keras backends kpipe trains on: every loop of `kpipe.training.loops.LOOPS` runs on each."""
 
-def get_strategy(name: str | tf.distribute.Strategy | Any | None = "auto") -> tf.distribute.Strategy:
+
+def check_backend() -> str:
+    """The Keras backend in use (``keras.backend.backend()``), if kpipe can train on it.
+
+    Raises:
+        ArgumentError: On a backend that cannot train (``numpy``, ``openvino``: no gradients).
+    """
+    backend = keras.backend.backend()
+    if backend not in BACKENDS:
+        raise ArgumentError(
+            f"kpipe trains on the Keras backends {', '.join(BACKENDS)} (every loop: fit, step, tape); the "
+            f"{backend} backend computes no gradients. Set KERAS_BACKEND to one of them. Received: backend={backend!r}"
+        )
+    return backend
+
+
+def set_random_seed(seed: int) -> None:
+    """Seed Python's `random`, NumPy's global generator and the backend's, as `keras.utils.set_random_seed`.
+
+    On TensorFlow this is `keras.utils.set_random_seed` (which also seeds
+    TensorFlow and resets Keras' global `SeedGenerator`). On JAX and PyTorch
+    TensorFlow is left alone (Keras' function would import it): Python and
+    NumPy are seeded, and ``torch.manual_seed`` on PyTorch. Layers draw their
+    seeds from Python's `random` (Keras' ``make_default_seed``), so the
+    models a run builds are the same on every run of the same seed.
+    """
+    if keras.backend.backend() == "tensorflow":
+        keras.utils.set_random_seed(seed)
+        return
+    random.seed(seed)
+    np.random.seed(seed)
+    if keras.backend.backend() == "torch":
+        import torch
+
+        torch.manual_seed(seed)
+
+
+class _TensorFlowAbsent:
+    """A `sys.meta_path` finder under which ``import tensorflow`` fails as if it were not installed."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name == "tensorflow":
+            raise ModuleNotFoundError("kpipe keeps TensorFlow unloaded while it saves a model on another Keras "
+                                      "backend", name=name)
+
+
+_keep_tensorflow_unloaded = [False]  # set by `keep_tensorflow_unloaded` for the command that runs
+
+
+@contextlib.contextmanager
+def keep_tensorflow_unloaded() -> Iterator[None]:
+    """For the rest of a process's life (``kpipe train``): `saving_without_tensorflow` hides an unloaded TensorFlow.
+
+    Keras' serialization (``model.save``) asks whether TensorFlow is
+    installed (``tf.available`` in ``keras/src/saving/serialization_lib.py``,
+    to recognise `tf.TensorShape` objects), which imports it, and remembers
+    the answer for the rest of the process. While TensorFlow is not loaded,
+    no object can be a TensorFlow one, so answering "absent" saves the same
+    file; but Keras then treats TensorFlow as not installed in this process,
+    which only a process about to end (a command) may accept. The Python API
+    (`kpipe.training.train`) leaves Keras' probe alone.
+    """
+    _keep_tensorflow_unloaded[0] = True
+    try:
+        yield
+    finally:
+        _keep_tensorflow_unloaded[0] = False
+
+
+@contextlib.contextmanager
+def saving_without_tensorflow() -> Iterator[None]:
+    """Within `keep_tensorflow_unloaded`, on JAX / PyTorch with TensorFlow not loaded: ``import tensorflow`` fails.
+
+    Anything else (the TensorFlow backend, TensorFlow loaded already, the
+    Python API) runs the block as it is.
+    """
+    hide = (_keep_tensorflow_unloaded[0] and keras.backend.backend() != "tensorflow"
+            and "tensorflow" not in sys.modules)
+    if not hide:
+        yield
+        return
+    finder = _TensorFlowAbsent()
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
+
+
+class SingleDevice:
+    """The strategy of a run on JAX or PyTorch: one device, ``scope()`` does nothing.
+
+    It has the two members of `tf.distribute.Strategy` a run uses:
+    ``scope()`` and ``num_replicas_in_sync`` (1).
+    """
+
+    num_replicas_in_sync = 1
+
+    def scope(self) -> contextlib.AbstractContextManager:
+        """A context that changes nothing (JAX and PyTorch place variables on the default device)."""
+        return contextlib.nullcontext()
+
+
+def get_strategy(name: str | tf.distribute.Strategy | Any | None = "auto") -> tf.distribute.Strategy | SingleDevice:
     """The distribution strategy of a run.
 
     Args:
@@ -39,11 +154,24 @@ def get_strategy(name: str | tf.distribute.Strategy | Any | None = "auto") -> tf
             or a strategy instance (returned as is). Defaults to ``"auto"``.
 
     Returns:
-        A `tf.distribute.Strategy`.
+        A `tf.distribute.Strategy` on TensorFlow; a `SingleDevice` on JAX and PyTorch.
 
     Raises:
-        ArgumentError: On an unknown name.
+        ArgumentError: On an unknown name, a backend kpipe cannot train on, or
+            ``"mirrored"`` on another backend than TensorFlow.
     """
+    backend = check_backend()
+    if backend != "tensorflow":
+        if name is not None and not isinstance(name, str):
+            return name
+        name = check_text_choice(name or "auto", "distribute", STRATEGIES)
+        if name == "mirrored":
+            raise ArgumentError(
+                f"`distribute` mirrored is TensorFlow's MirroredStrategy; on the {backend} backend kpipe trains "
+                "on one device: use --distribute auto or none (or KERAS_BACKEND=tensorflow). "
+                "Received: distribute='mirrored'"
+            )
+        return SingleDevice()
     import tensorflow as tf  # this hook is TensorFlow's: imported only when a run asks for a strategy
 
     if isinstance(name, tf.distribute.Strategy):

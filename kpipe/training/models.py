@@ -8,6 +8,7 @@ train partition), and the run's generators serve the samples unscaled, so nothin
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,6 +34,13 @@ def default_model(input_shape: Sequence[int], num_classes: int, *,
     ``from_logits=False`` (`kpipe.training.losses.model_outputs` reads it). It
     computes in float32 whatever the dtype policy (as Keras recommends for
     mixed precision: a float16 softmax loses precision).
+
+    Every random layer gets an explicit seed, drawn from Python's `random`
+    (which `kpipe.training.train` seeds) as Keras draws a default seed: on
+    TensorFlow and JAX the masks are the same as unseeded; on PyTorch, where
+    an unseeded Dropout uses torch's global generator, a seeded one draws from
+    its own `keras.random.SeedGenerator`, whose state the run checkpoint saves
+    (exact resume).
 
     Args:
         input_shape: Shape of one sample, e.g. ``(8, 8, 1)``.
@@ -61,12 +69,12 @@ def default_model(input_shape: Sequence[int], num_classes: int, *,
             h, w = h // 2, w // 2
         x = keras.layers.GlobalAveragePooling2D()(x) if h * w > 16 else keras.layers.Flatten()(x)
         x = keras.layers.Dense(128, activation="relu")(x)
-        x = keras.layers.Dropout(0.3)(x)
+        x = keras.layers.Dropout(0.3, seed=_layer_seed())(x)
         name = "kpipe_cnn"
     else:
         x = keras.layers.Flatten()(x)
         x = keras.layers.Dense(128, activation="relu")(x)
-        x = keras.layers.Dropout(0.2)(x)
+        x = keras.layers.Dropout(0.2, seed=_layer_seed())(x)
         x = keras.layers.Dense(64, activation="relu")(x)
         name = "kpipe_mlp"
     if binary:
@@ -74,6 +82,11 @@ def default_model(input_shape: Sequence[int], num_classes: int, *,
     else:
         outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+def _layer_seed() -> int:
+    """A seed for a random layer, as Keras' default (``random.randint(1, 10**9)``, Python's seeded generator)."""
+    return random.randint(1, 10**9)
 
 
 def build_model(spec: str | Callable[..., keras.Model] | None, input_shape: Sequence[int], num_classes: int,

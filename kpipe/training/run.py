@@ -20,6 +20,7 @@ from kpipe.training import preflight
 from kpipe.training.callbacks import RunCheckpoint, monitor_mode, restore_checkpoint, run_callbacks_for
 from kpipe.training.config import TrainConfig
 from kpipe.training.data import make_generators, probe_generator
+from kpipe.training import distribute
 from kpipe.training.distribute import dtype_policy, get_strategy, mixed_precision_warning, output_dtype_warning
 from kpipe.training.evaluate import evaluate_into_run, evaluation_partition
 from kpipe.training.loops import get_loop
@@ -102,7 +103,8 @@ def _build(manifest: Manifest, config: TrainConfig, *, model: Any, loss: Any, st
                 "monitor_mode": monitor_mode(monitor), "loss": loss_name(resolved_loss),
                 "loss_label": loss_spec if isinstance(loss_spec, str) else loss_name(loss_spec),
                 "dtype_policy": policy, "strategy": type(strategy).__name__,
-                "replicas": int(strategy.num_replicas_in_sync), "steps_per_epoch": len(train)}
+                "replicas": int(strategy.num_replicas_in_sync), "steps_per_epoch": len(train),
+                "backend": keras.backend.backend()}
     return _Setup(loop, trained, resolved_loss, train, validation, test, resolved)
 
 
@@ -164,7 +166,7 @@ def _finish(run: RunFolder, setup: _Setup, config: TrainConfig, manifest: Manife
     export.compile(optimizer=make_optimizer(config.optimizer, config.learning_rate), loss=setup.loss,
                    metrics=["accuracy"])
     export.optimizer.build(export.trainable_variables)  # so that load_model finds the variables it expects
-    with writing(run.file("model.keras")):
+    with writing(run.file("model.keras")), distribute.saving_without_tensorflow():  # see keep_tensorflow_unloaded
         atomic_save(run.file("model.keras"), export.save)
     early = checkpoint.early_stopping
     facts = training_facts(history, monitor=setup.resolved["monitor"], mode=setup.resolved["monitor_mode"],
@@ -228,7 +230,7 @@ def train(
     overrides = {"out": None if out is None else str(out), "resume": None if resume is None else str(resume)}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     run, state = preflight.check_run(manifest, config)
-    keras.utils.set_random_seed(config.seed)
+    distribute.set_random_seed(config.seed)  # backend's own: on JAX / PyTorch, TensorFlow is not imported
     with dtype_policy(config.mixed_precision) as policy:
         setup = _build(manifest, config, model=model, loss=loss, strategy=strategy, policy=policy)
         run.create(replace=state is None and config.overwrite)

@@ -30,9 +30,19 @@ Example:
                 # penalize over-confident predictions (entropy bonus)
                 return -0.01 * keras.ops.mean(keras.ops.sum(-y_pred * keras.ops.log(y_pred + 1e-7), axis=-1))
 
-Reference: "Customizing what happens in fit() with TensorFlow" (keras.io/guides),
-and `TensorFlowTrainer.train_step` (keras/src/backend/tensorflow/trainer.py),
-which this follows line by line before adding the extension points.
+The steps themselves are the backend's (`kpipe.training.loops.native`):
+`KpipeModel` inherits ``train_step`` / ``test_step`` from the ``StepMixin``
+of ``native_tensorflow`` (`tf.GradientTape`), ``native_jax`` (a pure
+function of the variables' values differentiated by `jax.value_and_grad`:
+``train_step(state, data) -> (logs, state)``) or ``native_torch``
+(``loss.backward()``). The extension points are the same on every backend:
+write them with `keras.ops` and Keras calls (the optimizer, metrics), and one
+subclass trains on TensorFlow, JAX and PyTorch.
+
+Reference: the Keras guides "Customizing what happens in fit()" with
+TensorFlow, JAX and PyTorch (keras.io/guides), and each backend's
+``Trainer.train_step`` (keras/src/backend/*/trainer.py), which the steps
+follow line by line before adding the extension points.
 """
 
 from __future__ import annotations
@@ -41,11 +51,11 @@ import inspect
 from typing import Any
 
 import keras
-import tensorflow as tf
 
 from kpipe._validation import check_number, check_positive_int
 from kpipe.errors import ArgumentError, KpipeError
 from kpipe.training.loading import load_object
+from kpipe.training.loops import native
 from kpipe.training.loops.base import with_options
 from kpipe.training.loops.fit import FitLoop
 
@@ -76,13 +86,16 @@ def clip_by_global_norm(grads: list[Any], clip_norm: float) -> tuple[list[Any], 
 
 
 @keras.saving.register_keras_serializable(package="kpipe")
-class KpipeModel(keras.Model):
+class KpipeModel(native().StepMixin, keras.Model):
     """A functional `keras.Model` with a kpipe `train_step` / `test_step` and extension points.
 
     Build it from any model with `KpipeModel.wrap(model)`, or directly as a
     functional model: ``KpipeModel(inputs=..., outputs=...)``. Subclass it
     and override `extra_loss`, `transform_gradients` or `apply_update`, or
     set the class attributes ``clip_norm`` and ``accumulation_steps``.
+    ``train_step`` / ``test_step`` come from the backend's ``StepMixin``
+    (`kpipe.training.loops.native`); the extension points are the same on
+    TensorFlow, JAX and PyTorch.
 
     Args:
         *args: As `keras.Model` (functional: ``inputs``, ``outputs``, ``name``).
@@ -154,6 +167,9 @@ class KpipeModel(keras.Model):
 
         With mixed precision, ``grads`` are scaled by the loss scale; clipping
         unscales first, so ``clip_norm`` is in the units of the true gradients.
+        Use `keras.ops` here: the gradients are `tf.Tensor`, JAX arrays
+        (traced, inside a `keras.StatelessScope`) or torch tensors (under
+        `torch.no_grad`) depending on the backend.
 
         Args:
             grads: One gradient per trainable variable (same order as
@@ -175,16 +191,20 @@ class KpipeModel(keras.Model):
         return [None if g is None else g * keras.ops.cast(scale, g.dtype) for g in clipped]
 
     def apply_update(self, grads: list[Any]) -> None:
-        """Apply ``grads`` with the optimizer (`keras.optimizers.Optimizer.apply`).
+        """Apply ``grads`` with the optimizer: ``apply_optimizer(grads)``.
 
+        ``apply_optimizer`` is the backend's form of
+        `keras.optimizers.Optimizer.apply` (on JAX: ``stateless_apply`` on the
+        current values, whose results are assigned, as Keras' JAX trainer
+        does; a `LossScaleOptimizer`'s ``apply`` cannot run under `jax.jit`).
         With ``accumulation_steps = k > 1`` the optimizer averages ``k``
         consecutive batches' gradients and updates the weights once every
         ``k`` calls (Keras' ``gradient_accumulation_steps``; its
         ``iterations`` counts applied updates).
         """
-        self.optimizer.apply(grads, self.trainable_variables)
+        self.apply_optimizer(grads)
 
-    # ------------------------------------------------------------ the steps
+    # ------------------------------------------------------------- the loss
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """The compiled loss (plus regularization losses), plus `extra_loss`."""
         extra_kwargs = {"training": training} if _COMPUTE_LOSS_TAKES_TRAINING else {}
@@ -194,35 +214,6 @@ class KpipeModel(keras.Model):
             loss = loss + keras.ops.cast(extra, loss.dtype)
         return loss
 
-    def train_step(self, data: Any) -> dict[str, Any]:
-        """One training step on a batch ``(x, y)`` or ``(x, y, sample_weight)``.
-
-        Returns:
-            ``{metric name: value}`` for every metric in ``self.metrics``
-            (``loss``, the compiled metrics, ``gradient_norm`` when clipping).
-        """
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape() as tape:
-            y_pred = self(x, training=True)
-            loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
-            self._update_loss_metric(loss, x)
-            scaled_loss = self.optimizer.scale_loss(loss)  # identity unless a LossScaleOptimizer
-        grads = tape.gradient(scaled_loss, self.trainable_variables)
-        grads = self.transform_gradients(grads)
-        self.apply_update(grads)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-
-    def test_step(self, data: Any) -> dict[str, Any]:
-        """One evaluation step: forward pass with ``training=False``, loss and metrics updated."""
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        y_pred = self(x, training=False)
-        loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False)
-        self._update_loss_metric(loss, x)
-        results = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-        if self.gradient_norm is not None:  # a training-only metric: no val_gradient_norm
-            results.pop(self.gradient_norm.name, None)
-        return results
-
     # ------------------------------------------------------------- helpers
     def _update_loss_metric(self, loss: Any, x: Any) -> None:
         """Update the ``loss`` metric as Keras does: mean over batches weighted by batch size.
@@ -230,12 +221,19 @@ class KpipeModel(keras.Model):
         Under a strategy with N replicas a Keras loss is divided by N per
         replica; the metric undoes that so that it shows the true loss.
         """
-        replicas = self.distribute_strategy.num_replicas_in_sync
+        replicas = self.num_replicas()  # the backend's StepMixin says
         first = keras.tree.flatten(x)[0]
         for metric in self.metrics:
             if metric.name == "loss":
                 metric.update_state(loss * replicas, sample_weight=keras.ops.shape(first)[0])
                 break
+
+    def _test_results(self, x: Any, y: Any, y_pred: Any, sample_weight: Any) -> dict[str, Any]:
+        """`compute_metrics` of an evaluation step, without the training-only ``gradient_norm``."""
+        results = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        if self.gradient_norm is not None:  # a training-only metric: no val_gradient_norm
+            results.pop(self.gradient_norm.name, None)
+        return results
 
     def _loss_scale(self) -> Any:
         optimizer = self.optimizer
@@ -312,7 +310,34 @@ def load_step_model_class(spec: str | type | None) -> type[keras.Model]:
             f"The step model must be a subclass of kpipe.training.KpipeModel (or keras.Model). "
             f"Received: step_model={spec!r} ({type(cls).__name__})"
         )
+    _check_train_step_form(cls, spec)
     return cls
+
+
+def _check_train_step_form(cls: type[keras.Model], spec: Any) -> None:
+    """Refuse a ``train_step`` written for another backend: JAX's takes ``(state, data)``, the others ``(data)``.
+
+    Raises:
+        ArgumentError: If ``cls`` defines its own ``train_step`` whose positional
+            arguments are not those Keras passes on the backend in use.
+    """
+    step = cls.train_step
+    if step in (KpipeModel.train_step, keras.Model.train_step):
+        return
+    positional = [p.name for p in inspect.signature(step).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if any(p.kind == p.VAR_POSITIONAL for p in inspect.signature(step).parameters.values()):
+        return
+    on_jax = keras.backend.backend() == "jax"
+    if (len(positional) >= 3) == on_jax:
+        return
+    wanted = "train_step(self, state, data) -> (logs, state)" if on_jax else "train_step(self, data) -> logs"
+    raise ArgumentError(
+        f"The step model {cls.__name__} writes train_step({', '.join(positional)}), but on the "
+        f"{keras.backend.backend()} backend Keras calls {wanted}. Write it for this backend, or override only "
+        f"KpipeModel's hooks (extra_loss, transform_gradients, apply_update), which run on every backend. "
+        f"Received: step_model={spec!r}"
+    )
 
 
 class StepLoop(FitLoop):

@@ -1,23 +1,33 @@
-"""The ``tape`` loop: epochs, then batches, `tf.GradientTape`, `optimizer.apply_gradients`.
+"""The ``tape`` loop: epochs, then batches, the gradients, the update, in each backend's native form.
 
 Everything `model.fit` does is written out, so that each line can be read and
 changed: the forward pass runs with ``training=True`` (Dropout and
-BatchNormalization behave as in `fit`), sample weights are applied, the
-training step is compiled by `tf.function`, metrics are reset at each epoch,
-validation runs at each epoch's end, and Keras callbacks (ModelCheckpoint,
-EarlyStopping, CSVLogger, TensorBoard, ProgbarLogger...) are called through
-`keras.callbacks.CallbackList`. Batches are read in order, ``dataset[0]``,
-``dataset[1]``..., between the dataset's ``on_epoch_begin`` / ``on_epoch_end``
-hooks, as `fit` calls them; a `kpipe.DataGenerator` makes them ahead with its
-own workers.
+BatchNormalization behave as in `fit`), sample weights are applied, metrics
+are reset at each epoch, validation runs at each epoch's end, and Keras
+callbacks (ModelCheckpoint, EarlyStopping, CSVLogger, TensorBoard,
+ProgbarLogger...) are called through `keras.callbacks.CallbackList`. Batches
+are read in order, ``dataset[0]``, ``dataset[1]``..., between the dataset's
+``on_epoch_begin`` / ``on_epoch_end`` hooks, as `fit` calls them; a
+`kpipe.DataGenerator` makes them ahead with its own workers.
+
+The step itself is the backend's (`kpipe.training.loops.native`):
+
+==============  ==================================================================================
+backend         one training step
+==============  ==================================================================================
+tensorflow      `tf.GradientTape`, ``optimizer.apply_gradients``, compiled by `tf.function`
+jax             ``model.stateless_call``, `jax.value_and_grad`, ``optimizer.stateless_apply``,
+                compiled by `jax.jit`; the new values are written back into the variables
+torch           ``zero_grad()``, forward, ``loss.backward()``, ``optimizer.apply`` under `torch.no_grad`
+==============  ==================================================================================
 
 Resuming is by ``initial_epoch`` (kpipe's run checkpoint gives it);
 `keras.callbacks.BackupAndRestore` talks to `fit` through private model
 attributes, so this loop refuses it and says so.
 
 With the same seed, data and model, two epochs of this loop and of `fit` give
-the same losses up to float rounding (see
-``tests/test_training_loops.py::test_three_loops_agree``).
+the same losses up to float rounding, on each backend (see
+``tests/test_training_loops.py::test_three_loops_agree`` and ``tests/test_backends.py``).
 """
 
 from __future__ import annotations
@@ -26,9 +36,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import keras
-import tensorflow as tf
 
 from kpipe.errors import ArgumentError
+from kpipe.training.loops import native
 from kpipe.training.loops.base import Loop, with_options
 
 
@@ -85,7 +95,9 @@ class TapeLoop:
         weighted_metrics: Weigh the metrics by the batches' sample weights
             (as Keras' ``compile(weighted_metrics=...)``). Defaults to `False`,
             as ``compile(metrics=...)``: the loss is weighted, the metrics are not.
-        jit_compile: Passed to `tf.function` (XLA). Defaults to `False`.
+        jit_compile: On TensorFlow, passed to `tf.function` (XLA). Defaults
+            to `False`. JAX steps are always compiled by `jax.jit`; PyTorch
+            steps run eagerly.
 
     Example:
         >>> loop = TapeLoop(model, keras.losses.SparseCategoricalCrossentropy(), keras.optimizers.Adam(1e-3),
@@ -114,41 +126,36 @@ class TapeLoop:
         self.val_metrics = [f() for f in factories]
         self.optimizer.build(model.trainable_variables)
         self.global_step = 0
-        self._train_step = tf.function(self._train_step_eager, reduce_retracing=True, jit_compile=jit_compile)
-        self._test_step = tf.function(self._test_step_eager, reduce_retracing=True, jit_compile=jit_compile)
+        self.steps = native().TapeSteps(self, jit_compile=jit_compile)  # the backend's train / test steps
 
-    # ------------------------------------------------------------ the steps
-    def _loss_value(self, y: Any, y_pred: Any, sample_weight: Any) -> Any:
+    # ------------------------------------------------- what every step computes
+    def loss_value(self, y: Any, y_pred: Any, sample_weight: Any, losses: list[Any]) -> Any:
+        """The batch loss: ``loss(y, y_pred, sample_weight)`` plus ``losses`` (regularization, ``add_loss``).
+
+        Args:
+            y: The labels.
+            y_pred: The model's outputs.
+            sample_weight: float32 ``(batch,)`` or `None`.
+            losses: The model's losses of this forward pass (``model.losses``,
+                or what ``stateless_call(..., return_losses=True)`` returned).
+
+        Returns:
+            A scalar, reduced as `fit` reduces it (``sum(loss_i * w_i) / batch_size``).
+        """
         loss = self.loss(y, y_pred, sample_weight=sample_weight)
-        extra = self.model.losses  # regularization and add_loss terms, as compute_loss adds them
-        if extra:
+        if losses:  # as compute_loss adds them
             loss = loss + keras.ops.sum(keras.ops.stack([keras.ops.cast(keras.ops.sum(e), loss.dtype)
-                                                         for e in extra]))
+                                                         for e in losses]))
         return loss
 
-    def _update_metrics(self, loss_metric: Any, metrics: list[Any], x: Any, y: Any, y_pred: Any, loss: Any,
-                        sample_weight: Any) -> None:
-        loss_metric.update_state(loss, sample_weight=tf.shape(x)[0])  # Keras: mean weighted by batch size
+    def update_metrics(self, loss_metric: Any, metrics: list[Any], x: Any, y: Any, y_pred: Any, loss: Any,
+                       sample_weight: Any) -> None:
+        """Update the loss mean (weighted by batch size, as Keras) and the metrics with one batch."""
+        batch_size = keras.ops.shape(keras.tree.flatten(x)[0])[0]
+        loss_metric.update_state(loss, sample_weight=batch_size)
         for metric in metrics:
             # as compile(metrics=...): unweighted (Keras weighs only `weighted_metrics`)
             metric.update_state(y, y_pred, sample_weight=sample_weight if self.weighted_metrics else None)
-
-    def _train_step_eager(self, x: Any, y: Any, sample_weight: Any) -> Any:
-        with tf.GradientTape() as tape:
-            y_pred = self.model(x, training=True)  # training=True: Dropout / BatchNormalization train behaviour
-            loss = self._loss_value(y, y_pred, sample_weight)
-            scaled_loss = self.optimizer.scale_loss(loss)  # identity unless LossScaleOptimizer
-        variables = self.model.trainable_variables
-        grads = tape.gradient(scaled_loss, variables)
-        self.optimizer.apply_gradients(zip(grads, variables))
-        self._update_metrics(self.train_loss, self.train_metrics, x, y, y_pred, loss, sample_weight)
-        return loss
-
-    def _test_step_eager(self, x: Any, y: Any, sample_weight: Any) -> Any:
-        y_pred = self.model(x, training=False)
-        loss = self._loss_value(y, y_pred, sample_weight)
-        self._update_metrics(self.val_loss, self.val_metrics, x, y, y_pred, loss, sample_weight)
-        return loss
 
     # ------------------------------------------------------------- helpers
     @staticmethod
@@ -171,7 +178,7 @@ class TapeLoop:
         for step, batch in enumerate(iterate_batches(data)):
             if callbacks is not None:
                 callbacks.on_test_batch_begin(step)
-            self._test_step(*_unpack(batch))
+            self.steps.test(*_unpack(batch))
             if callbacks is not None:
                 callbacks.on_test_batch_end(step, self._results(self.val_loss, self.val_metrics))
         logs = self._results(self.val_loss, self.val_metrics)
@@ -197,7 +204,7 @@ class TapeLoop:
             metric.reset_state()
         for step, batch in enumerate(iterate_batches(train_data)):
             callback_list.on_train_batch_begin(step)
-            loss = self._train_step(*_unpack(batch))
+            loss = self.steps.train(*_unpack(batch))
             self.global_step += 1
             logs = self._results(self.train_loss, self.train_metrics)
             if log_every and self.global_step % log_every == 0:
@@ -239,12 +246,7 @@ class TapeLoop:
         """
         model = self.model
         verbose = 1 if verbose == "auto" else int(verbose)
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        if replicas > 1:
-            raise ArgumentError(
-                f"The tape loop runs on one device, but the distribution strategy has {replicas} replicas. "
-                "Use --loop fit or --loop step (Keras distributes them), or --distribute none."
-            )
+        self.steps.check_devices()
         callback_list = self._callback_list(callbacks, verbose=verbose, epochs=epochs, steps=len(train_data))
         history = next(c for c in callback_list.callbacks if isinstance(c, keras.callbacks.History))
         if getattr(model, "optimizer", None) is None:
