@@ -727,7 +727,10 @@ def _open_image(path: Path):
     with open_regular(path) as f:
         header = f.read(26)
         f.seek(0)
-        img = Image.open(f)
+        try:
+            img = Image.open(f)
+        except Image.UnidentifiedImageError:  # its message quotes the file object (a descriptor number)
+            raise OSError("cannot identify image file (not an image, or a format Pillow cannot read)") from None
         img.seek(0)  # first frame of a GIF / WebP / TIFF
         img.load()
     bits = None
