@@ -332,13 +332,14 @@ def prepare(
     skipped = list(found.skipped)
     samples = found.samples
     image_options, shape, dtype_name = _probe(found, raw, size, color_mode, dtype, background, skipped)
-    cost = _sample_cost(samples, found.layout, image_options)
     output = _Output(format, shape, dtype_name, compression, shard_size)
 
-    with staged_dataset(out, source=raw, overwrite=overwrite, what="input") as staging, \
-            _open_pool(backend, n_jobs, scheduler, executor, found.layout, len(samples), cost) as pool:
+    with contextlib.ExitStack() as stack:
+        staging = stack.enter_context(staged_dataset(out, source=raw, overwrite=overwrite, what="input"))
         output.root = staging.path / STORAGE_ROOTS[format]
         output.root.mkdir()
+        cost = _sample_cost(samples, found.layout, image_options, output)
+        pool = stack.enter_context(_open_pool(backend, n_jobs, scheduler, executor, output, len(samples), cost))
         if on_start:
             on_start(len(samples))
         converted = _convert_all(samples, found.layout, image_options, output, pool, cost, nonfinite=nonfinite,
@@ -426,7 +427,7 @@ def prepare(
     report = {"notes": dict(converted.notes), "duplicate_groups": dup_groups, "conflicting_labels": conflicting,
               "small_classes": small_warnings,
               "execution": {"backend": pool.kind, "workers": pool.workers, "tasks": converted.num_tasks,
-                            "description": pool.description, "sample_cost_s": cost,
+                            "description": pool.description, "sample_cost_s": cost.wall, "sample_cpu_s": cost.cpu,
                             "task_seconds": converted.task_seconds, "task_cpu_seconds": converted.task_cpu_seconds}}
     return PrepareResult(manifest=manifest, num_skipped=len(skipped), report=report)
 
@@ -488,38 +489,72 @@ class _Converted:
 
 
 _PARALLEL_MIN_S = 0.3  # estimated sequential seconds below which a pool does not pay
-_PROCESSES_MIN_S = 8.0  # ... below which processes (start-up, pickling) do not pay
-_GIL_BOUND_S = 0.002  # per-sample cost below which Python overhead, not C decoding, dominates
+_PROCESSES_MIN_S = 8.0  # seconds of GIL-bound work per worker below which processes (start-up, pickling) do not pay
+_LONG_SAMPLE_S = 0.002  # per-sample cost above which C code (decoders), not Python overhead, dominates
 _TASK_S = {"local": 0.05, "remote": 0.5}  # target seconds of work per task (dispatch cost: ~0.1 ms / ~5 ms)
 _BLOCK_BYTES = 16 << 20  # most sample bytes one local task hands back (hdf5)
 
 
-def _sample_cost(samples: Sequence[RawSample], layout: str, image_options: ImageOptions | None,
-                 probe: int = 24) -> float:
-    """Measured seconds to load and check one sample (median over up to ``probe`` inputs spread over the list).
+@dataclasses.dataclass(frozen=True)
+class _Cost:
+    """Measured per-sample cost of the work (load, check, checksum; write for npy): wall and CPU seconds."""
 
-    Drives the choice of pool and the task size; never the output.
+    wall: float
+    cpu: float
+
+    @property
+    def releases_gil(self) -> bool:
+        """Whether threads can overlap the work: waits for I/O (wall well above CPU), or long decodes in C."""
+        return self.wall > 1.5 * self.cpu or self.wall >= _LONG_SAMPLE_S
+
+
+def _sample_cost(samples: Sequence[RawSample], layout: str, image_options: ImageOptions | None, output: _Output,
+                 probe: int = 24) -> _Cost:
+    """The median cost of one sample over up to ``probe`` inputs spread over the list.
+
+    npy output: each probed sample is also written (``.probe-<k>.npy`` in the
+    output folder, removed at once), since creating files often costs more
+    than reading the input. Drives the choice of pool and the task size;
+    never the output.
     """
+    from kpipe._prepare_tasks import write_npy_file
+    from kpipe.storage.npy import expected_header
     from kpipe.verify import sample_digest
 
     if not samples:
-        return 0.0
+        return _Cost(0.0, 0.0)
     picks = sorted(set(np.linspace(0, len(samples) - 1, min(probe, len(samples))).astype(int).tolist()))
-    times = []
-    for i in picks:
-        start = time.perf_counter()
+    header = expected_header(output.shape, np.dtype(output.dtype))
+    walls, cpus = [], []
+    for k, i in enumerate(picks):
+        start, cpu = time.perf_counter(), time.thread_time()
         try:
-            sample_digest(load_sample(samples[i], layout, image_options))
+            arr = load_sample(samples[i], layout, image_options)
+            sample_digest(arr)
         except Exception:  # noqa: BLE001, S112 - judged when converted
             continue
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)) if times else 0.001
+        if output.format == "npy" and arr.shape == output.shape and arr.dtype == np.dtype(output.dtype):
+            write_npy_file(str(output.root), f".probe-{k}", header, arr)
+            os.unlink(output.root / f".probe-{k}.npy")
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.thread_time() - cpu)
+    if not walls:
+        return _Cost(0.001, 0.001)
+    return _Cost(float(np.median(walls)), float(np.median(cpus)))
 
 
 @contextlib.contextmanager
-def _open_pool(backend: str, n_jobs: int, scheduler: str | None, executor: cf.Executor | None, layout: str,
-               num_samples: int, cost: float):
-    """The `Pool` the work runs on (see `BACKENDS`)."""
+def _open_pool(backend: str, n_jobs: int, scheduler: str | None, executor: cf.Executor | None, output: _Output,
+               num_samples: int, cost: _Cost):
+    """The `Pool` the work runs on (see `BACKENDS`).
+
+    ``"auto"``: this process when there is one core or under `_PARALLEL_MIN_S`
+    of work; threads when they can overlap it (I/O waits, files to create,
+    long C decodes: `_Cost.releases_gil`); loky processes when it holds the
+    GIL and each worker gets more than `_PROCESSES_MIN_S` of it (start-up
+    and pickling paid); else this process (threads would only contend for
+    the GIL).
+    """
     if executor is not None:
         yield Pool(executor, "custom", effective_n_jobs(n_jobs), remote=True, description=type(executor).__name__)
         return
@@ -530,21 +565,23 @@ def _open_pool(backend: str, n_jobs: int, scheduler: str | None, executor: cf.Ex
     workers = min(effective_n_jobs(n_jobs), max(1, num_samples))
     kind = backend
     if backend == "auto":
-        total = num_samples * cost
+        total = num_samples * cost.wall
         if workers == 1 or total < _PARALLEL_MIN_S:
             kind = "serial"
-        elif layout == "images" and cost < _GIL_BOUND_S and total / workers > _PROCESSES_MIN_S:
-            kind = "loky"  # small images: Pillow's Python overhead holds the GIL, and there is enough work
+        elif cost.releases_gil or output.format == "npy":
+            kind = "threads"
+        elif total / workers > _PROCESSES_MIN_S:
+            kind = "loky"
         else:
-            kind = "threads"  # decoders and file I/O release the GIL; no start-up, nothing pickled
+            kind = "serial"
     with local_pool(kind, workers) as pool:
         yield pool
 
 
-def _task_rows(num: int, output: _Output, pool: Pool, cost: float) -> int:
+def _task_rows(num: int, output: _Output, pool: Pool, cost: _Cost) -> int:
     """Inputs per task: about `_TASK_S` seconds of measured work, at least 4 tasks per worker."""
     target = _TASK_S["remote" if pool.remote else "local"]
-    rows = int(target / max(cost, 1e-6))
+    rows = int(target / max(cost.wall, 1e-6))
     rows = min(rows, math.ceil(num / (4 * pool.workers)))
     if output.format == "hdf5":
         nbytes = max(1, math.prod(output.shape) * np.dtype(output.dtype).itemsize)
@@ -552,7 +589,7 @@ def _task_rows(num: int, output: _Output, pool: Pool, cost: float) -> int:
     return max(1, min(rows, 16384))
 
 
-def _convert_all(samples, layout, image_options, output: _Output, pool: Pool, cost: float, *,
+def _convert_all(samples, layout, image_options, output: _Output, pool: Pool, cost: _Cost, *,
                  nonfinite: str, duplicates: str, progress) -> _Converted:
     """Run the chunk tasks on ``pool``, merge their results in input order, apply the NaN/Inf and duplicate policies.
 
