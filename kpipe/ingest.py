@@ -490,7 +490,7 @@ def _numbers(cells: Sequence[str]) -> list[float] | None:
         values = [float(c) for c in cells]
     except ValueError:
         return None
-    return None if any(v != v for v in values) else values
+    return None if any(math.isnan(v) for v in values) else values
 
 
 def _all_numbers(cells: Sequence[str]) -> bool:
