@@ -549,8 +549,9 @@ def _open_pool(backend: str, n_jobs: int, scheduler: str | None, executor: cf.Ex
     """The `Pool` the work runs on (see `BACKENDS`).
 
     ``"auto"``: this process when there is one core or under `_PARALLEL_MIN_S`
-    of work; threads when they can overlap it (I/O waits, files to create,
-    long C decodes: `_Cost.releases_gil`); loky processes when it holds the
+    of work; threads when they can overlap it (the probe waited for I/O,
+    e.g. a network file system, or spent its time in long C decodes:
+    `_Cost.releases_gil`); loky processes when it holds the
     GIL and each worker gets more than `_PROCESSES_MIN_S` of it (start-up
     and pickling paid); else this process (threads would only contend for
     the GIL).
@@ -568,7 +569,7 @@ def _open_pool(backend: str, n_jobs: int, scheduler: str | None, executor: cf.Ex
         total = num_samples * cost.wall
         if workers == 1 or total < _PARALLEL_MIN_S:
             kind = "serial"
-        elif cost.releases_gil or output.format == "npy":
+        elif cost.releases_gil:
             kind = "threads"
         elif total / workers > _PROCESSES_MIN_S:
             kind = "loky"
