@@ -312,8 +312,8 @@ def print_table(report: dict) -> None:
 
 def machine() -> dict:
     cpu = platform.processor()
-    with contextlib.suppress(OSError):
-        for line in open("/proc/cpuinfo"):
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
@@ -321,9 +321,14 @@ def machine() -> dict:
     for mod in ("numpy", "h5py", "PIL", "tensorflow", "keras", "joblib", "dask", "distributed", "grain",
                 "array_record"):
         try:
-            versions[mod] = getattr(__import__(mod), "__version__", "?")
+            versions[mod] = getattr(__import__(mod), "__version__", None)
         except ImportError:
             versions[mod] = None
+        if versions[mod] is None:
+            from importlib.metadata import PackageNotFoundError, version
+
+            with contextlib.suppress(PackageNotFoundError):
+                versions[mod] = version({"PIL": "pillow", "array_record": "array-record"}.get(mod, mod))
     return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), **versions}
 
