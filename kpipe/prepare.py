@@ -489,7 +489,7 @@ class _Converted:
 
 
 _PARALLEL_MIN_S = 0.3  # estimated sequential seconds below which a pool does not pay
-_PROCESSES_MIN_S = 8.0  # seconds of GIL-bound work per worker below which processes (start-up, pickling) do not pay
+_PROCESSES_MIN_S = 8.0  # seconds of GIL-bound work below which processes do not pay (start-up ~1-2 s, pickling)
 _LONG_SAMPLE_S = 0.002  # per-sample cost above which C code (decoders), not Python overhead, dominates
 _TASK_S = {"local": 0.05, "remote": 0.5}  # target seconds of work per task (dispatch cost: ~0.1 ms / ~5 ms)
 _BLOCK_BYTES = 16 << 20  # most sample bytes one local task hands back (hdf5)
@@ -552,8 +552,8 @@ def _open_pool(backend: str, n_jobs: int, scheduler: str | None, executor: cf.Ex
     of work; threads when they can overlap it (the probe waited for I/O,
     e.g. a network file system, or spent its time in long C decodes:
     `_Cost.releases_gil`); loky processes when it holds the
-    GIL and each worker gets more than `_PROCESSES_MIN_S` of it (start-up
-    and pickling paid); else this process (threads would only contend for
+    GIL and there is more than `_PROCESSES_MIN_S` of it (about 4x what
+    starting them and pickling the results cost); else this process (threads would only contend for
     the GIL).
     """
     if executor is not None:
@@ -564,19 +564,19 @@ def _open_pool(backend: str, n_jobs: int, scheduler: str | None, executor: cf.Ex
             yield pool
         return
     workers = min(effective_n_jobs(n_jobs), max(1, num_samples))
-    kind = backend
-    if backend == "auto":
-        total = num_samples * cost.wall
-        if workers == 1 or total < _PARALLEL_MIN_S:
-            kind = "serial"
-        elif cost.releases_gil:
-            kind = "threads"
-        elif total / workers > _PROCESSES_MIN_S:
-            kind = "loky"
-        else:
-            kind = "serial"
+    kind = _auto_kind(workers, num_samples, cost) if backend == "auto" else backend
     with local_pool(kind, workers) as pool:
         yield pool
+
+
+def _auto_kind(workers: int, num_samples: int, cost: _Cost) -> str:
+    """``backend="auto"`` on this machine: ``"serial"``, ``"threads"`` or ``"loky"`` (see `_open_pool`)."""
+    total = num_samples * cost.wall
+    if workers == 1 or total < _PARALLEL_MIN_S:
+        return "serial"
+    if cost.releases_gil:
+        return "threads"
+    return "loky" if total > _PROCESSES_MIN_S else "serial"
 
 
 def _task_rows(num: int, output: _Output, pool: Pool, cost: _Cost) -> int:

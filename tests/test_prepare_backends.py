@@ -85,6 +85,18 @@ def test_cluster_tasks_write_their_own_output_and_the_driver_fixes_up(tmp_path: 
                 assert f["y"][:].tolist() == [remote.labels[i] for i in s["ids"]]
 
 
+def test_auto_backend_follows_the_measured_cost():
+    from kpipe.prepare import _auto_kind, _Cost
+
+    small_png, jpeg_on_nfs, big_image = _Cost(1e-4, 1e-4), _Cost(1e-3, 2e-4), _Cost(5e-3, 5e-3)
+    assert _auto_kind(8, 1_000, small_png) == "serial"  # 0.1 s of work: no pool pays
+    assert _auto_kind(1, 10**6, jpeg_on_nfs) == "serial"  # --n-jobs 1
+    assert _auto_kind(8, 50_000, small_png) == "serial"  # 5 s holding the GIL: threads contend, processes cost more
+    assert _auto_kind(8, 200_000, small_png) == "loky"  # 20 s holding the GIL: processes pay
+    assert _auto_kind(8, 10_000, jpeg_on_nfs) == "threads"  # waits for I/O: threads overlap it
+    assert _auto_kind(8, 1_000, big_image) == "threads"  # long decodes in C release the GIL
+
+
 def test_error_policies_stop_a_parallel_run_on_the_first_sample_in_input_order(tmp_path: Path):
     raw = make_indexed_npy_folder(tmp_path / "raw", {"a": 40, "b": 40})
     for name in ("s_010", "s_030"):
