@@ -428,6 +428,7 @@ def prepare(
               "small_classes": small_warnings,
               "execution": {"backend": pool.kind, "workers": pool.workers, "tasks": converted.num_tasks,
                             "description": pool.description, "sample_cost_s": cost.wall, "sample_cpu_s": cost.cpu,
+                            "sample_write_s": cost.write,
                             "task_seconds": converted.task_seconds, "task_cpu_seconds": converted.task_cpu_seconds}}
     return PrepareResult(manifest=manifest, num_skipped=len(skipped), report=report)
 
@@ -497,15 +498,29 @@ _BLOCK_BYTES = 16 << 20  # most sample bytes one local task hands back (hdf5)
 
 @dataclasses.dataclass(frozen=True)
 class _Cost:
-    """Measured per-sample cost of the work (load, check, checksum; write for npy): wall and CPU seconds."""
+    """Measured per-sample cost, in seconds.
+
+    Attributes:
+        wall: Loading, checking and checksumming one input (wall time).
+        cpu: The same, CPU time of the thread.
+        write: Writing one ``.npy`` file (npy output; 0 for hdf5), wall time;
+            ``write_cpu`` its CPU time. Not counted as work for processes:
+            creating files in one folder is serialized by local file systems
+            (measured: two processes creating files in one ext4 folder were
+            slower than one); only its waits (a network file system) are
+            worth threads.
+    """
 
     wall: float
     cpu: float
+    write: float = 0.0
+    write_cpu: float = 0.0
 
     @property
     def releases_gil(self) -> bool:
-        """Whether threads can overlap the work: waits for I/O (wall well above CPU), or long decodes in C."""
-        return self.wall > 1.5 * self.cpu or self.wall >= _LONG_SAMPLE_S
+        """Whether threads can overlap the work: it waits for I/O (wall over 3x CPU: more than a busy
+        machine's scheduling delays), or decodes for long in C."""
+        return self.wall + self.write > 3.0 * (self.cpu + self.write_cpu) or self.wall >= _LONG_SAMPLE_S
 
 
 def _sample_cost(samples: Sequence[RawSample], layout: str, image_options: ImageOptions | None, output: _Output,
@@ -513,9 +528,8 @@ def _sample_cost(samples: Sequence[RawSample], layout: str, image_options: Image
     """The median cost of one sample over up to ``probe`` inputs spread over the list.
 
     npy output: each probed sample is also written (``.probe-<k>.npy`` in the
-    output folder, removed at once), since creating files often costs more
-    than reading the input. Drives the choice of pool and the task size;
-    never the output.
+    output folder, removed at once) and timed apart. Drives the choice of
+    pool and the task size; never the output.
     """
     from kpipe._prepare_tasks import write_npy_file
     from kpipe.storage.npy import expected_header
@@ -525,7 +539,7 @@ def _sample_cost(samples: Sequence[RawSample], layout: str, image_options: Image
         return _Cost(0.0, 0.0)
     picks = sorted(set(np.linspace(0, len(samples) - 1, min(probe, len(samples))).astype(int).tolist()))
     header = expected_header(output.shape, np.dtype(output.dtype))
-    walls, cpus = [], []
+    walls, cpus, writes, write_cpus = [], [], [], []
     for k, i in enumerate(picks):
         start, cpu = time.perf_counter(), time.thread_time()
         try:
@@ -533,14 +547,20 @@ def _sample_cost(samples: Sequence[RawSample], layout: str, image_options: Image
             sample_digest(arr)
         except Exception:  # noqa: BLE001, S112 - judged when converted
             continue
-        if output.format == "npy" and arr.shape == output.shape and arr.dtype == np.dtype(output.dtype):
-            write_npy_file(str(output.root), f".probe-{k}", header, arr)
-            os.unlink(output.root / f".probe-{k}.npy")
         walls.append(time.perf_counter() - start)
         cpus.append(time.thread_time() - cpu)
+        if output.format == "npy" and arr.shape == output.shape and arr.dtype == np.dtype(output.dtype):
+            start, cpu = time.perf_counter(), time.thread_time()
+            write_npy_file(str(output.root), f".probe-{k}", header, arr)
+            os.unlink(output.root / f".probe-{k}.npy")
+            writes.append(time.perf_counter() - start)
+            write_cpus.append(time.thread_time() - cpu)
     if not walls:
         return _Cost(0.001, 0.001)
-    return _Cost(float(np.median(walls)), float(np.median(cpus)))
+    if not writes:
+        return _Cost(float(np.median(walls)), float(np.median(cpus)))
+    return _Cost(float(np.median(walls)), float(np.median(cpus)), float(np.median(writes)),
+                 float(np.median(write_cpus)))
 
 
 @contextlib.contextmanager
@@ -551,10 +571,10 @@ def _open_pool(backend: str, n_jobs: int, scheduler: str | None, executor: cf.Ex
     ``"auto"``: this process when there is one core or under `_PARALLEL_MIN_S`
     of work; threads when they can overlap it (the probe waited for I/O,
     e.g. a network file system, or spent its time in long C decodes:
-    `_Cost.releases_gil`); loky processes when it holds the
-    GIL and there is more than `_PROCESSES_MIN_S` of it (about 4x what
-    starting them and pickling the results cost); else this process (threads would only contend for
-    the GIL).
+    `_Cost.releases_gil`); loky processes when the loading holds the GIL and
+    there is more than `_PROCESSES_MIN_S` of it (about 4x what starting them
+    and pickling the results cost); else this process (threads would only
+    contend for the GIL).
     """
     if executor is not None:
         yield Pool(executor, "custom", effective_n_jobs(n_jobs), remote=True, description=type(executor).__name__)
@@ -582,7 +602,7 @@ def _auto_kind(workers: int, num_samples: int, cost: _Cost) -> str:
 def _task_rows(num: int, output: _Output, pool: Pool, cost: _Cost) -> int:
     """Inputs per task: about `_TASK_S` seconds of measured work, at least 4 tasks per worker."""
     target = _TASK_S["remote" if pool.remote else "local"]
-    rows = int(target / max(cost.wall, 1e-6))
+    rows = int(target / max(cost.wall + cost.write, 1e-6))
     rows = min(rows, math.ceil(num / (4 * pool.workers)))
     if output.format == "hdf5":
         nbytes = max(1, math.prod(output.shape) * np.dtype(output.dtype).itemsize)

@@ -95,6 +95,9 @@ def test_auto_backend_follows_the_measured_cost():
     assert _auto_kind(8, 200_000, small_png) == "loky"  # 20 s holding the GIL: processes pay
     assert _auto_kind(8, 10_000, jpeg_on_nfs) == "threads"  # waits for I/O: threads overlap it
     assert _auto_kind(8, 1_000, big_image) == "threads"  # long decodes in C release the GIL
+    local_disk, nfs = _Cost(1e-4, 1e-4, 7e-4, 7e-4), _Cost(1e-4, 1e-4, 2e-3, 1e-4)  # + writing .npy files
+    assert _auto_kind(8, 50_000, local_disk) == "serial"  # creating files in one folder does not parallelize
+    assert _auto_kind(8, 50_000, nfs) == "threads"  # but waiting for a network file system does
 
 
 def test_error_policies_stop_a_parallel_run_on_the_first_sample_in_input_order(tmp_path: Path):

@@ -212,21 +212,29 @@ def warnings_off():
 
 
 # --------------------------------------------------------------- timing
-def _cpu_seconds() -> float:
-    """CPU seconds of this process and all its children, live ones (worker processes) included."""
+_CLUSTER_PIDS: set[int] = set()  # the LocalCluster's processes: counted for the dask methods only
+
+
+def _cpu_seconds(with_cluster: bool = False) -> float:
+    """CPU seconds of this process and all its children, live ones (worker processes) included.
+
+    The Dask cluster's processes (idle, they still tick) count only for the dask methods.
+    """
+    import resource
+
+    reaped = sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2])  # children that ended (loky's idle timeout)
     try:
         import psutil
-
-        me = psutil.Process()
-        total = sum(me.cpu_times()[:2])
-        for child in me.children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                total += sum(child.cpu_times()[:2])
-        return total
     except ImportError:
-        import resource
-
-        return time.process_time() + sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2])
+        return time.process_time() + reaped
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2]) + reaped
+    for child in me.children(recursive=True):
+        if child.pid in _CLUSTER_PIDS and not with_cluster:
+            continue
+        with contextlib.suppress(psutil.Error):
+            total += sum(child.cpu_times()[:2])
+    return total
 
 
 def _available(name: str, dask_address: str | None) -> str | None:
@@ -269,9 +277,10 @@ def bench_workload(kind: str, raw: Path, methods: list[str], rounds: int, tmp: P
             if m in notes:
                 continue
             out = tmp / f"out-{kind}-{r}-{m.replace(' ', '_').replace('=', '')}"
-            cpu0, t0 = _cpu_seconds(), time.perf_counter()
+            cluster = "dask" in m
+            cpu0, t0 = _cpu_seconds(cluster), time.perf_counter()
             counts[m] = run_method(m, raw, kind, out, dask_address)
-            runs[m].append((time.perf_counter() - t0, _cpu_seconds() - cpu0))
+            runs[m].append((time.perf_counter() - t0, _cpu_seconds(cluster) - cpu0))
             shutil.rmtree(out, ignore_errors=True)
     results: dict[str, dict] = {}
     for m in methods:
@@ -385,6 +394,10 @@ def main(argv=None) -> int:
                     dashboard_address=None, silence_logs=40))
                 stack.enter_context(Client(cluster)).wait_for_workers(os.cpu_count() or 1)
                 address = cluster.scheduler_address
+                with contextlib.suppress(ImportError):
+                    import psutil
+
+                    _CLUSTER_PIDS.update(c.pid for c in psutil.Process().children(recursive=True))
                 report["dask_cluster"] = (f"LocalCluster, {os.cpu_count()} worker processes x 1 thread, started in "
                                           f"{time.perf_counter() - t0:.1f}s (not counted)")
         data = make_workloads(tmp / "data", [w.strip() for w in args.workloads.split(",") if w.strip()], sizes)
