@@ -59,10 +59,7 @@ def convert(
     The new dataset has the same classes, IDs, labels, partition, sample
     weights, provenance and skipped list; every sample is bit-identical. As
     `prepare`, it is built in a staging folder next to ``out`` and moved into
-    place at the end. HDF5 shards hold the samples in the manifest's order
-    (``labels``: input order), as `kpipe.prepare` lays them out, so that
-    ``prepare --format npy`` then ``convert --to hdf5`` gives the shards of
-    ``prepare --format hdf5`` (with the same ``shard_size``).
+    place at the end. HDF5 shards are laid out partition by partition.
 
     Args:
         manifest: The source `Manifest`, or the path of its ``manifest.json``.
@@ -109,7 +106,10 @@ def convert(
     store = open_store(source, **({"verify": "once" if verify else "never"} if hdf5 else {}))
     if verify and hdf5:
         store.verify(recheck=False)  # fail before anything is written
-    order = list(source.labels)  # input order, as prepare lays out shards
+    # Partition by partition (as prepare lays out shards), then any unpartitioned IDs.
+    order = [sid for ids in source.partition.values() for sid in ids]
+    seen = set(order)
+    order += [sid for sid in source.labels if sid not in seen]
 
     with store, staged_dataset(out, source=src_dir, overwrite=overwrite, what="source dataset") as staging:
         writer = staging.writer(to, source.sample_shape, source.sample_dtype,

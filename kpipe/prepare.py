@@ -41,7 +41,7 @@ from kpipe.ingest import (
 from kpipe.manifest import MANIFEST_NAME, Manifest
 from kpipe.split import SMALL_CLASS_POLICIES, parse_split, stratified_split
 from kpipe.storage import FORMATS, STORAGE_ROOTS, check_storage_options  # noqa: F401 - FORMATS re-exported
-from kpipe.storage.hdf5 import SHARD_NAME, ShardBuilder, default_shard_size
+from kpipe.storage.hdf5 import SHARD_NAME, default_shard_size
 from kpipe.verify import CHECKSUM_ALGORITHM
 from kpipe.weights import read_weights_file, weights_for_samples
 
@@ -340,6 +340,8 @@ def prepare(
         output.root.mkdir()
         cost = _sample_cost(samples, found.layout, image_options, output)
         pool = stack.enter_context(_open_pool(backend, n_jobs, scheduler, executor, output, len(samples), cost))
+        if format == "hdf5" and not pool.remote:
+            output.writer = staging.writer(format, shape, dtype_name, shard_size=shard_size, compression=compression)
         if on_start:
             on_start(len(samples))
         converted = _convert_all(samples, found.layout, image_options, output, pool, cost, nonfinite=nonfinite,
@@ -406,7 +408,9 @@ def prepare(
         params["duplicate_groups"] = dup_groups
         label_of = {s.id: int(label) for s, label in zip(kept, labels)}
         partition = {p: [kept[i].id for i in pos] for p, pos in parts.items()}
-        storage = _finish_output(output, converted, label_of, {s.id: s.label for s in kept}, pool)
+        # HDF5 written here: shards hold the samples partition by partition, each in input order.
+        order = [kept[i].id for p in partition for i in sorted(parts[p])]
+        storage = _finish_output(output, converted, label_of, {s.id: s.label for s in kept}, order, pool)
         manifest = Manifest(
             classes=classes,
             labels=label_of,
@@ -472,8 +476,9 @@ class _Output:
     compression: str
     shard_size: int | None
     root: Path | None = None
-    shards: list[dict] = dataclasses.field(default_factory=list)
+    shards: list[dict] = dataclasses.field(default_factory=list)  # written by cluster tasks
     shard_rows: int = 0
+    writer: Any = None  # hdf5 on this machine: the `Hdf5Writer` the driver feeds in input order
 
 
 @dataclasses.dataclass
@@ -614,10 +619,11 @@ def _convert_all(samples, layout, image_options, output: _Output, pool: Pool, co
                  nonfinite: str, duplicates: str, progress) -> _Converted:
     """Run the chunk tasks on ``pool``, merge their results in input order, apply the NaN/Inf and duplicate policies.
 
-    HDF5: tasks on this machine hand the kept arrays back and they are
-    streamed into shards of ``shard_size`` samples here, in input order;
-    tasks on a cluster (``pool.remote``) each write one shard of ``shard_size``
-    inputs. npy: every task writes its samples' files.
+    HDF5: tasks on this machine hand the kept arrays back to ``output.writer``
+    (an `Hdf5Writer`: a raw temporary file, laid out in shards partition by
+    partition once the split is known); tasks on a cluster (``pool.remote``)
+    each write one shard of up to ``shard_size`` inputs, in input order.
+    npy: every task writes its samples' files.
     """
     n = len(samples)
     shard_cap = output.shard_size or default_shard_size(output.shape, output.dtype)
@@ -634,7 +640,7 @@ def _convert_all(samples, layout, image_options, output: _Output, pool: Pool, co
     result = _Converted({}, [], Counter(), Counter(), [], num_tasks=len(tasks))
     first_of: dict[str, str] = {}  # digest -> first sample ID
     dropped: dict[str, list[str]] = {}
-    sink = _ShardSink(output) if output.format == "hdf5" and not pool.remote else None
+    writer = output.writer
 
     def merge(index: int, res: ChunkResult) -> None:
         task = tasks[index]
@@ -649,7 +655,8 @@ def _convert_all(samples, layout, image_options, output: _Output, pool: Pool, co
                 result.sizes[detail] += 1
         # skips and kept samples interleave in input order: report skips first (as a sequential run listed them
         # per chunk), then the kept ones
-        for k, digest in zip(res.kept, res.digests):
+        good: list[int] = []  # positions in res.kept of the samples kept
+        for j, (k, digest) in enumerate(zip(res.kept, res.digests)):
             sid = task.ids[k]
             first = first_of.setdefault(digest, sid)
             if first != sid:
@@ -666,24 +673,18 @@ def _convert_all(samples, layout, image_options, output: _Output, pool: Pool, co
                                                                           "(--duplicates drop)"))
                     continue
             result.digests[sid] = digest
+            good.append(j)
         result.notes.update(res.notes)
         result.task_seconds += res.seconds
         result.task_cpu_seconds += res.cpu_seconds
-        if sink is not None and res.arrays is not None:
-            sink.add([task.ids[k] for k in res.kept], task.labels[res.kept], res.arrays)
+        if writer is not None and good:
+            writer.add_many([task.ids[res.kept[j]] for j in good], res.arrays[good])
         if res.shard is not None:
             output.shards.append(res.shard)
         if progress:
             progress(len(task.ids))
 
-    try:
-        run_ordered(pool, convert_chunk, tasks, on_result=merge)
-        if sink is not None:
-            sink.close()
-    except BaseException:
-        if sink is not None:
-            sink.abort()
-        raise
+    run_ordered(pool, convert_chunk, tasks, on_result=merge)
     result.dropped_groups = [[first, *rest] for first, rest in dropped.items()]
     return result
 
@@ -707,54 +708,18 @@ def _make_task(index: int, chunk: Sequence[RawSample], layout: str, image_option
     )
 
 
-class _ShardSink:
-    """Streams kept samples (in input order) into shards of ``output.shard_rows`` samples."""
-
-    def __init__(self, output: _Output) -> None:
-        self.output = output
-        self.builder: ShardBuilder | None = None
-
-    def add(self, ids: Sequence[str], labels: np.ndarray, arrays: np.ndarray) -> None:
-        out = self.output
-        lo = 0
-        while lo < len(ids):
-            if self.builder is None:
-                k = len(out.shards)
-                self.builder = ShardBuilder(out.root, SHARD_NAME.format(k), out.shard_rows, out.shape, out.dtype,
-                                            compression=out.compression, shard_index=k)
-            room = out.shard_rows - len(self.builder.ids)
-            hi = min(len(ids), lo + room)
-            self.builder.add_block(ids[lo:hi], labels[lo:hi], arrays[lo:hi])
-            lo = hi
-            if len(self.builder.ids) == out.shard_rows:
-                self._finish()
-
-    def _finish(self) -> None:
-        record = self.builder.finish()
-        self.builder = None
-        if record is not None:
-            self.output.shards.append(record)
-
-    def close(self) -> None:
-        if self.builder is not None:
-            self._finish()
-
-    def abort(self) -> None:
-        if self.builder is not None:
-            self.builder.abort()
-            self.builder = None
-
-
 def _finish_output(output: _Output, converted: _Converted, label_of: dict[str, int], written: dict[str, int],
-                   pool: Pool) -> dict:
+                   order: list[str], pool: Pool) -> dict:
     """Fix-ups after the merge, then the ``storage`` dict of the manifest.
 
-    npy: files of dropped duplicates are removed. HDF5: a shard holding a
-    dropped duplicate, or a sample whose class was renumbered (a class left
-    without samples: ``written`` holds the labels the tasks wrote), is rebuilt
-    (rare; run on the pool). On a cluster, files
-    left by retried tasks are removed and every shard is checked to be
-    visible here (a worker without the shared path wrote elsewhere).
+    npy: files of dropped duplicates are removed. HDF5 on this machine: the
+    writer lays the shards out partition by partition (``order``), with the
+    final labels. HDF5 from cluster tasks: a shard holding a dropped
+    duplicate, or a sample whose class was renumbered (a class left without
+    samples: ``written`` holds the labels the tasks wrote), is rebuilt (rare;
+    run on the pool); files left by retried tasks are removed and every shard
+    is checked to be visible here (a worker without the shared path wrote
+    elsewhere).
     """
     root = output.root
     if pool.remote:
@@ -765,8 +730,9 @@ def _finish_output(output: _Output, converted: _Converted, label_of: dict[str, i
         if pool.remote and label_of:
             _check_visible([root / f"{next(iter(label_of))}.npy"])
         return {"format": "npy", "root": root.name}
-    if pool.remote:
-        _check_visible([root / s["file"] for s in output.shards], [s["num_bytes"] for s in output.shards])
+    if output.writer is not None:
+        return output.writer.finish(label_of, order)
+    _check_visible([root / s["file"] for s in output.shards], [s["num_bytes"] for s in output.shards])
     fix = [s for s in output.shards
            if any(i in converted.dropped for i in s["ids"])
            or any(label_of.get(i, written.get(i)) != written.get(i) for i in s["ids"])]

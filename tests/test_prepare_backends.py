@@ -42,8 +42,10 @@ def test_local_backends_write_the_same_files(tmp_path: Path):
             for name, jobs, backend in [("serial", 1, "auto"), ("threads", 2, "threads"), ("loky", 2, "loky")]}
     first = runs["serial"]
     assert first.num_samples == 90 and [s["kind"] for s in first.skipped] == ["unreadable"]
-    assert [len(s["ids"]) for s in first.storage["shards"]] == [16] * 5 + [10]  # input order, shard_size each
-    assert [i for s in first.storage["shards"] for i in s["ids"]] == list(first.labels)
+    assert [len(s["ids"]) for s in first.storage["shards"]] == [16] * 5 + [10]
+    # laid out partition by partition (each in input order), as `kpipe convert` does
+    assert [i for s in first.storage["shards"] for i in s["ids"]] == [i for p in first.partition.values()
+                                                                        for i in sorted(p, key=list(first.labels).index)]
     for name, m in runs.items():
         assert _content(m) == _content(first), name
         assert _shards(m) == _shards(first), name

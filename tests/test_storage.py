@@ -143,8 +143,8 @@ def test_manifest_lists_shards(datasets):
     assert st["format"] == "hdf5" and st["root"] == "shards" and st["compression"] == "none"
     assert [s["file"] for s in st["shards"]] == [f"shard-{k:05d}.h5" for k in range(9)]
     assert sorted(i for s in st["shards"] for i in s["ids"]) == sorted(m.labels)
-    # Laid out in input order (the manifest's `labels` order), as prepare writes shards.
-    assert [i for s in st["shards"] for i in s["ids"]] == list(m.labels)
+    # Laid out partition by partition.
+    assert [i for s in st["shards"] for i in s["ids"]] == [i for p in m.partition.values() for i in p]
     import h5py
 
     for s in st["shards"]:
