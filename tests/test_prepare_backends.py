@@ -155,3 +155,29 @@ def test_dask_local_cluster_gives_the_same_dataset(tmp_path: Path):
         assert _content(dask) == _content(default)
         if fmt == "hdf5":
             assert len(dask.storage["shards"]) >= 1 and verify(dask.path).ok
+
+
+@pytest.mark.parametrize("fmt", ["npy", "hdf5"])
+def test_disk_full_in_a_cluster_task_is_one_output_error(tmp_path: Path, fmt: str):
+    """A task that cannot write (ENOSPC on a 1 MB tmpfs) stops the run with the output error; OUT is untouched."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True,
+                          timeout=30, check=False)
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        raw = tmp_path / "raw"
+        rng = np.random.default_rng(0)
+        for c in ("a", "b"):
+            (raw / c).mkdir(parents=True)
+            for k in range(60):  # 2 x 60 x 12 KiB: more than the tmpfs holds
+                np.save(raw / c / f"s{k:03d}.npy", rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+        with _Remote(2) as ex, pytest.raises(StoreError, match="no space left on the device") as info:
+            prepare(raw, disk / "out", format=fmt, executor=ex, split="0.5,0.5,0")
+        assert "\n" not in str(info.value) and "left as it was" in str(info.value)
+        assert list(disk.iterdir()) == []
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True, timeout=30, check=False)
