@@ -250,7 +250,8 @@ def prepare(
         small_classes: A class too small for a sample in every partition:
             ``"error"`` (default) or ``"warn"`` (it fills train first).
         format: Storage format: ``"npy"`` (one file per sample) or ``"hdf5"``
-            (shards holding the samples in input order). Defaults to ``"npy"``.
+            (shards laid out partition by partition; with ``backend="dask"``
+            one shard per task, holding consecutive inputs). Defaults to ``"npy"``.
         shard_size: Samples per HDF5 shard. Defaults to about 1 GiB of
             sample data per shard; with ``backend="dask"`` also at most the
             inputs divided by the cluster's threads, so that every worker
@@ -644,20 +645,24 @@ def _convert_all(samples, layout, image_options, output: _Output, pool: Pool, co
 
     def merge(index: int, res: ChunkResult) -> None:
         task = tasks[index]
-        for k, kind, reason, detail in res.skips:
-            sid = task.ids[k]
-            if kind == "nonfinite" and nonfinite == "error":
-                raise InputError(f"Sample {sid!r} ({source[sid]}) holds {reason.split(' among')[0]}; "
-                                 "--nonfinite error stops here. Fix or remove the input, or pass --nonfinite "
-                                 "skip to leave such samples out (they are listed in the manifest).")
-            result.skipped.append(skip(source[sid], kind, reason))
-            if kind == "size" and detail:
-                result.sizes[detail] += 1
-        # skips and kept samples interleave in input order: report skips first (as a sequential run listed them
-        # per chunk), then the kept ones
+        skips = {k: rest for k, *rest in res.skips}
+        kept_at = {k: j for j, k in enumerate(res.kept)}
         good: list[int] = []  # positions in res.kept of the samples kept
-        for j, (k, digest) in enumerate(zip(res.kept, res.digests)):
+        # One input after the other, in input order, as a sequential run meets them.
+        for k in sorted([*skips, *kept_at]):
             sid = task.ids[k]
+            if k in skips:
+                kind, reason, detail = skips[k]
+                if kind == "nonfinite" and nonfinite == "error":
+                    raise InputError(f"Sample {sid!r} ({source[sid]}) holds {reason.split(' among')[0]}; "
+                                     "--nonfinite error stops here. Fix or remove the input, or pass --nonfinite "
+                                     "skip to leave such samples out (they are listed in the manifest).")
+                result.skipped.append(skip(source[sid], kind, reason))
+                if kind == "size" and detail:
+                    result.sizes[detail] += 1
+                continue
+            j = kept_at[k]
+            digest = res.digests[j]
             first = first_of.setdefault(digest, sid)
             if first != sid:
                 if duplicates == "error":

@@ -63,6 +63,7 @@ def test_cluster_tasks_write_their_own_output_and_the_driver_fixes_up(tmp_path: 
     renumbered (one left without samples) are fixed up after the merge; the content equals a local run."""
     raw = make_indexed_npy_folder(tmp_path / "raw", {"a": 12, "b": 10, "c": 8})
     np.save(raw / "c" / "s_900.npy", np.full((4, 4, 1), 3, np.float32))  # duplicate of a/s_003, another shard
+    np.save(raw / "c" / "s_800.npy", np.full((4, 4, 1), np.nan, np.float32))  # skipped just before it
     (raw / "b2").mkdir()
     (raw / "b2" / "bad.npy").write_bytes(b"junk")  # class b2 is dropped: c becomes class 2 again, after b
     (raw / "aa").mkdir()
@@ -75,7 +76,10 @@ def test_cluster_tasks_write_their_own_output_and_the_driver_fixes_up(tmp_path: 
         remote = prepare(raw, tmp_path / "remote", executor=ex, **options).manifest
     assert _content(remote) == _content(local)
     assert local.classes == ["a", "b", "c"] and "c_s_900" not in local.labels  # a/s_003 came first
-    assert any(s["kind"] == "duplicate" for s in remote.skipped)
+    # skipped inputs listed in input order whatever the tasks were: the same list as a sequential run
+    assert [Path(s["path"]).name for s in remote.skipped if s["kind"] != "class-dropped"] == [
+        "bad.npy", "bad.npy", "s_800.npy", "s_900.npy"]
+    assert [s["kind"] for s in remote.skipped][2:4] == ["nonfinite", "duplicate"]
     assert verify(remote.path).ok
     if fmt == "hdf5":
         files = sorted(p.name for p in (tmp_path / "remote" / "shards").iterdir())
