@@ -54,6 +54,7 @@ def test_bench_prepare_tiny(tmp_path):
         results = report["workloads"][kind]["results"]
         assert results["decode only"]["samples"] == results["kpipe hdf5"]["samples"] == n
         assert results["kpipe hdf5"]["samples_per_s"] > 0 and results["kpipe hdf5"]["vs_decode_only"] > 0
-        assert results["kpipe hdf5 n_jobs=1"]["vs_n_jobs_1"] == 1.0
+        assert results["kpipe hdf5 n_jobs=1"]["vs_n_jobs_1"] == 1.0 and results["kpipe hdf5 n_jobs=1"]["ran_on"] == "serial"
+        assert results["kpipe hdf5"]["ran_on"] in ("serial", "threads", "loky") and results["kpipe hdf5"]["cpu_vs_n_jobs_1"] > 0
         assert "dask" in results["kpipe hdf5 dask"]["note"]
     assert list(tmp_path.iterdir()) == [out]

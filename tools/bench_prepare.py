@@ -26,6 +26,11 @@ Methods, each measured in samples/s (inputs per second of wall time):
   Grain's ArrayRecord file, one record per sample (``pip install kpipe[bench]``;
   skipped with a note where not installed).
 
+Ratios are paired: each round's figure over the same round's baseline (decode only,
+or kpipe with ``n_jobs=1``), then the median over rounds; ``(by cpu)`` is the same
+ratio by CPU seconds. ``ran on`` is where kpipe ran the work (``backend="auto"``
+picks serial, threads or loky from the measured cost).
+
 Not like for like: kpipe also checks every sample (shape, dtype, NaN/Inf),
 checksums it, splits and writes a manifest; tf.data and ArrayRecord write what
 they are given. Rounds are interleaved (one run of every method per round) and
@@ -137,11 +142,16 @@ def decode_only(raw: Path, kind: str) -> int:
     return n
 
 
-def kpipe_prepare(raw: Path, out: Path, fmt: str, **kwargs) -> int:
+_RAN_ON: dict[str, str] = {}  # method -> where kpipe ran it (backend "auto" picks one)
+
+
+def kpipe_prepare(raw: Path, out: Path, fmt: str, method: str, **kwargs) -> int:
     from kpipe.prepare import prepare
 
     with warnings_off():
-        return prepare(raw, out, format=fmt, **kwargs).manifest.num_samples
+        result = prepare(raw, out, format=fmt, **kwargs)
+    _RAN_ON[method] = result.report["execution"]["backend"]
+    return result.manifest.num_samples
 
 
 def tf_save(raw: Path, out: Path, kind: str) -> int:
@@ -259,7 +269,7 @@ def run_method(name: str, raw: Path, kind: str, out: Path, dask_address: str | N
             kwargs["n_jobs"] = 1
         elif name.endswith("dask"):
             kwargs.update(backend="dask", scheduler=dask_address)
-        return kpipe_prepare(raw, out, fmt, **kwargs)
+        return kpipe_prepare(raw, out, fmt, name, **kwargs)
     if name == "keras + tf.data save":
         return tf_save(raw, out, kind)
     if name == "grain arrayrecord":
@@ -291,17 +301,25 @@ def bench_workload(kind: str, raw: Path, methods: list[str], rounds: int, tmp: P
         cpu = statistics.median(c for _, c in runs[m])
         results[m] = {"samples": counts[m], "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
                       "samples_per_s": round(counts[m] / wall, 1), "walls": [round(w, 3) for w, _ in runs[m]]}
-    base = results.get("decode only", {}).get("samples_per_s")
-    one = {f: results.get(f"kpipe {f} n_jobs=1", {}).get("samples_per_s") for f in ("npy", "hdf5")}
+    # Ratios paired within each round (same moment of the shared machine), then the median over rounds.
     for m, res in results.items():
         if "samples_per_s" not in res:
             continue
-        if base:
-            res["vs_decode_only"] = round(res["samples_per_s"] / base, 3)
-        fmt = "hdf5" if "hdf5" in m else "npy"
-        if m.startswith("kpipe") and one.get(fmt):
-            res["vs_n_jobs_1"] = round(res["samples_per_s"] / one[fmt], 3)
+        if m in _RAN_ON:
+            res["ran_on"] = _RAN_ON[m]
+        if runs.get("decode only"):
+            res["vs_decode_only"] = _paired(runs["decode only"], runs[m], counts["decode only"], counts[m], 0)
+        one = f"kpipe {'hdf5' if 'hdf5' in m else 'npy'} n_jobs=1"
+        if m.startswith("kpipe") and runs.get(one):
+            res["vs_n_jobs_1"] = _paired(runs[one], runs[m], 1, 1, 0)
+            res["cpu_vs_n_jobs_1"] = _paired(runs[one], runs[m], 1, 1, 1)
     return {"raw": str(raw), "results": results}
+
+
+def _paired(base: list[tuple[float, float]], other: list[tuple[float, float]], n_base: int, n_other: int,
+            field: int) -> float:
+    """Median over rounds of (other's samples per second) / (base's): wall time (field 0) or CPU time (1)."""
+    return round(statistics.median((n_other / o[field]) / (n_base / b[field]) for b, o in zip(base, other)), 3)
 
 
 def print_table(report: dict) -> None:
@@ -310,13 +328,16 @@ def print_table(report: dict) -> None:
         print(f"dask: {report['dask_cluster']}")
     for kind, w in report["workloads"].items():
         print(f"\n{kind} ({w['raw']}), median of {report['rounds']} interleaved rounds")
-        print(f"  {'method':24s} {'samples/s':>10s} {'wall s':>8s} {'cpu s':>7s} {'vs decode':>9s} {'vs n_jobs=1':>11s}")
+        print(f"  {'method':24s} {'ran on':8s} {'samples/s':>10s} {'wall s':>8s} {'cpu s':>7s} {'vs decode':>9s} "
+              f"{'vs n_jobs=1':>11s} {'(by cpu)':>8s}")
+        nan = float("nan")
         for m, res in w["results"].items():
             if "note" in res:
                 print(f"  {m:24s} skipped: {res['note']}")
                 continue
-            print(f"  {m:24s} {res['samples_per_s']:10.0f} {res['wall_s']:8.2f} {res['cpu_s']:7.2f} "
-                  f"{res.get('vs_decode_only', float('nan')):9.2f} {res.get('vs_n_jobs_1', float('nan')):11.2f}")
+            print(f"  {m:24s} {res.get('ran_on', ''):8s} {res['samples_per_s']:10.0f} {res['wall_s']:8.2f} "
+                  f"{res['cpu_s']:7.2f} {res.get('vs_decode_only', nan):9.2f} {res.get('vs_n_jobs_1', nan):11.2f} "
+                  f"{res.get('cpu_vs_n_jobs_1', nan):8.2f}")
 
 
 def machine() -> dict:
