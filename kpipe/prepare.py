@@ -496,7 +496,7 @@ class _Converted:
 
 
 _PARALLEL_MIN_S = 0.3  # estimated sequential seconds below which a pool does not pay
-_PROCESSES_MIN_S = 8.0  # seconds of GIL-bound work below which processes do not pay (start-up ~1-2 s, pickling)
+_PROCESSES_MIN_S = 8.0  # seconds processes must save before they pay (start-up ~1-2 s, pickling, a margin)
 _LONG_SAMPLE_S = 0.002  # per-sample cost above which C code (decoders), not Python overhead, dominates
 _TASK_S = {"local": 0.05, "remote": 0.5}  # target seconds of work per task (dispatch cost: ~0.1 ms / ~5 ms)
 _BLOCK_BYTES = 16 << 20  # most sample bytes one local task hands back (hdf5)
@@ -578,9 +578,9 @@ def _open_pool(backend: str, n_jobs: int, scheduler: str | None, executor: cf.Ex
     of work; threads when they can overlap it (the probe waited for I/O,
     e.g. a network file system, or spent its time in long C decodes:
     `_Cost.releases_gil`); loky processes when the loading holds the GIL and
-    there is more than `_PROCESSES_MIN_S` of it (about 4x what starting them
-    and pickling the results cost); else this process (threads would only
-    contend for the GIL).
+    spreading its CPU time over the workers saves more than
+    `_PROCESSES_MIN_S` (about 4x what starting them and pickling the results
+    cost); else this process (threads would only contend for the GIL).
     """
     if executor is not None:
         yield Pool(executor, "custom", effective_n_jobs(n_jobs), remote=True, description=type(executor).__name__)
@@ -597,12 +597,14 @@ def _open_pool(backend: str, n_jobs: int, scheduler: str | None, executor: cf.Ex
 
 def _auto_kind(workers: int, num_samples: int, cost: _Cost) -> str:
     """``backend="auto"`` on this machine: ``"serial"``, ``"threads"`` or ``"loky"`` (see `_open_pool`)."""
-    total = num_samples * cost.wall
-    if workers == 1 or total < _PARALLEL_MIN_S:
+    if workers == 1 or num_samples * (cost.wall + cost.write) < _PARALLEL_MIN_S:
         return "serial"
     if cost.releases_gil:
         return "threads"
-    return "loky" if total > _PROCESSES_MIN_S else "serial"
+    # What processes would save: the loading's CPU time (wall time also counts a busy machine's delays) spread
+    # over the workers; writing .npy files is left out (creating files in one folder does not parallelize).
+    saving = num_samples * cost.cpu * (1 - 1 / workers)
+    return "loky" if saving > _PROCESSES_MIN_S else "serial"
 
 
 def _task_rows(num: int, output: _Output, pool: Pool, cost: _Cost) -> int:
