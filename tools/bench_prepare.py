@@ -292,6 +292,7 @@ def bench_workload(kind: str, raw: Path, methods: list[str], rounds: int, tmp: P
             counts[m] = run_method(m, raw, kind, out, dask_address)
             runs[m].append((time.perf_counter() - t0, _cpu_seconds(cluster) - cpu0))
             shutil.rmtree(out, ignore_errors=True)
+            os.sync()  # the file system's deferred work for the removed files is not billed to the next method
     results: dict[str, dict] = {}
     for m in methods:
         if m in notes:
