@@ -306,7 +306,15 @@ def main() -> None:
               help="Samples of equal content: keep each group in one partition, keep the first only, or stop.")
 @click.option("--small-classes", type=click.Choice(["error", "warn"]), default="error", show_default=True,
               help="A class too small for a sample in every partition: stop, or warn and fill train first.")
-@click.option("--n-jobs", default=-1, show_default=True, type=int, help="Parallel workers, as joblib (-1: all cores).")
+@click.option("--n-jobs", default=-1, show_default=True, type=int,
+              help="Parallel workers on this machine, as joblib (-1: all cores; 1: this process only).")
+@click.option("--backend", type=click.Choice(["auto", "threads", "loky", "dask"]), default="auto", show_default=True,
+              help="Where the work runs: auto picks this process, threads or loky processes from the measured cost "
+                   "per sample; dask runs tasks on a Dask cluster (pip install 'kpipe[dask]'; OUT must be on a path "
+                   "every worker shares).")
+@click.option("--scheduler", default=None, metavar="ADDRESS|auto",
+              help="With --backend dask: the scheduler address (tcp://host:8786), or auto (default) for a local "
+                   "cluster on 127.0.0.1.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
 @_handle_errors
@@ -325,6 +333,8 @@ def prepare(raw: Path, out: Path, as_json: bool, **options) -> None:
     """
     from kpipe.prepare import prepare as run_prepare
 
+    if options["scheduler"] is not None and options["backend"] != "dask":
+        raise click.BadParameter("--scheduler applies to --backend dask only.", param_hint="--scheduler")
     cancel = threading.Event()
     with _progress("Converting", show=not as_json and sys.stderr.isatty(), cancel=cancel) as (on_start, progress):
         result = _shielded(run_prepare, cancel, raw=raw, out=out, **options, progress=progress, on_start=on_start)

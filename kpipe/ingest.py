@@ -315,22 +315,34 @@ def _walk_class(class_dir: Path) -> tuple[list[tuple[str, Path]], list[dict[str,
             continue
         sub = []
         for e in entries:
-            p = Path(e.path)
             if is_hidden(e.name):
-                skipped.append(skip(p, "hidden", "hidden folder" if e.is_dir() else "hidden file"))
+                skipped.append(skip(Path(e.path), "hidden", "hidden folder" if e.is_dir() else "hidden file"))
                 continue
+            try:  # the entry's type from the listing (no stat call) when it is not a symbolic link
+                if not e.is_symlink() and e.is_file(follow_symlinks=False):
+                    files.append(((*rel, e.name), e.path))
+                    continue
+            except OSError:
+                pass  # the full check below reports it
+            p = Path(e.path)
             est, problem = _stat_entry(p)
             if problem is not None:
                 skipped.append(problem)
             elif stat.S_ISDIR(est.st_mode):
                 sub.append((p, (*rel, e.name)))
             elif stat.S_ISREG(est.st_mode):
-                files.append(((*rel, e.name), p))
+                files.append(((*rel, e.name), e.path))
             else:
                 skipped.append(skip(p, "special", f"{_file_kind(est.st_mode)}, not a regular file; not opened"))
         stack.extend(reversed(sub))
     files.sort(key=lambda f: f[0])
-    return [("/".join(r[:-1] + (Path(r[-1]).stem,)), p) for r, p in files], skipped
+    return [("/".join(r[:-1] + (_stem(r[-1]),)), Path(p)) for r, p in files], skipped
+
+
+def _stem(name: str) -> str:
+    """``Path(name).stem`` for a plain file name, without building a `Path`."""
+    i = name.rfind(".")
+    return name[:i] if 0 < i < len(name) - 1 else name
 
 
 def detect_layout(raw: str | os.PathLike) -> str:
@@ -468,6 +480,23 @@ def _is_missing(cell: str) -> bool:
     return cell.strip().lower() in MISSING_TOKENS
 
 
+def _numbers(cells: Sequence[str]) -> list[float] | None:
+    """``float`` of every cell if each is a number and none a NaN (so none is a missing-value token), else `None`.
+
+    Every token of `MISSING_TOKENS` either fails ``float`` or parses to NaN,
+    so a row or column that passes holds no missing value.
+    """
+    try:
+        values = [float(c) for c in cells]
+    except ValueError:
+        return None
+    return None if any(math.isnan(v) for v in values) else values
+
+
+def _all_numbers(cells: Sequence[str]) -> bool:
+    return _numbers(cells) is not None
+
+
 def parse_missing(policy: str) -> tuple[str, float | None]:
     """Parse the CSV missing-value policy.
 
@@ -589,9 +618,12 @@ def _scan_csv(raw: Path, *, label_column: str, id_column: str | None,
     dropped: dict[str, str] = {}
     for j in other:
         cells = [r[j] for _, r in good]
-        present = [c.strip() for c in cells if not _is_missing(c)]
-        n_missing = len(cells) - len(present)
-        numeric = sum(_parse_float(c) is not None for c in present)
+        if _all_numbers(cells):  # fast path, same answer: no cell is missing and every one is a number
+            present, n_missing, numeric = cells, 0, len(cells)
+        else:
+            present = [c.strip() for c in cells if not _is_missing(c)]
+            n_missing = len(cells) - len(present)
+            numeric = sum(_parse_float(c) is not None for c in present)
         name = header[j] or f"#{j + 1}"
         if not present:
             dropped[name] = "empty"
@@ -609,6 +641,13 @@ def _scan_csv(raw: Path, *, label_column: str, id_column: str | None,
     row_weight: dict[int, float] = {}
     dropped_rows = 0
     for n, r in good:
+        fast = _numbers([r[j] for j in features])
+        if fast is not None:  # every feature cell a number, none missing: what the loop below would find
+            if w_idx is not None:
+                row_weight[n] = _parse_weight(r[w_idx], f"{raw}:{n}", weight_column)
+            sid = r[id_idx].strip() if id_idx is not None else f"row{n - 1:06d}"
+            kept.append((n, _canonical_label(r[label_idx]), safe_id(sid), np.asarray(fast, dtype=np.float32)))
+            continue
         where = f"{raw}:{n}"
         values, problem = [], None
         for j in features:
@@ -727,7 +766,10 @@ def _open_image(path: Path):
     with open_regular(path) as f:
         header = f.read(26)
         f.seek(0)
-        img = Image.open(f)
+        try:
+            img = Image.open(f)
+        except Image.UnidentifiedImageError:  # its message quotes the file object (a descriptor number)
+            raise OSError("cannot identify image file (not an image, or a format Pillow cannot read)") from None
         img.seek(0)  # first frame of a GIF / WebP / TIFF
         img.load()
     bits = None

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import contextlib
 import dataclasses
+import math
 import os
+import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -11,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from joblib import Parallel, delayed
 
+from kpipe._execution import BACKENDS, Pool, check_backend, dask_pool, effective_n_jobs, local_pool, run_ordered
+from kpipe._io import PARTIAL_SUFFIX
+from kpipe._prepare_tasks import ChunkResult, ChunkTask, convert_chunk, rebuild_shard_task
 from kpipe._staging import check_output_folder, staged_dataset
 from kpipe._validation import check_choice
-from kpipe.errors import InputError, SplitError
+from kpipe.errors import InputError, SplitError, StoreError
 from kpipe.ingest import (
     BACKGROUNDS,
     COLOR_MODES,
@@ -23,12 +29,10 @@ from kpipe.ingest import (
     ImageOptions,
     RawSample,
     SampleError,
-    count_nonfinite,
     describe_skipped,
     image_kind,
     infer_image_options,
     load_sample,
-    load_sample_noted,
     npy_kind,
     parse_missing,
     scan,
@@ -36,12 +40,12 @@ from kpipe.ingest import (
 )
 from kpipe.manifest import MANIFEST_NAME, Manifest
 from kpipe.split import SMALL_CLASS_POLICIES, parse_split, stratified_split
-from kpipe.storage import FORMATS, check_storage_options  # noqa: F401 - FORMATS re-exported
-from kpipe.storage.npy import write_npy_sample
-from kpipe.verify import CHECKSUM_ALGORITHM, sample_digest
+from kpipe.storage import FORMATS, STORAGE_ROOTS, check_storage_options  # noqa: F401 - FORMATS re-exported
+from kpipe.storage.hdf5 import SHARD_NAME, default_shard_size
+from kpipe.verify import CHECKSUM_ALGORITHM
 from kpipe.weights import read_weights_file, weights_for_samples
 
-_CHUNK = 64  # samples per joblib task: amortizes dispatch over many small files
+__all__ = ["BACKENDS", "PrepareResult", "parse_image_size", "prepare"]
 
 
 NONFINITE_POLICIES = ("skip", "error")
@@ -68,7 +72,10 @@ class PrepareResult:
         report: Facts for the summary: ``notes`` (value changes made by the
             image rules, e.g. ``{"16->8 bits": 12}``), ``duplicate_groups``
             (lists of IDs of equal content), ``conflicting_labels`` (how many
-            of those groups mix classes), ``small_classes`` (warnings).
+            of those groups mix classes), ``small_classes`` (warnings),
+            ``execution`` (where the work ran: ``backend``, ``workers``,
+            ``tasks``, the measured ``sample_cost_s`` that chose them, and the
+            tasks' summed wall and CPU seconds).
     """
 
     manifest: Manifest
@@ -163,48 +170,6 @@ def parse_image_size(text: str | Sequence[int] | None) -> tuple[int, int] | None
     return parts[0], parts[1]
 
 
-def _convert_chunk(samples: Sequence[RawSample], layout: str, image_options: ImageOptions | None,
-                   shape: tuple[int, ...], dtype: str, data_dir: str | None) -> list[tuple]:
-    """Load, check and checksum a chunk of samples; write them with ``data_dir``.
-
-    Returns one tuple per sample: ``(id, "ok", digest, array or None, notes)``
-    or ``(id, "skip", kind, reason, detail)``. With ``data_dir`` each good
-    sample is written there as ``<ID>.npy`` (array `None`); without, the
-    array is returned for a writer in the main process (HDF5 shards).
-
-    Only *input* errors (reading or decoding a raw file, a sample of another
-    shape, NaN / Inf) make a ``"skip"``; an error *writing* the output
-    propagates and stops prepare: a full disk is never a bad input.
-    """
-    results: list[tuple] = []
-    want = np.dtype(dtype)
-    for s in samples:
-        try:
-            arr, notes = load_sample_noted(s, layout, image_options)
-            if arr.shape != shape or arr.dtype != want:
-                raise SampleError("shape", f"array is {arr.dtype}{list(arr.shape)}, the dataset's (most common) is "
-                                           f"{dtype}{list(shape)}")
-            bad = count_nonfinite(arr)
-            if bad:
-                raise SampleError("nonfinite", f"{bad} NaN/Inf value{'s' if bad != 1 else ''} among {arr.size}")
-        except SampleError as e:
-            results.append((s.id, "skip", e.kind, str(e), e.detail))
-            continue
-        except (OSError, ValueError, SyntaxError, EOFError) as e:  # PIL raises SyntaxError on some corrupt files
-            results.append((s.id, "skip", "unreadable", f"unreadable: {e}", None))
-            continue
-        except Exception as e:  # noqa: BLE001 - a bad input file must never crash the run
-            results.append((s.id, "skip", "unreadable", f"unreadable: {type(e).__name__}: {e}", None))
-            continue
-        digest = sample_digest(arr)
-        if data_dir is None:
-            results.append((s.id, "ok", digest, arr, notes))
-        else:
-            write_npy_sample(data_dir, s.id, arr)  # an output error propagates: never a skipped input
-            results.append((s.id, "ok", digest, None, notes))
-    return results
-
-
 def _failure_note(skipped: Sequence[dict[str, str]], sizes: Counter | None = None) -> str:
     """`` Skipped N inputs: ...`` (grouped by kind) and the image sizes found, for an error message."""
     note = ""
@@ -240,6 +205,9 @@ def prepare(
     shard_size: int | None = None,
     compression: str | None = "none",
     n_jobs: int = -1,
+    backend: str = "auto",
+    scheduler: str | None = None,
+    executor: cf.Executor | None = None,
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
@@ -296,14 +264,32 @@ def prepare(
         small_classes: A class too small for a sample in every partition:
             ``"error"`` (default) or ``"warn"`` (it fills train first).
         format: Storage format: ``"npy"`` (one file per sample) or ``"hdf5"``
-            (shards laid out partition by partition). Defaults to ``"npy"``.
+            (shards laid out partition by partition; with ``backend="dask"``
+            one shard per task, holding consecutive inputs). Defaults to ``"npy"``.
         shard_size: Samples per HDF5 shard. Defaults to about 1 GiB of
-            sample data per shard.
+            sample data per shard; with ``backend="dask"`` also at most the
+            inputs divided by the cluster's threads, so that every worker
+            writes a shard.
         compression: HDF5 compression: ``"none"`` (contiguous, read by memory
             map or ``preadv`` at the dataset's file offset: the fastest),
             ``"gzip"`` or ``"lzf"`` (chunked per sample, read through h5py).
             Defaults to ``"none"``.
-        n_jobs: Parallel workers, as joblib (``-1``: all cores).
+        n_jobs: Parallel workers on this machine, as joblib (``-1``: all
+            cores; ``1``: everything in this process).
+        backend: Where the work runs (see `kpipe._execution`): ``"auto"``
+            (default: this process, threads or loky processes, chosen from the
+            measured cost of a sample: threads unless the work holds the GIL
+            and is large enough to pay for starting processes), ``"threads"``,
+            ``"loky"`` (processes), or ``"dask"``: tasks on a Dask cluster
+            (``pip install kpipe[dask]``), each writing one HDF5 shard or its
+            ``.npy`` files itself and returning only metadata; ``out`` must be
+            on a POSIX file system that every worker sees at the same path.
+        scheduler: With ``backend="dask"``: the scheduler address
+            (``tcp://host:8786``) or ``"auto"`` (default: a `LocalCluster` on
+            127.0.0.1, closed afterwards).
+        executor: Any `concurrent.futures.Executor` to run the tasks (e.g. a
+            Ray or MPI pool), instead of ``backend``; it is treated like a
+            cluster (tasks write their own output, shared path needed).
         overwrite: Replace ``out`` if it exists and is a dataset kpipe wrote
             (its ``.kpipe-dataset`` marker, see `kpipe._staging`); never the
             working directory, a home folder, the input or a folder above them.
@@ -342,8 +328,11 @@ def prepare(
     check_choice(small_classes, "small_classes", SMALL_CLASS_POLICIES, error=InputError)
     parse_missing(missing)
     compression = check_storage_options(format, shard_size, compression)
-    if not isinstance(n_jobs, int) or n_jobs == 0:
+    if not isinstance(n_jobs, int) or isinstance(n_jobs, bool) or n_jobs == 0:
         raise InputError(f"`n_jobs` must be a non-zero integer (-1 for all cores). Received: n_jobs={n_jobs!r}")
+    backend, scheduler = check_backend(backend, scheduler)
+    if executor is not None and not isinstance(executor, cf.Executor):
+        raise InputError(f"`executor` must be a concurrent.futures.Executor. Received: executor={executor!r}")
     check_output_folder(out, raw, overwrite=overwrite, what="input")
 
     found = scan(raw, layout, label_column=label_column, id_column=id_column, weight_column=weight_column,
@@ -358,15 +347,20 @@ def prepare(
     skipped = list(found.skipped)
     samples = found.samples
     image_options, shape, dtype_name = _probe(found, raw, size, color_mode, dtype, background, skipped)
+    output = _Output(format, shape, dtype_name, compression, shard_size)
 
-    with staged_dataset(out, source=raw, overwrite=overwrite, what="input") as staging:
-        # npy: workers write the files; hdf5: workers return arrays to the writer here.
-        writer = staging.writer(format, shape, dtype_name, shard_size=shard_size, compression=compression)
-        data_dir = str(writer.root) if format == "npy" else None
+    with contextlib.ExitStack() as stack:
+        staging = stack.enter_context(staged_dataset(out, source=raw, overwrite=overwrite, what="input"))
+        output.root = staging.path / STORAGE_ROOTS[format]
+        output.root.mkdir()
+        cost = _sample_cost(samples, found.layout, image_options, output)
+        pool = stack.enter_context(_open_pool(backend, n_jobs, scheduler, executor, output, len(samples), cost))
+        if format == "hdf5" and not pool.remote:
+            output.writer = staging.writer(format, shape, dtype_name, shard_size=shard_size, compression=compression)
         if on_start:
             on_start(len(samples))
-        converted = _convert_all(samples, found.layout, image_options, shape, dtype_name, data_dir, writer,
-                                 n_jobs=n_jobs, nonfinite=nonfinite, duplicates=duplicates, progress=progress)
+        converted = _convert_all(samples, found.layout, image_options, output, pool, cost, nonfinite=nonfinite,
+                                 duplicates=duplicates, progress=progress)
         skipped.extend(converted.skipped)
         kept = [s for s in samples if s.id in converted.digests]
         sizes = _size_counts(converted.sizes, image_options, len(kept))
@@ -429,9 +423,9 @@ def prepare(
         params["duplicate_groups"] = dup_groups
         label_of = {s.id: int(label) for s, label in zip(kept, labels)}
         partition = {p: [kept[i].id for i in pos] for p, pos in parts.items()}
-        # Shards hold the samples partition by partition, each in input order.
+        # HDF5 written here: shards hold the samples partition by partition, each in input order.
         order = [kept[i].id for p in partition for i in sorted(parts[p])]
-        storage = writer.finish(label_of, order)
+        storage = _finish_output(output, converted, label_of, {s.id: s.label for s in kept}, order, pool)
         manifest = Manifest(
             classes=classes,
             labels=label_of,
@@ -450,7 +444,11 @@ def prepare(
     manifest.path = (out / MANIFEST_NAME).resolve()
     conflicting = sum(len({label_of.get(i, -1) for i in g if i in label_of}) > 1 for g in dup_groups)
     report = {"notes": dict(converted.notes), "duplicate_groups": dup_groups, "conflicting_labels": conflicting,
-              "small_classes": small_warnings}
+              "small_classes": small_warnings,
+              "execution": {"backend": pool.kind, "workers": pool.workers, "tasks": converted.num_tasks,
+                            "description": pool.description, "sample_cost_s": cost.wall, "sample_cpu_s": cost.cpu,
+                            "sample_write_s": cost.write,
+                            "task_seconds": converted.task_seconds, "task_cpu_seconds": converted.task_cpu_seconds}}
     return PrepareResult(manifest=manifest, num_skipped=len(skipped), report=report)
 
 
@@ -484,30 +482,193 @@ def _probe(found, raw: Path, size, color_mode, dtype: str, background: str,
 
 
 @dataclasses.dataclass
+class _Output:
+    """Where and how the samples are written; ``shards`` filled as they are."""
+
+    format: str
+    shape: tuple[int, ...]
+    dtype: str
+    compression: str
+    shard_size: int | None
+    root: Path | None = None
+    shards: list[dict] = dataclasses.field(default_factory=list)  # written by cluster tasks
+    shard_rows: int = 0
+    writer: Any = None  # hdf5 on this machine: the `Hdf5Writer` the driver feeds in input order
+
+
+@dataclasses.dataclass
 class _Converted:
     digests: dict[str, str]  # kept sample ID -> digest
     skipped: list[dict[str, str]]
     sizes: Counter  # "HxW" -> images skipped for their size
     notes: Counter
     dropped_groups: list[list[str]]  # --duplicates drop: [kept ID, dropped IDs...]
+    dropped: set[str] = dataclasses.field(default_factory=set)
+    num_tasks: int = 0
+    task_seconds: float = 0.0
+    task_cpu_seconds: float = 0.0
 
 
-def _convert_all(samples, layout, image_options, shape, dtype_name, data_dir, writer, *, n_jobs: int,
+_PARALLEL_MIN_S = 0.3  # estimated sequential seconds below which a pool does not pay
+_PROCESSES_MIN_S = 8.0  # seconds processes must save before they pay (start-up ~1-2 s, pickling, a margin)
+_LONG_SAMPLE_S = 0.002  # per-sample cost above which C code (decoders), not Python overhead, dominates
+_TASK_S = {"local": 0.05, "remote": 0.5}  # target seconds of work per task (dispatch cost: ~0.1 ms / ~5 ms)
+_BLOCK_BYTES = 16 << 20  # most sample bytes one local task hands back (hdf5)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cost:
+    """Measured per-sample cost, in seconds.
+
+    Attributes:
+        wall: Loading, checking and checksumming one input (wall time).
+        cpu: The same, CPU time of the thread.
+        write: Writing one ``.npy`` file (npy output; 0 for hdf5), wall time;
+            ``write_cpu`` its CPU time. Not counted as work for processes:
+            creating files in one folder is serialized by local file systems
+            (measured: two processes creating files in one ext4 folder were
+            slower than one); only its waits (a network file system) are
+            worth threads.
+    """
+
+    wall: float
+    cpu: float
+    write: float = 0.0
+    write_cpu: float = 0.0
+
+    @property
+    def releases_gil(self) -> bool:
+        """Whether threads can overlap the work: it waits for I/O (wall over 3x CPU: more than a busy
+        machine's scheduling delays), or decodes for long in C."""
+        return self.wall + self.write > 3.0 * (self.cpu + self.write_cpu) or self.wall >= _LONG_SAMPLE_S
+
+
+def _sample_cost(samples: Sequence[RawSample], layout: str, image_options: ImageOptions | None, output: _Output,
+                 probe: int = 24) -> _Cost:
+    """The median cost of one sample over up to ``probe`` inputs spread over the list.
+
+    npy output: each probed sample is also written (``.probe-<k>.npy`` in the
+    output folder, removed at once) and timed apart. Drives the choice of
+    pool and the task size; never the output.
+    """
+    from kpipe._prepare_tasks import write_npy_file
+    from kpipe.storage.npy import expected_header
+    from kpipe.verify import sample_digest
+
+    if not samples:
+        return _Cost(0.0, 0.0)
+    picks = sorted(set(np.linspace(0, len(samples) - 1, min(probe, len(samples))).astype(int).tolist()))
+    header = expected_header(output.shape, np.dtype(output.dtype))
+    walls, cpus, writes, write_cpus = [], [], [], []
+    for k, i in enumerate(picks):
+        start, cpu = time.perf_counter(), time.thread_time()
+        try:
+            arr = load_sample(samples[i], layout, image_options)
+            sample_digest(arr)
+        except Exception:  # noqa: BLE001, S112 - judged when converted
+            continue
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.thread_time() - cpu)
+        if output.format == "npy" and arr.shape == output.shape and arr.dtype == np.dtype(output.dtype):
+            start, cpu = time.perf_counter(), time.thread_time()
+            write_npy_file(str(output.root), f".probe-{k}", header, arr)
+            os.unlink(output.root / f".probe-{k}.npy")
+            writes.append(time.perf_counter() - start)
+            write_cpus.append(time.thread_time() - cpu)
+    if not walls:
+        return _Cost(0.001, 0.001)
+    if not writes:
+        return _Cost(float(np.median(walls)), float(np.median(cpus)))
+    return _Cost(float(np.median(walls)), float(np.median(cpus)), float(np.median(writes)),
+                 float(np.median(write_cpus)))
+
+
+@contextlib.contextmanager
+def _open_pool(backend: str, n_jobs: int, scheduler: str | None, executor: cf.Executor | None, output: _Output,
+               num_samples: int, cost: _Cost):
+    """The `Pool` the work runs on (see `BACKENDS`).
+
+    ``"auto"``: this process when there is one core or under `_PARALLEL_MIN_S`
+    of work; threads when they can overlap it (the probe waited for I/O,
+    e.g. a network file system, or spent its time in long C decodes:
+    `_Cost.releases_gil`); loky processes when the loading holds the GIL and
+    spreading its CPU time over the workers saves more than
+    `_PROCESSES_MIN_S` (about 4x what starting them and pickling the results
+    cost); else this process (threads would only contend for the GIL).
+    """
+    if executor is not None:
+        yield Pool(executor, "custom", effective_n_jobs(n_jobs), remote=True, description=type(executor).__name__)
+        return
+    if backend == "dask":
+        with dask_pool(scheduler) as pool:
+            yield pool
+        return
+    workers = min(effective_n_jobs(n_jobs), max(1, num_samples))
+    kind = _auto_kind(workers, num_samples, cost) if backend == "auto" else backend
+    with local_pool(kind, workers) as pool:
+        yield pool
+
+
+def _auto_kind(workers: int, num_samples: int, cost: _Cost) -> str:
+    """``backend="auto"`` on this machine: ``"serial"``, ``"threads"`` or ``"loky"`` (see `_open_pool`)."""
+    if workers == 1 or num_samples * (cost.wall + cost.write) < _PARALLEL_MIN_S:
+        return "serial"
+    if cost.releases_gil:
+        return "threads"
+    # What processes would save: the loading's CPU time (wall time also counts a busy machine's delays) spread
+    # over the workers; writing .npy files is left out (creating files in one folder does not parallelize).
+    saving = num_samples * cost.cpu * (1 - 1 / workers)
+    return "loky" if saving > _PROCESSES_MIN_S else "serial"
+
+
+def _task_rows(num: int, output: _Output, pool: Pool, cost: _Cost) -> int:
+    """Inputs per task: about `_TASK_S` seconds of measured work, at least 4 tasks per worker."""
+    target = _TASK_S["remote" if pool.remote else "local"]
+    rows = int(target / max(cost.wall + cost.write, 1e-6))
+    rows = min(rows, math.ceil(num / (4 * pool.workers)))
+    if output.format == "hdf5":
+        nbytes = max(1, math.prod(output.shape) * np.dtype(output.dtype).itemsize)
+        rows = min(rows, max(1, _BLOCK_BYTES // nbytes))
+    return max(1, min(rows, 16384))
+
+
+def _convert_all(samples, layout, image_options, output: _Output, pool: Pool, cost: _Cost, *,
                  nonfinite: str, duplicates: str, progress) -> _Converted:
-    """Run `_convert_chunk` over all samples (joblib), apply the NaN/Inf and duplicate policies."""
-    chunks = [samples[i : i + _CHUNK] for i in range(0, len(samples), _CHUNK)]
-    runner = Parallel(n_jobs=n_jobs if len(chunks) > 1 else 1, return_as="generator")
+    """Run the chunk tasks on ``pool``, merge their results in input order, apply the NaN/Inf and duplicate policies.
+
+    HDF5: tasks on this machine hand the kept arrays back to ``output.writer``
+    (an `Hdf5Writer`: a raw temporary file, laid out in shards partition by
+    partition once the split is known); tasks on a cluster (``pool.remote``)
+    each write one shard of up to ``shard_size`` inputs, in input order.
+    npy: every task writes its samples' files.
+    """
+    n = len(samples)
+    shard_cap = output.shard_size or default_shard_size(output.shape, output.dtype)
+    if output.format == "hdf5" and pool.remote:
+        if output.shard_size is None:
+            shard_cap = min(shard_cap, math.ceil(n / pool.workers))
+        rows = max(1, shard_cap)
+    else:
+        rows = _task_rows(n, output, pool, cost)
+    output.shard_rows = max(1, min(shard_cap, n))
+    tasks = [_make_task(k, samples[lo : lo + rows], layout, image_options, output, pool.remote)
+             for k, lo in enumerate(range(0, n, rows))]
     source = {s.id: s.source for s in samples}
-    result = _Converted({}, [], Counter(), Counter(), [])
+    result = _Converted({}, [], Counter(), Counter(), [], num_tasks=len(tasks))
     first_of: dict[str, str] = {}  # digest -> first sample ID
     dropped: dict[str, list[str]] = {}
-    for res in runner(
-        delayed(_convert_chunk)(c, layout, image_options, shape, dtype_name, data_dir) for c in chunks
-    ):
-        good_ids, good_arrays = [], []
-        for sid, status, *rest in res:
-            if status == "skip":
-                kind, reason, detail = rest
+    writer = output.writer
+
+    def merge(index: int, res: ChunkResult) -> None:
+        task = tasks[index]
+        skips = {k: rest for k, *rest in res.skips}
+        kept_at = {k: j for j, k in enumerate(res.kept)}
+        good: list[int] = []  # positions in res.kept of the samples kept
+        # One input after the other, in input order, as a sequential run meets them.
+        for k in sorted([*skips, *kept_at]):
+            sid = task.ids[k]
+            if k in skips:
+                kind, reason, detail = skips[k]
                 if kind == "nonfinite" and nonfinite == "error":
                     raise InputError(f"Sample {sid!r} ({source[sid]}) holds {reason.split(' among')[0]}; "
                                      "--nonfinite error stops here. Fix or remove the input, or pass --nonfinite "
@@ -516,7 +677,8 @@ def _convert_all(samples, layout, image_options, shape, dtype_name, data_dir, wr
                 if kind == "size" and detail:
                     result.sizes[detail] += 1
                 continue
-            digest, arr, notes = rest
+            j = kept_at[k]
+            digest = res.digests[j]
             first = first_of.setdefault(digest, sid)
             if first != sid:
                 if duplicates == "error":
@@ -527,22 +689,117 @@ def _convert_all(samples, layout, image_options, shape, dtype_name, data_dir, wr
                     )
                 if duplicates == "drop":
                     dropped.setdefault(first, []).append(sid)
+                    result.dropped.add(sid)
                     result.skipped.append(skip(source[sid], "duplicate", f"exact duplicate of {first!r} "
                                                                           "(--duplicates drop)"))
-                    if data_dir is not None:
-                        (Path(data_dir) / f"{sid}.npy").unlink()
                     continue
             result.digests[sid] = digest
-            result.notes.update(notes)
-            if arr is not None:
-                good_ids.append(sid)
-                good_arrays.append(arr)
-        if good_ids:
-            writer.add_many(good_ids, np.stack(good_arrays))
+            good.append(j)
+        result.notes.update(res.notes)
+        result.task_seconds += res.seconds
+        result.task_cpu_seconds += res.cpu_seconds
+        if writer is not None and good:
+            writer.add_many([task.ids[res.kept[j]] for j in good], res.arrays[good])
+        if res.shard is not None:
+            output.shards.append(res.shard)
         if progress:
-            progress(len(res))
+            progress(len(task.ids))
+
+    run_ordered(pool, convert_chunk, tasks, on_result=merge)
     result.dropped_groups = [[first, *rest] for first, rest in dropped.items()]
     return result
+
+
+def _make_task(index: int, chunk: Sequence[RawSample], layout: str, image_options, output: _Output,
+               remote: bool) -> ChunkTask:
+    return ChunkTask(
+        index=index,
+        ids=tuple(s.id for s in chunk),
+        labels=np.fromiter((s.label for s in chunk), dtype=np.int64, count=len(chunk)),
+        paths=None if layout == "csv" else tuple(str(s.path) for s in chunk),
+        values=np.stack([s.values for s in chunk]) if layout == "csv" else None,
+        layout=layout,
+        image_options=image_options,
+        shape=tuple(output.shape),
+        dtype=output.dtype,
+        format=output.format,
+        root=str(Path(output.root).absolute()),
+        compression=output.compression,
+        shard_name=SHARD_NAME.format(index) if output.format == "hdf5" and remote else None,
+    )
+
+
+def _finish_output(output: _Output, converted: _Converted, label_of: dict[str, int], written: dict[str, int],
+                   order: list[str], pool: Pool) -> dict:
+    """Fix-ups after the merge, then the ``storage`` dict of the manifest.
+
+    npy: files of dropped duplicates are removed. HDF5 on this machine: the
+    writer lays the shards out partition by partition (``order``), with the
+    final labels. HDF5 from cluster tasks: a shard holding a dropped
+    duplicate, or a sample whose class was renumbered (a class left without
+    samples: ``written`` holds the labels the tasks wrote), is rebuilt (rare;
+    run on the pool); files left by retried tasks are removed and every shard
+    is checked to be visible here (a worker without the shared path wrote
+    elsewhere).
+    """
+    root = output.root
+    if pool.remote:
+        _sweep_partials(root)
+    if output.format == "npy":
+        for sid in converted.dropped:
+            (root / f"{sid}.npy").unlink(missing_ok=True)
+        if pool.remote and label_of:
+            _check_visible([root / f"{next(iter(label_of))}.npy"])
+        return {"format": "npy", "root": root.name}
+    if output.writer is not None:
+        return output.writer.finish(label_of, order)
+    _check_visible([root / s["file"] for s in output.shards], [s["num_bytes"] for s in output.shards])
+    fix = [s for s in output.shards
+           if any(i in converted.dropped for i in s["ids"])
+           or any(label_of.get(i, written.get(i)) != written.get(i) for i in s["ids"])]
+    fixed: dict[str, dict | None] = {}
+    if fix:
+        args = [(str(root), s, [i for i in s["ids"] if i in label_of], label_of, tuple(output.shape), output.dtype,
+                 output.compression) for s in fix]
+        run_ordered(pool, rebuild_shard_task, args,
+                    on_result=lambda i, rec: fixed.__setitem__(fix[i]["file"], rec))
+    shards = []
+    for s in output.shards:
+        rec = fixed.get(s["file"], s)
+        if rec is not None:
+            shards.append(rec)
+    return {
+        "format": "hdf5",
+        "root": root.name,
+        "compression": output.compression,
+        "shard_size": output.shard_rows,
+        "num_shards": len(shards),
+        "shards": shards,
+    }
+
+
+def _sweep_partials(root: Path) -> None:
+    """Remove ``*.partial`` files left in ``root`` by task attempts that were cut short (then retried)."""
+    with os.scandir(root) as it:
+        for e in it:
+            if e.name.endswith(PARTIAL_SUFFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(e.path)
+
+
+def _check_visible(paths: Sequence[Path], sizes: Sequence[int] | None = None) -> None:
+    """Every file the workers wrote must be here, whole: else they wrote to a path this machine does not share."""
+    for k, path in enumerate(paths):
+        try:
+            size = os.stat(path).st_size
+        except FileNotFoundError:
+            size = None
+        if size is None or (sizes is not None and size != sizes[k]):
+            raise StoreError(
+                f"The workers wrote {path.name} but this machine sees {'no such file' if size is None else 'another size'} "
+                f"at {path}. With --backend dask, OUT must be on a file system shared by every worker and this "
+                "machine, at the same path (e.g. NFS); the output was left as it was."
+            )
 
 
 def _duplicate_groups(kept: Sequence[RawSample], digests: dict[str, str]) -> list[list[str]]:

@@ -91,4 +91,25 @@ def test_bench_npy_floor_tiny(tmp_path):
     for row in rows.values():
         assert row["samples_per_s"] > 0 and row["cpu_us_per_sample"] > 0
     assert result["file_bytes"] == 12_416 and result["npy_epoch_s"] > 0 and result["convert_s"] > 0
+
+
+def test_bench_prepare_tiny(tmp_path):
+    """tools/bench_prepare.py: samples/s per method, ratios to decoding alone and to n_jobs=1, notes for skips."""
+    spec = importlib.util.spec_from_file_location("kpipe_bench_prepare", BENCH.parent / "bench_prepare.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--workloads", "digits,npy", "--num-samples", "200", "--rounds", "1", "--no-dask",
+                       "--methods", "decode only,kpipe hdf5 n_jobs=1,kpipe hdf5,kpipe hdf5 dask",
+                       "--json", str(out), "--tmp", str(tmp_path)]) == 0
+    report = json.loads(out.read_text())
+    assert report["machine"]["cores"] >= 1 and report["machine"]["numpy"]
+    for kind, n in (("digits", 1797), ("npy", 200)):
+        results = report["workloads"][kind]["results"]
+        assert results["decode only"]["samples"] == results["kpipe hdf5"]["samples"] == n
+        assert results["kpipe hdf5"]["samples_per_s"] > 0 and results["kpipe hdf5"]["vs_decode_only"] > 0
+        one_job, default = results["kpipe hdf5 n_jobs=1"], results["kpipe hdf5"]
+        assert one_job["vs_n_jobs_1"] == 1.0 and one_job["ran_on"] == "serial"
+        assert default["ran_on"] in ("serial", "threads", "loky") and default["cpu_vs_n_jobs_1"] > 0
+        assert "dask" in results["kpipe hdf5 dask"]["note"]
     assert list(tmp_path.iterdir()) == [out]

@@ -316,24 +316,25 @@ def test_small_class_warn_is_in_the_summary(tmp_path: Path):
     assert result.manifest.class_counts("test")["y"] == 0
 
 
-def test_an_output_error_stops_prepare_and_is_not_a_bad_input(tmp_path: Path, monkeypatch):
+@pytest.mark.parametrize("backend", ["auto", "threads"])
+def test_an_output_error_stops_prepare_and_is_not_a_bad_input(tmp_path: Path, monkeypatch, backend):
     import errno
-    import importlib
 
-    prep = importlib.import_module("kpipe.prepare")  # `kpipe.prepare` is also the function
+    from kpipe import _prepare_tasks
+
     raw = make_indexed_npy_folder(tmp_path / "raw", {"a": 6, "b": 6})
-    real = prep.write_npy_sample
+    real = _prepare_tasks.write_npy_file
     calls = []
 
-    def full_disk(root, sid, arr):
+    def full_disk(root, sid, header, arr):
         calls.append(sid)
         if len(calls) > 3:
             raise OSError(errno.ENOSPC, "No space left on device", f"{root}/{sid}.npy")
-        return real(root, sid, arr)
+        return real(root, sid, header, arr)
 
-    monkeypatch.setattr(prep, "write_npy_sample", full_disk)
+    monkeypatch.setattr(_prepare_tasks, "write_npy_file", full_disk)
     with pytest.raises(OSError, match="no space left on the device"):
-        prepare(raw, tmp_path / "out", n_jobs=1)
+        prepare(raw, tmp_path / "out", n_jobs=2, backend=backend)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
 
 

@@ -53,6 +53,7 @@ handle is never used, nor closed, in a child); a store pickles as its recipe
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gc
 import hashlib
@@ -85,6 +86,7 @@ DEFAULT_SHARD_BYTES = 1 << 30
 _GZIP_LEVEL = 4
 _MIN_CHUNK_BYTES = 4096
 _COPY_BLOCK_BYTES = 64 << 20
+_BLOCK_BYTES = 8 << 20  # rows buffered by a `ShardBuilder` before each write to ``x``
 MMAP_LIMIT_BYTES = 256 << 20
 """``mmap="auto"`` maps a store's shards when all their samples take at most this many bytes."""
 _HAS_PREADV = hasattr(os, "preadv")
@@ -840,43 +842,201 @@ class Hdf5Writer(StoreWriter):
 
     def _write_shard(self, h5py, k: int, ids: list[str], rows: np.ndarray, raw: np.ndarray,
                      labels: Mapping[str, int]) -> dict:
-        name = SHARD_NAME.format(k)
-        final = self.root / name
-        tmp = self.root / f"{name}.{uuid.uuid4().hex[:8]}.partial"
-        n = len(ids)
-        kwargs: dict[str, Any] = {}
-        if self.compression != "none":
-            per_chunk = max(1, math.ceil(_MIN_CHUNK_BYTES / max(1, self._nbytes)))
-            kwargs = {"chunks": (min(n, per_chunk), *self.sample_shape), "fletcher32": True,
-                      "shuffle": self.dtype.itemsize > 1, "compression": self.compression}
-            if self.compression == "gzip":
-                kwargs["compression_opts"] = _GZIP_LEVEL
+        builder = ShardBuilder(self.root, SHARD_NAME.format(k), len(ids), self.sample_shape, self.dtype,
+                               compression=self.compression, shard_index=k)
         try:
-            with h5py.File(tmp, "w") as f:
-                x = f.create_dataset("x", shape=(n, *self.sample_shape), dtype=self.dtype, **kwargs)
-                step = max(1, _COPY_BLOCK_BYTES // max(1, self._nbytes))
-                for lo in range(0, n, step):
-                    hi = min(n, lo + step)
-                    x[lo:hi] = raw[rows[lo:hi]]
-                    if self.progress:
-                        self.progress(hi - lo)
-                f.create_dataset("y", data=np.array([int(labels[i]) for i in ids], dtype=np.int64))
-                f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
-                f.attrs["kpipe_shard"] = k
-                f.attrs["sample_shape"] = list(self.sample_shape)
-            digest = file_sha256(tmp)
-            size = tmp.stat().st_size
-            os.replace(tmp, final)
+            step = max(1, _COPY_BLOCK_BYTES // max(1, self._nbytes))
+            for lo in range(0, len(ids), step):
+                hi = min(len(ids), lo + step)
+                builder.add_block(ids[lo:hi], [int(labels[i]) for i in ids[lo:hi]], raw[rows[lo:hi]])
+                if self.progress:
+                    self.progress(hi - lo)
+            return builder.finish()
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            builder.abort()
             raise
-        mark_verified(final, digest)  # hashed as written: readers need not hash it again
-        return {"file": name, "num_samples": n, "num_bytes": size, "sha256": digest, "ids": list(ids)}
 
     def abort(self) -> None:
         if not self._raw.closed:
             self._raw.close()
         self._raw_path.unlink(missing_ok=True)
+
+
+def _dataset_options(n: int, sample_shape: tuple[int, ...], dtype: np.dtype, compression: str) -> dict[str, Any]:
+    """``create_dataset`` options of ``x``: contiguous, or chunked along the sample axis with checksums."""
+    if compression == "none":
+        return {}
+    nbytes = int(np.prod(sample_shape, dtype=np.int64)) * dtype.itemsize
+    per_chunk = max(1, math.ceil(_MIN_CHUNK_BYTES / max(1, nbytes)))
+    kwargs: dict[str, Any] = {"chunks": (max(1, min(n, per_chunk)), *sample_shape), "fletcher32": True,
+                              "shuffle": dtype.itemsize > 1, "compression": compression}
+    if compression == "gzip":
+        kwargs["compression_opts"] = _GZIP_LEVEL
+    return kwargs
+
+
+class ShardBuilder:
+    """Writes one shard file, streaming: samples go to ``x`` in blocks as they come.
+
+    The file is written under a temporary name (``NAME.<random>.partial``) and
+    renamed to ``root / name`` by `finish`, so a shard is either complete or
+    absent, and a task that is run again (a retried Dask task) replaces it
+    atomically with the same content. ``x`` is created for ``capacity`` rows;
+    if fewer samples come (skipped inputs), `finish` copies them to a file of
+    the exact size. Memory: one block (about 8 MiB), whatever the shard size.
+
+    Args:
+        root: Folder of the shard (must exist: a builder never creates folders,
+            so a task cannot write into a staging folder that was removed).
+        name: File name of the shard, e.g. ``shard-00003.h5``.
+        capacity: Most samples the shard will hold.
+        sample_shape: Shape of one sample.
+        dtype: Dtype of the samples.
+        compression: ``"none"``, ``"gzip"`` or ``"lzf"`` (see `Hdf5Writer`).
+        shard_index: Stored as the file's ``kpipe_shard`` attribute.
+
+    Raises:
+        OSError: If the file cannot be written (`finish` and `abort` remove the
+            temporary file).
+    """
+
+    def __init__(self, root: str | os.PathLike, name: str, capacity: int, sample_shape: Sequence[int],
+                 dtype: str | np.dtype, *, compression: str = "none", shard_index: int = 0) -> None:
+        import h5py
+
+        self.root, self.name = Path(root), name
+        self.sample_shape = tuple(int(d) for d in sample_shape)
+        self.dtype = np.dtype(dtype)
+        self.compression = check_compression(compression)
+        self.capacity = max(1, int(capacity))
+        self.shard_index = int(shard_index)
+        nbytes = max(1, int(np.prod(self.sample_shape, dtype=np.int64)) * self.dtype.itemsize)
+        self._block = np.empty((max(1, min(self.capacity, _BLOCK_BYTES // nbytes)), *self.sample_shape), self.dtype)
+        self._in_block = 0
+        self.ids: list[str] = []
+        self.labels: list[int] = []
+        self._tmp = self.root / f"{name}.{uuid.uuid4().hex[:12]}.partial"
+        self._file = h5py.File(self._tmp, "w")
+        try:
+            self._x = self._file.create_dataset("x", shape=(self.capacity, *self.sample_shape), dtype=self.dtype,
+                                                **_dataset_options(self.capacity, self.sample_shape, self.dtype,
+                                                                   self.compression))
+        except BaseException:
+            self.abort()
+            raise
+
+    def add(self, sample_id: str, label: int, array: np.ndarray) -> None:
+        """Append one sample (shape and dtype of the shard)."""
+        self._block[self._in_block] = array
+        self._in_block += 1
+        self.ids.append(sample_id)
+        self.labels.append(int(label))
+        if self._in_block == len(self._block):
+            self._flush()
+
+    def add_block(self, ids: Sequence[str], labels: Sequence[int], arrays: np.ndarray) -> None:
+        """Append ``len(ids)`` samples at once (``arrays``: ``(len(ids), *sample_shape)``)."""
+        self._flush()
+        lo = len(self.ids) - self._in_block
+        self._x[lo : lo + len(ids)] = arrays
+        self.ids.extend(ids)
+        self.labels.extend(int(v) for v in labels)
+
+    def _flush(self) -> None:
+        if self._in_block:
+            lo = len(self.ids) - self._in_block
+            self._x[lo : lo + self._in_block] = self._block[: self._in_block]
+            self._in_block = 0
+
+    def finish(self) -> dict | None:
+        """Close the shard, rename it into place; its manifest record, or `None` (and no file) if empty.
+
+        Returns:
+            ``{"file", "num_samples", "num_bytes", "sha256", "ids"}``.
+        """
+        import h5py
+
+        try:
+            n = len(self.ids)
+            if n == 0:
+                self.abort()
+                return None
+            self._flush()
+            if n < self.capacity:  # inputs were skipped: copy the rows to a file of the exact size
+                self._file.close()
+                exact = self.root / f"{self.name}.{uuid.uuid4().hex[:12]}.partial"
+                try:
+                    with h5py.File(self._tmp, "r") as src, h5py.File(exact, "w") as dst:
+                        x = dst.create_dataset("x", shape=(n, *self.sample_shape), dtype=self.dtype,
+                                               **_dataset_options(n, self.sample_shape, self.dtype, self.compression))
+                        step = len(self._block)
+                        for lo in range(0, n, step):
+                            x[lo : min(n, lo + step)] = src["x"][lo : min(n, lo + step)]
+                except BaseException:
+                    exact.unlink(missing_ok=True)
+                    raise
+                self._tmp.unlink(missing_ok=True)
+                self._tmp = exact
+                self._file = h5py.File(self._tmp, "r+")
+            f = self._file
+            f.create_dataset("y", data=np.asarray(self.labels, dtype=np.int64))
+            f.create_dataset("ids", data=np.array(self.ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
+            f.attrs["kpipe_shard"] = self.shard_index
+            f.attrs["sample_shape"] = list(self.sample_shape)
+            f.close()
+            digest = file_sha256(self._tmp)
+            size = self._tmp.stat().st_size
+            final = self.root / self.name
+            os.replace(self._tmp, final)
+        except BaseException:
+            self.abort()
+            raise
+        mark_verified(final, digest)  # hashed as written: readers need not hash it again
+        return {"file": self.name, "num_samples": n, "num_bytes": size, "sha256": digest, "ids": list(self.ids)}
+
+    def abort(self) -> None:
+        """Close and remove the temporary file."""
+        with contextlib.suppress(Exception):  # already closed, or the file system failed: removed below anyway
+            self._file.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+def rebuild_shard(root: str | os.PathLike, record: Mapping[str, Any], keep: Sequence[str],
+                  labels: Mapping[str, int], sample_shape: Sequence[int], dtype: str | np.dtype, *,
+                  compression: str = "none") -> dict | None:
+    """Write shard ``record["file"]`` again with only the IDs ``keep`` (in its row order) and new labels.
+
+    For the rare fix-ups after a parallel prepare (``--duplicates drop`` across
+    shards, a class left empty): the shard is rebuilt under a temporary name
+    and renamed over the old one. Returns the new record (`None`, file removed,
+    if nothing is kept); a shard that needs no change is returned as it is.
+    """
+    import h5py
+
+    root = Path(root)
+    keep_set = set(keep)
+    rows = [r for r, sid in enumerate(record["ids"]) if sid in keep_set]
+    path = root / record["file"]
+    with h5py.File(path, "r") as f:
+        y = f["y"][:]
+        new_y = [int(labels[record["ids"][r]]) for r in rows]
+        if len(rows) == len(record["ids"]) and y.tolist() == new_y:
+            return dict(record)
+        if not rows:
+            path.unlink()
+            return None
+        builder = ShardBuilder(root, record["file"], len(rows), sample_shape, dtype, compression=compression,
+                               shard_index=int(f.attrs.get("kpipe_shard", 0)))
+        try:
+            x = f["x"]
+            step = len(builder._block)
+            for lo in range(0, len(rows), step):
+                part = rows[lo : lo + step]
+                builder.add_block([record["ids"][r] for r in part], new_y[lo : lo + len(part)], x[part])
+        except BaseException:
+            builder.abort()
+            raise
+    return builder.finish()
 
 
 def open_hdf5(manifest, **kwargs) -> Hdf5Store:
