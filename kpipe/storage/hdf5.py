@@ -711,20 +711,7 @@ class Hdf5Store(Store):
             path = self._shard_path(s)
             first = shard["ids"][0] if shard["ids"] else "?"
             where = f"Shard {path} (first sample {first!r})"
-            try:
-                confined(self.root, shard["file"], what="shard file", error=StoreError)
-                st = os.stat(path)
-            except FileNotFoundError:
-                raise StoreError(f"{where} does not exist. Run `kpipe prepare` again.") from None
-            except StoreError as e:
-                raise StoreError(f"{where}: {e}") from None
-            except OSError as e:
-                raise StoreError(f"{where}: cannot read it: {describe_os_error(e)}.") from None
-            if not stat.S_ISREG(st.st_mode):
-                raise StoreError(f"{where} is not a regular file; kpipe reads only regular files.")
-            if shard.get("num_bytes") is not None and st.st_size != int(shard["num_bytes"]):
-                raise StoreError(f"{where} has {st.st_size} bytes, the manifest says {shard['num_bytes']}; "
-                                 "it is truncated or was modified.")
+            st = self._stat_shard(s, where)
             sha = shard.get("sha256")
             if not sha or (not recheck and _is_verified(st, sha)):
                 continue
