@@ -632,11 +632,13 @@ def _check_out_suffix(ctx, param, value: Path | None) -> Path | None:
               help="Report the K most probable classes instead of every class's probability.")
 @click.option("--manifest", type=click.Path(path_type=Path), default=None,
               help="The dataset, for a run that does not record how its inputs were read (older runs).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing --out file, if it is a predictions file kpipe wrote (never another file).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
 @_handle_errors
-def predict(run: Path, inputs: tuple[Path, ...], out: Path | None, top_k: int | None, manifest: Path | None,
-            batch_size: int, as_json: bool) -> None:
+def predict(run: Path, inputs: tuple[Path, ...], out: Path | None, overwrite: bool, top_k: int | None,
+            manifest: Path | None, batch_size: int, as_json: bool) -> None:
     """Predict the class of each INPUT with the run folder RUN's model.keras.
 
     INPUT: image files, folders (read recursively), .npy files (one sample, or a stack of samples) or a
@@ -652,14 +654,17 @@ def predict(run: Path, inputs: tuple[Path, ...], out: Path | None, top_k: int | 
       kpipe predict runs/table new_rows.csv --json
     """
     with _tf_noise_filtered():
+        from kpipe.training.predict import check_out
         from kpipe.training.predict import predict as run_predict
 
+        if out is not None:
+            check_out(out, overwrite=overwrite, inputs=inputs)  # before the work, not after it
         result = run_predict(run, inputs, top_k=top_k, manifest=manifest, batch_size=batch_size)
     if out is not None:
         from kpipe.training.run_folder import writing
 
         with writing(out):
-            result.write(out)
+            result.write(out, overwrite=overwrite)
     if as_json:
         _echo_json(result.to_dict())
     elif out is not None:

@@ -164,6 +164,26 @@ def test_predict_reads_inputs_as_prepare_did(image_run, tmp_path):
     assert sum(p["class"] == "c2" for p in saved["predictions"]) >= 27
     out = invoke("predict", result.run_dir, source, "--top-k", "2", "--out", tmp_path / "p.csv")
     assert (tmp_path / "p.csv").read_text().splitlines()[0] == "input,class,probability,class_2,probability_2,error"
+    # --out replaces only a predictions file kpipe wrote, and only with --overwrite; checked before predicting
+    before = (tmp_path / "p.csv").read_bytes()
+    out = invoke("predict", result.run_dir, source, "--out", tmp_path / "p.csv")
+    assert out.exit_code == 1 and "exists. Pass --overwrite" in out.output and "Traceback" not in out.output
+    assert (tmp_path / "p.csv").read_bytes() == before
+    out = invoke("predict", result.run_dir, source, "--out", tmp_path / "p.csv", "--overwrite")
+    assert out.exit_code == 0 and (tmp_path / "p.csv").read_text().splitlines()[0].startswith("input,class,")
+    out = invoke("predict", result.run_dir, source, "--out", tmp_path / "p.json", "--overwrite")
+    assert out.exit_code == 0 and json.loads((tmp_path / "p.json").read_text())["num_inputs"] == 1
+    manifest_bytes = Path(manifest).read_bytes()
+    for victim in (Path(manifest), tmp_path / "rows.csv"):
+        if victim.suffix == ".csv":
+            victim.write_text("x,label\n1,a\n")
+        kept = victim.read_bytes()
+        out = invoke("predict", result.run_dir, source, "--out", victim, "--overwrite")
+        assert out.exit_code == 1 and "is not a predictions file kpipe wrote" in out.output, out.output
+        assert victim.read_bytes() == kept
+    assert Path(manifest).read_bytes() == manifest_bytes
+    out = invoke("predict", result.run_dir, tmp_path / "p.csv", "--out", tmp_path / "p.csv", "--overwrite")
+    assert out.exit_code == 1 and "is one of the inputs" in out.output
     out = invoke("predict", result.run_dir, tmp_path / "bad.png", "--json")
     assert out.exit_code == 1 and json.loads(out.stdout)["num_errors"] == 1  # nothing could be read
     out = invoke("predict", result.run_dir, source, "--out", tmp_path / "p.txt")

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from kpipe.errors import ArgumentError, KpipeError
+from kpipe.errors import ArgumentError, KpipeError, OutputExistsError
 from kpipe.ingest import (
     IMAGE_EXTENSIONS,
     ImageOptions,
@@ -254,11 +254,16 @@ class PredictResult:
         return {"run_dir": str(self.run_dir), "classes": self.classes, "num_inputs": len(items),
                 "num_errors": self.num_errors, "predictions": items}
 
-    def write(self, path: str | os.PathLike) -> Path:
-        """Write ``.csv`` or ``.json`` (by the suffix), atomically."""
+    def write(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write ``.csv`` or ``.json`` (by the suffix), atomically.
+
+        Raises:
+            OutputExistsError: As `check_out` (an existing file without
+                ``overwrite``, or one that is not a predictions file).
+        """
         from kpipe._io import atomic_write_bytes
 
-        path = Path(path)
+        path = check_out(path, overwrite=overwrite)
         text = json.dumps(self.to_dict(), indent=1) + "\n" if path.suffix.lower() == ".json" else self.to_csv()
         atomic_write_bytes(path, text.encode("utf-8"))
         return path
@@ -267,6 +272,61 @@ class PredictResult:
         done = len(self.predictions) - self.num_errors
         note = f"; {self.num_errors} could not be read (see the error column)" if self.num_errors else ""
         return f"Predicted {done} of {len(self.predictions)} inputs{note}"
+
+
+_PREDICTION_KEYS = {"run_dir", "classes", "num_inputs", "num_errors", "predictions"}
+
+
+def _is_predictions_file(path: Path) -> bool:
+    """True if ``path`` is a regular file that `PredictionResult.write` could have written (checked by content)."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+        if path.suffix.lower() == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return isinstance(data, dict) and set(data) == _PREDICTION_KEYS
+        first = head.split(b"\n", 1)[0].decode("utf-8").split(",")
+    except (OSError, ValueError):
+        return False
+    return first[:3] == ["input", "class", "probability"] and first[-1] == "error"
+
+
+def check_out(path: str | os.PathLike, *, overwrite: bool = False, inputs: Sequence[str | os.PathLike] = ()) -> Path:
+    """Check that the predictions may be written to ``path`` (call it before predicting).
+
+    A new file is always fine. An existing one is replaced only with
+    ``overwrite`` and only if it is a predictions file kpipe wrote (a CSV
+    whose header is ``input,class,probability,...,error``, or the JSON of
+    ``--json``): never a manifest, a dataset's CSV or another file.
+
+    Args:
+        path: The ``--out`` file (``.csv`` or ``.json``).
+        overwrite: Replace an existing predictions file.
+        inputs: The inputs being predicted; ``path`` may not be one of them.
+
+    Returns:
+        ``path`` as a `Path`.
+
+    Raises:
+        OutputExistsError: If ``path`` is one of ``inputs``, exists without
+            ``overwrite``, or exists and is not a predictions file.
+    """
+    path = Path(path)
+    if not (path.exists() or path.is_symlink()):
+        return path
+    if any(os.path.lexists(i) and path.resolve() == Path(i).resolve() for i in inputs):
+        raise OutputExistsError(f"--out {path} is one of the inputs being predicted; write the predictions to "
+                                "another file.")
+    if not overwrite:
+        raise OutputExistsError(f"{path} exists. Pass --overwrite to replace it (only a predictions file kpipe "
+                                "wrote is replaced), or choose another --out.")
+    if not _is_predictions_file(path):
+        raise OutputExistsError(f"{path} exists and is not a predictions file kpipe wrote (its content is not "
+                                "`kpipe predict`'s CSV or JSON); kpipe does not replace it, even with --overwrite. "
+                                "Choose another --out.")
+    return path
 
 
 def _fmt(value: float) -> str:
