@@ -24,6 +24,17 @@ FIGURES = ("class_counts.png", "samples.png")
 """The figures `inspect_dataset` writes."""
 
 
+def _check_figures_replaceable(folder: Path) -> None:
+    from kpipe.errors import OutputExistsError
+    from kpipe.training.artifacts import is_kpipe_figure
+
+    for name in FIGURES:
+        path = folder / name
+        if (path.exists() or path.is_symlink()) and (path.is_symlink() or not is_kpipe_figure(path)):
+            raise OutputExistsError(f"{path} exists and is not a figure kpipe drew; kpipe does not replace it. "
+                                    "Choose another --out folder (or move the file).")
+
+
 def class_counts(manifest: Manifest) -> dict[str, dict[str, int]]:
     """``{partition: {class: count}}`` for every partition of the manifest, every class listed."""
     return {p: {c: int(n) for c, n in manifest.class_counts(p).items()} for p in manifest.partition}
@@ -198,6 +209,7 @@ def inspect_dataset(manifest: Manifest | str | os.PathLike, *, out: str | os.Pat
         ManifestError: If the manifest cannot be read.
         StoreError: If a sample drawn for ``samples.png`` cannot be read.
         OutputWriteError: If a figure cannot be written (the message names it).
+        OutputExistsError: If ``out`` holds a ``class_counts.png`` or ``samples.png`` kpipe did not draw.
     """
     from kpipe._validation import check_int
     from kpipe.training.artifacts import plot_class_counts, plot_samples
@@ -211,6 +223,8 @@ def inspect_dataset(manifest: Manifest | str | os.PathLike, *, out: str | os.Pat
         folder = Path(out) if out is not None else (m.path.parent if m.path is not None else None)
         if folder is None:
             raise ArgumentError("An in-memory manifest has no folder: pass `out` for the figures.")
+        if out is not None:  # a folder the user named: replace only figures kpipe drew
+            _check_figures_replaceable(folder)
         with writing(folder):
             folder.mkdir(parents=True, exist_ok=True)
             path = plot_class_counts(counts, m.classes, folder / FIGURES[0],

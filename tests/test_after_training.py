@@ -251,6 +251,16 @@ def test_inspect_reports_and_draws(image_run, tmp_path):
     assert report["storage"] == {"format": "npy", "bytes": 90 * 192}
     assert report["skipped"]["not-a-sample"]["count"] == 1
     assert sorted(Path(f).name for f in report["figures"]) == ["class_counts.png", "samples.png"]
+    # a folder the user named: kpipe's own figures are redrawn, a file of the same name kpipe did not draw is kept
+    again = invoke("inspect", copy / "manifest.json", "--out", tmp_path / "figs")
+    assert again.exit_code == 0, again.output
+    from PIL import Image
+
+    Image.new("L", (4, 4)).save(tmp_path / "figs" / "samples.png")
+    mine = (tmp_path / "figs" / "samples.png").read_bytes()
+    refused = invoke("inspect", copy / "manifest.json", "--out", tmp_path / "figs")
+    assert refused.exit_code == 1 and "is not a figure kpipe drew" in refused.output, refused.output
+    assert (tmp_path / "figs" / "samples.png").read_bytes() == mine
 
 
 def test_inspect_imbalanced_vectors_and_skipped_kinds(tmp_path):

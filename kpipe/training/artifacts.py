@@ -27,10 +27,25 @@ def _figure(width: float, height: float):
     return fig
 
 
+SOFTWARE = "kpipe"
+"""The PNG ``Software`` text chunk of every figure kpipe draws: how `is_kpipe_figure` tells them apart."""
+
+
+def is_kpipe_figure(path: str | os.PathLike) -> bool:
+    """True if ``path`` is a PNG that kpipe drew (its ``Software`` text chunk says ``kpipe``)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.format == "PNG" and im.info.get("Software") == SOFTWARE
+    except (OSError, ValueError):
+        return False
+
+
 def _save(fig, path: Path) -> None:
     tmp = path.with_name(f"{path.stem}.{uuid.uuid4().hex[:8]}.partial.png")
     try:
-        fig.savefig(tmp, bbox_inches="tight")
+        fig.savefig(tmp, bbox_inches="tight", metadata={"Software": SOFTWARE})
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
