@@ -103,12 +103,15 @@ def test_evaluate_other_partitions_and_datasets(image_run, tmp_path):
     out = invoke("evaluate", run, "--manifest", moved / "manifest.json", "--partition", "train")
     assert out.exit_code == 0, out.output
     assert json.loads((run / "metrics-train.json").read_text())["num_samples"] == 54
+    assert "Warning" not in out.stderr
 
     raw2 = make_pattern_images(tmp_path / "raw2", seed=5, per_class=25)  # same classes, another dataset:
     other = prepare(raw2, tmp_path / "other", split="0.6,0.2,0.2", n_jobs=1).manifest.path  # names get its fingerprint
     out = invoke("evaluate", run, "--manifest", other)
     assert out.exit_code == 0, out.output
     assert [p.name for p in run.glob("metrics-test-*.json")] and (run / "metrics.json").read_text() == before
+    assert f"Warning: {other} is not the dataset the run was trained on" in out.stderr, out.output
+    assert "may be optimistic" in out.stderr
 
     wrong = prepare(make_image_folder(tmp_path / "raw3", {"x": 6, "y": 6}), tmp_path / "wrong", n_jobs=1).manifest
     out = invoke("evaluate", run, "--manifest", wrong.path)

@@ -138,6 +138,33 @@ def test_resume_needs_no_manifest(prepared, tmp_path):
     out = invoke("train")
     assert out.exit_code == 2 and "Missing argument 'MANIFEST' (it may be left out only with --resume RUN)" \
         in out.output
+    # a refused resume changes nothing: the run's options stay its own, and the message names the option
+    config = (run / "config.json").read_bytes()
+    out = invoke("train", "--resume", run, "--epochs", "3", "--batch-size", "7", "--verbose", "0")
+    assert out.exit_code == 1 and "was trained with --batch-size 16, this session has --batch-size 7" in out.output
+    assert "state=" not in out.output and (run / "config.json").read_bytes() == config
+    out = invoke("train", "--resume", run, "--epochs", "3", "--verbose", "0")
+    assert out.exit_code == 0, out.output
+    # --overwrite never follows a link to a run folder
+    (tmp_path / "link").symlink_to(run)
+    out = invoke("train", prepared, "--out", tmp_path / "link", "--overwrite", "--epochs", "1", *fast)
+    assert out.exit_code == 1 and "is a symbolic link" in out.output and (run / "model.keras").is_file()
+
+
+def test_resume_after_the_dataset_was_prepared_again_says_what_to_do(tmp_path):
+    raw = make_pattern_images(tmp_path / "raw", per_class=12)
+    prepared = tmp_path / "prepared" / "manifest.json"
+    assert invoke("prepare", raw, "--out", prepared.parent, "--n-jobs", "1").exit_code == 0
+    run = tmp_path / "run"
+    fast = ["--batch-size", "16", "--verbose", "0", "--no-tensorboard"]
+    assert invoke("train", prepared, "--out", run, "--epochs", "1", *fast).exit_code == 0
+    assert invoke("prepare", raw, "--out", prepared.parent, "--n-jobs", "1", "--overwrite",
+                  "--seed", "5").exit_code == 0
+    out = invoke("train", "--resume", run, "--epochs", "2", "--verbose", "0")
+    assert out.exit_code == 1 and f"The dataset {prepared} changed since run {run} was trained" in out.output
+    assert "Start a new run" in out.output and "--resume" not in out.output.split("changed since")[1]
+    out = invoke("evaluate", run)  # the test partition may now hold training samples: said, not silent
+    assert out.exit_code == 0 and "changed since the run was trained on it" in out.stderr, out.output
 
 
 def test_one_line_warnings(prepared, tmp_path):

@@ -329,6 +329,13 @@ def evaluate_run(run_dir: str | os.PathLike, *, manifest: str | os.PathLike | No
     own = dataset_fingerprint(data_manifest) == config.get("dataset_fingerprint")
     default = evaluation_partition(data_manifest)
     partition = check_text_choice(partition or default, "partition", ("test", "validation", "train"))
+    if not own and config.get("dataset_fingerprint"):
+        again = config.get("manifest") and data_manifest.path is not None and \
+            Path(config["manifest"]).resolve() == Path(data_manifest.path).resolve()
+        what = "changed since the run was trained on it (prepared again?)" if again else \
+            "is not the dataset the run was trained on"
+        warnings.warn(f"{data_manifest.path} {what}: its labels or partition differ, so its {partition} samples may "
+                      "include ones the model trained on, and these metrics may be optimistic.", stacklevel=2)
     if not data_manifest.partition.get(partition):
         raise ArgumentError(f"The {partition} partition of {data_manifest.path} is empty. Choose another "
                             f"--partition. Received: partition={partition!r}")

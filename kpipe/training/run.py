@@ -108,11 +108,25 @@ def _build(manifest: Manifest, config: TrainConfig, *, model: Any, loss: Any, st
     return _Setup(loop, trained, resolved_loss, train, validation, test, resolved)
 
 
+_SAMPLER_OPTIONS = {"seed": "--seed", "sampling": "--sampling", "balance": "--balance",
+                    "batch_size": "--batch-size", "num_batches": "--steps-per-epoch (or --samples-per-epoch)",
+                    "batches_per_sampler_epoch": "--samples-per-epoch"}
+"""What the train generator's saved state is checked against on resume, and the option that sets each."""
+
+
 def _resume(run: RunFolder, setup: _Setup, state: dict[str, Any]) -> int:
     """Restore weights, optimizer and RNG state and the sampler position; returns the next epoch."""
     epoch = int(state["next_epoch"])
+    saved = dict(state.get("sampler") or setup.train.state_dict())
+    for key, option in _SAMPLER_OPTIONS.items():
+        if key in saved and saved[key] != getattr(setup.train, key):
+            raise KpipeError(
+                f"Run {run.path} was trained with {option} {saved[key]}, this session has {option} "
+                f"{getattr(setup.train, key)}; resuming would serve other batches. Resume without changing "
+                f"{option} (`kpipe train --resume {run.path}` uses the run's own options), or start a new run."
+            )
     restore_checkpoint(setup.model, run, state)
-    setup.train.load_state_dict(dict(state.get("sampler") or setup.train.state_dict()) | {"epoch": epoch})
+    setup.train.load_state_dict(saved | {"epoch": epoch})
     run.trim_logs(epochs=epoch, steps=epoch * len(setup.train))
     return epoch
 
@@ -234,8 +248,8 @@ def train(
     with dtype_policy(config.mixed_precision) as policy:
         setup = _build(manifest, config, model=model, loss=loss, strategy=strategy, policy=policy)
         run.create(replace=state is None and config.overwrite)
-        run.write_config(config, manifest=manifest, resolved=setup.resolved)
         initial_epoch = _resume(run, setup, state) if state is not None else 0
+        run.write_config(config, manifest=manifest, resolved=setup.resolved)  # after a resume was accepted
         run_callbacks, checkpoint = run_callbacks_for(run, config, setup.train, setup.resolved, state, callbacks)
         _fit(run, setup, config, run_callbacks, initial_epoch, manifest)
         export, metrics = _finish(run, setup, config, manifest, checkpoint)

@@ -176,6 +176,9 @@ class RunFolder:
         return run
 
     def _check_replaceable(self, manifest: Manifest) -> None:
+        if self.path.is_symlink():
+            raise ArgumentError(f"{self.path} is a symbolic link; --overwrite does not replace links or what they "
+                                "point to. Choose another --out (or the folder itself).")
         target = self.path.resolve()
         protected = [Path.cwd().resolve(), Path.home().resolve()]
         if manifest.path is not None:
@@ -242,6 +245,13 @@ class RunFolder:
         else:
             differs = bool(previous) and manifest.path is not None and \
                 Path(previous).resolve() != Path(manifest.path).resolve()
+        if differs and previous and manifest.path is not None and \
+                Path(previous).resolve() == Path(manifest.path).resolve():
+            raise KpipeError(
+                f"The dataset {manifest.path} changed since run {self.path} was trained on it (its classes, labels "
+                "or partition differ: it was prepared again); resuming would mix the two datasets. Start a new "
+                "run (another --out, or --overwrite)."
+            )
         if differs:
             raise KpipeError(
                 f"Run {self.path} was trained on {previous}, whose classes, labels or partition differ from "
