@@ -558,7 +558,9 @@ def train(manifest: Path | None, config_file: Path | None, as_json: bool, **opti
     options = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
     config = TrainConfig.from_options(options, explicit=explicit, config_file=config_file)
     loaded = Manifest.load(_train_manifest(manifest, config.resume))
-    check_run(loaded, config)  # before TensorFlow's start-up
+    with warnings.catch_warnings():  # its warnings come once, from train()'s own check_run
+        warnings.simplefilter("ignore")
+        check_run(loaded, config)  # errors before TensorFlow's start-up
     with _tf_noise_filtered(), _kpipe_info_to_stderr(), contextlib.redirect_stdout(
             sys.stderr if as_json else sys.stdout):
         from kpipe.training.distribute import keep_tensorflow_unloaded
