@@ -56,7 +56,8 @@ def _joined(shards: list[DataGenerator], k: int) -> tuple[np.ndarray, np.ndarray
 
 
 @pytest.mark.filterwarnings("ignore:drop_remainder=True drops")
-@pytest.mark.parametrize("options", MODES, ids=lambda o: "-".join(str(v) for v in o.values() if not isinstance(v, dict)))
+@pytest.mark.parametrize("options", MODES, ids=lambda o: "-".join(str(v) for v in o.values() if not isinstance(v, dict)
+                                                                  ))
 def test_slices_concatenate_to_the_single_process_batch(indexed_manifest: Path, options: dict):
     single = DataGenerator(indexed_manifest, "train", batch_size=7, seed=3, **options)
     batches = 2 * single.batches_per_sampler_epoch  # two sampler epochs, each with its last, partial batch
@@ -78,7 +79,7 @@ def test_slices_concatenate_to_the_single_process_batch(indexed_manifest: Path, 
 def test_every_sample_once_per_epoch_across_the_workers(indexed_manifest: Path):
     for n in (2, 3, 4):
         shards = _shards(indexed_manifest, n, batch_size=5, seed=1)
-        for epoch in range(2):
+        for _ in range(2):  # two epochs
             served = []
             for gen in shards:
                 for i in range(len(gen)):

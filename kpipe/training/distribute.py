@@ -16,12 +16,25 @@ refused before any work starts.
 
 The model, its optimizer and metrics are created under ``strategy.scope()``;
 `fit` and the ``step`` loop then run distributed by Keras. The ``tape`` loop
-runs on one device and refuses a strategy with more than one replica.
+runs on one device and refuses a strategy with more than one replica, except:
+
+``"multi-worker"``: one process per worker, each running the same ``kpipe
+train`` command with its own ``TF_CONFIG``. On TensorFlow it is
+`tf.distribute.MultiWorkerMirroredStrategy` with the ``tape`` loop (its steps
+run in `strategy.run`, one replica per worker process, each reading its
+slice of every global batch from a sharded `kpipe.DataGenerator`);
+`check_multi_worker` refuses, in one line and before any worker waits for
+another, what does not run or would not be exact: ``fit`` and ``step``
+(Keras 3's `fit` fails under that strategy, `KERAS_MULTI_WORKER_ISSUE`),
+``--clip-norm`` and ``--accumulation-steps`` (Keras clips and accumulates each
+replica's gradients before they are summed), and a missing ``TF_CONFIG``.
+The chief (`is_chief`: worker 0) writes the run folder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import sys
 from collections.abc import Iterator
@@ -30,13 +43,17 @@ from typing import TYPE_CHECKING, Any
 import keras
 import numpy as np
 
+from kpipe._shards import shard_from_environment
 from kpipe._validation import check_text_choice
 from kpipe.errors import ArgumentError
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
-STRATEGIES = ("auto", "none", "mirrored")
+STRATEGIES = ("auto", "none", "mirrored", "multi-worker")
+
+KERAS_MULTI_WORKER_ISSUE = "https://github.com/keras-team/keras/issues/20585"
+"""Keras 3's `fit` under `tf.distribute.MultiWorkerMirroredStrategy` fails (open upstream issue)."""
 
 BACKENDS = ("tensorflow", "jax", "torch")
 """The Keras backends kpipe trains on: every loop of `kpipe.training.loops.LOOPS` runs on each."""
@@ -144,6 +161,58 @@ class SingleDevice:
         return contextlib.nullcontext()
 
 
+def is_chief() -> bool:
+    """True unless this process is a multi-worker job's worker other than worker 0 (`kpipe._shards`)."""
+    return shard_from_environment().index == 0
+
+
+def check_multi_worker(distribute: Any, loop: str, *, clip_norm: float | None = None,
+                       accumulation_steps: int = 1) -> None:
+    """Refuse a multi-worker run that cannot run or would not be exact, before any worker waits for another.
+
+    Args:
+        distribute: The run's ``distribute`` (only ``"multi-worker"`` is checked).
+        loop: The run's loop name.
+        clip_norm: ``--clip-norm``.
+        accumulation_steps: ``--accumulation-steps``.
+
+    Raises:
+        ArgumentError: On ``--loop fit`` or ``step`` on TensorFlow (upstream
+            Keras issue, `KERAS_MULTI_WORKER_ISSUE`), ``--clip-norm`` or
+            ``--accumulation-steps`` on TensorFlow, a missing ``TF_CONFIG``,
+            or a backend without a multi-worker path.
+    """
+    if distribute != "multi-worker":
+        return
+    backend = check_backend()
+    if backend != "tensorflow":
+        raise ArgumentError(
+            f"`distribute` multi-worker runs on the TensorFlow backend (MultiWorkerMirroredStrategy, --loop tape); "
+            f"the {backend} backend trains on one device here. Set KERAS_BACKEND=tensorflow, or use --distribute "
+            f"auto. Received: distribute='multi-worker', backend={backend!r}"
+        )
+    if loop != "tape":
+        raise ArgumentError(
+            f"`distribute` multi-worker trains with --loop tape on TensorFlow: Keras 3's fit, which --loop {loop} "
+            "runs, fails under tf.distribute.MultiWorkerMirroredStrategy (open upstream Keras issue #20585, "
+            f"{KERAS_MULTI_WORKER_ISSUE}). Use --loop tape. Received: loop={loop!r}"
+        )
+    for name, value, given in (("clip_norm", clip_norm, clip_norm is not None),
+                               ("accumulation_steps", accumulation_steps, accumulation_steps != 1)):
+        if given:
+            raise ArgumentError(
+                f"`{name}` with `distribute` multi-worker would not give the one-process update: Keras clips and "
+                "accumulates each worker's gradients before they are summed. Drop it. "
+                f"Received: {name}={value!r}"
+            )
+    if not os.environ.get("TF_CONFIG"):
+        raise ArgumentError(
+            "`distribute` multi-worker needs TF_CONFIG in every worker's environment: the cluster and the "
+            "worker's task, e.g. TF_CONFIG='{\"cluster\": {\"worker\": [\"host0:12345\", \"host1:12345\"]}, "
+            "\"task\": {\"type\": \"worker\", \"index\": 0}}'. Received: TF_CONFIG unset"
+        )
+
+
 def get_strategy(name: str | tf.distribute.Strategy | Any | None = "auto") -> tf.distribute.Strategy | SingleDevice:
     """The distribution strategy of a run.
 
@@ -151,6 +220,7 @@ def get_strategy(name: str | tf.distribute.Strategy | Any | None = "auto") -> tf
         name: ``"auto"`` (MirroredStrategy when more than one GPU is visible,
             else the default one-device strategy), ``"none"`` (one device),
             ``"mirrored"`` (MirroredStrategy over the visible GPUs, or the CPU),
+            ``"multi-worker"`` (MultiWorkerMirroredStrategy, from ``TF_CONFIG``),
             or a strategy instance (returned as is). Defaults to ``"auto"``.
 
     Returns:
@@ -158,13 +228,14 @@ def get_strategy(name: str | tf.distribute.Strategy | Any | None = "auto") -> tf
 
     Raises:
         ArgumentError: On an unknown name, a backend kpipe cannot train on, or
-            ``"mirrored"`` on another backend than TensorFlow.
+            ``"mirrored"`` / ``"multi-worker"`` on another backend than TensorFlow.
     """
     backend = check_backend()
     if backend != "tensorflow":
         if name is not None and not isinstance(name, str):
             return name
         name = check_text_choice(name or "auto", "distribute", STRATEGIES)
+        check_multi_worker(name, "tape")  # refuses multi-worker off TensorFlow
         if name == "mirrored":
             raise ArgumentError(
                 f"`distribute` mirrored is TensorFlow's MirroredStrategy; on the {backend} backend kpipe trains "
@@ -177,6 +248,8 @@ def get_strategy(name: str | tf.distribute.Strategy | Any | None = "auto") -> tf
     if isinstance(name, tf.distribute.Strategy):
         return name
     name = check_text_choice(name or "auto", "distribute", STRATEGIES)
+    if name == "multi-worker":  # created before anything else starts TensorFlow's runtime (it configures it)
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
         return tf.distribute.MirroredStrategy()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -72,6 +74,9 @@ class _Setup:
 
 def _build(manifest: Manifest, config: TrainConfig, *, model: Any, loss: Any, strategy: Any, policy: str) -> _Setup:
     """Strategy, model, loss, pre-flight on one batch, generators, and the loop's compiled model."""
+    if strategy is None:
+        distribute.check_multi_worker(config.distribute, config.loop, clip_norm=config.clip_norm,
+                                      accumulation_steps=config.accumulation_steps)
     strategy = get_strategy(strategy if strategy is not None else config.distribute)
     loss_spec = loss if loss is not None else config.loss
     probe = probe_generator(manifest, config)
@@ -108,10 +113,10 @@ def _build(manifest: Manifest, config: TrainConfig, *, model: Any, loss: Any, st
     return _Setup(loop, trained, resolved_loss, train, validation, test, resolved)
 
 
-def _resume(run: RunFolder, setup: _Setup, state: dict[str, Any]) -> int:
-    """Restore weights, optimizer and RNG state and the sampler position; returns the next epoch."""
+def _resume(run: RunFolder, setup: _Setup, state: dict[str, Any], source: RunFolder) -> int:
+    """Restore weights, optimizer and RNG state (from ``source``) and the sampler position; returns the next epoch."""
     epoch = int(state["next_epoch"])
-    restore_checkpoint(setup.model, run, state)
+    restore_checkpoint(setup.model, source, state)
     setup.train.load_state_dict(dict(state.get("sampler") or setup.train.state_dict()) | {"epoch": epoch})
     run.trim_logs(epochs=epoch, steps=epoch * len(setup.train))
     return epoch
@@ -229,17 +234,43 @@ def train(
     config = config or TrainConfig()
     overrides = {"out": None if out is None else str(out), "resume": None if resume is None else str(resume)}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    run, state = preflight.check_run(manifest, config)
-    distribute.set_random_seed(config.seed)  # backend's own: on JAX / PyTorch, TensorFlow is not imported
-    with dtype_policy(config.mixed_precision) as policy:
-        setup = _build(manifest, config, model=model, loss=loss, strategy=strategy, policy=policy)
-        run.create(replace=state is None and config.overwrite)
-        run.write_config(config, manifest=manifest, resolved=setup.resolved)
-        initial_epoch = _resume(run, setup, state) if state is not None else 0
-        run_callbacks, checkpoint = run_callbacks_for(run, config, setup.train, setup.resolved, state, callbacks)
-        _fit(run, setup, config, run_callbacks, initial_epoch, manifest)
-        export, metrics = _finish(run, setup, config, manifest, checkpoint)
-    seconds = time.perf_counter() - started
-    metrics["train_seconds"] = round(seconds, 2)
-    run.write_json("metrics.json", metrics)
-    return TrainResult(run.path.resolve(), export, checkpoint.history, metrics, seconds, loop=config.loop)
+    worker_dir = None if config.distribute != "multi-worker" or distribute.is_chief() else \
+        tempfile.mkdtemp(prefix="kpipe-worker-")
+    try:
+        run, state, source = _run_folders(manifest, config, worker_dir)
+        distribute.set_random_seed(config.seed)  # backend's own: on JAX / PyTorch, TensorFlow is not imported
+        with dtype_policy(config.mixed_precision) as policy:
+            setup = _build(manifest, config, model=model, loss=loss, strategy=strategy, policy=policy)
+            run.create(replace=state is None and config.overwrite and worker_dir is None)
+            run.write_config(config, manifest=manifest, resolved=setup.resolved)
+            initial_epoch = _resume(run, setup, state, source) if state is not None else 0
+            run_callbacks, checkpoint = run_callbacks_for(run, config, setup.train, setup.resolved, state, callbacks)
+            _fit(run, setup, config, run_callbacks, initial_epoch, manifest)
+            export, metrics = _finish(run, setup, config, manifest, checkpoint)
+        seconds = time.perf_counter() - started
+        metrics["train_seconds"] = round(seconds, 2)
+        run.write_json("metrics.json", metrics)
+    finally:
+        if worker_dir is not None:
+            shutil.rmtree(worker_dir, ignore_errors=True)
+    run_dir = source.path if worker_dir is not None else run.path  # another worker: the chief's folder
+    return TrainResult(run_dir.resolve(), export, checkpoint.history, metrics, seconds, loop=config.loop)
+
+
+def _run_folders(manifest: Manifest, config: TrainConfig, worker_dir: str | None
+                 ) -> tuple[RunFolder, dict[str, Any] | None, RunFolder]:
+    """``(the folder this process writes, the checkpoint state or None, the folder it resumes from)``.
+
+    In a multi-worker job the chief (worker 0) writes the run folder; every other worker runs the same steps
+    (so that the workers stay in step) and writes them to ``worker_dir``, a temporary folder removed at the
+    end, resuming from the chief's checkpoint (``--resume`` on a folder every worker sees).
+    """
+    if worker_dir is None:
+        run, state = preflight.check_run(manifest, config)
+        return run, state, run
+    chief_folder = RunFolder(config.resume or config.out or worker_dir)
+    if config.resume is not None:
+        source, state = preflight.check_run(manifest, config)
+        return RunFolder(worker_dir), state, source
+    run, state = preflight.check_run(manifest, dataclasses.replace(config, out=worker_dir, overwrite=False))
+    return run, state, chief_folder
