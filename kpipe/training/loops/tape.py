@@ -21,6 +21,12 @@ jax             ``model.stateless_call``, `jax.value_and_grad`, ``optimizer.stat
 torch           ``zero_grad()``, forward, ``loss.backward()``, ``optimizer.apply`` under `torch.no_grad`
 ==============  ==================================================================================
 
+On TensorFlow the loop also runs under `tf.distribute.MultiWorkerMirroredStrategy`
+(``kpipe train --distribute multi-worker``): one replica per worker process,
+each step in ``strategy.run`` on the worker's slice of a sharded
+`kpipe.DataGenerator`, with the losses, gradients and metrics of one process
+(``native_tensorflow.TapeSteps``).
+
 Resuming is by ``initial_epoch`` (kpipe's run checkpoint gives it);
 `keras.callbacks.BackupAndRestore` talks to `fit` through private model
 attributes, so this loop refuses it and says so.
@@ -245,7 +251,8 @@ class TapeLoop:
 
         Raises:
             ArgumentError: On a `BackupAndRestore` callback, or a distribution
-                strategy with more than one replica.
+                strategy with more than one replica (except multi-worker, one
+                replica per worker, over generators sharded as its replicas).
         """
         model = self.model
         verbose = 1 if verbose == "auto" else int(verbose)
