@@ -58,8 +58,20 @@ def _handle_errors(fn):
                 raise click.exceptions.Exit(130) from None
             except KpipeError as e:
                 raise click.ClickException(cli_names(str(e), _option_flags())) from None
+            except ImportError as e:
+                if (e.name or "").split(".")[0] not in _BACKEND_MODULES:
+                    raise
+                backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+                raise click.ClickException(
+                    f"Keras cannot start with its {backend!r} backend: {e}. Install it (e.g. `pip install "
+                    f"{e.name.split('.')[0]}`) or set KERAS_BACKEND to an installed backend (tensorflow, jax, torch)."
+                ) from None
 
     return wrapper
+
+
+_BACKEND_MODULES = ("keras", "tensorflow", "jax", "jaxlib", "torch")
+"""Modules whose absence at import time means the Keras backend asked for is not installed."""
 
 
 def _option_flags() -> dict[str, tuple[str, bool]]:

@@ -140,8 +140,13 @@ class ScanResult:
 
 
 def skip(path: str | os.PathLike, kind: str, reason: str) -> dict[str, str]:
-    """One ``skipped`` entry: ``{"path": ..., "reason": ..., "kind": ...}``."""
-    assert kind in SKIP_KINDS, kind
+    """One ``skipped`` entry: ``{"path": ..., "reason": ..., "kind": ...}``.
+
+    Raises:
+        ValueError: If ``kind`` is not one of `SKIP_KINDS` (a programming error).
+    """
+    if kind not in SKIP_KINDS:
+        raise ValueError(f"`kind` must be one of {', '.join(SKIP_KINDS)}. Received: kind={kind!r}")
     return {"path": str(path), "reason": reason, "kind": kind}
 
 
@@ -563,9 +568,33 @@ def _check_label_is_categorical(raw: Path, column: str, labels: Sequence[str]) -
         )
 
 
-def _scan_csv(raw: Path, *, label_column: str, id_column: str | None,
-              weight_column: str | None = None, missing: str = "auto") -> ScanResult:
-    policy, fill = parse_missing(missing)
+@dataclasses.dataclass(frozen=True)
+class _CsvColumns:
+    """The header of a CSV table and where its label, ID and weight columns are (`None`: no such column)."""
+
+    header: list[str]
+    label_column: str
+    id_column: str | None
+    weight_column: str | None
+    label: int
+    id: int | None
+    weight: int | None
+
+    def candidates(self) -> list[int]:
+        """Positions of the possible feature columns: all but the label, ID and weight columns."""
+        return [j for j in range(len(self.header)) if j not in (self.label, self.id, self.weight)]
+
+    def sample_id(self, row: Sequence[str], n: int) -> str:
+        """The ID of the row numbered ``n``, before `safe_id`: its ID cell, else ``row<n - 1>`` (6 digits)."""
+        return row[self.id].strip() if self.id is not None else f"row{n - 1:06d}"
+
+
+def _read_csv(raw: Path) -> list[tuple[int, list[str]]]:
+    """The non-blank rows of ``raw``, numbered from 1 (the ``N`` of ``file.csv:N``); the first is the header.
+
+    Raises:
+        InputError: If the file cannot be read, or has no data row after the header.
+    """
     try:
         with open_regular(raw) as fb, io.TextIOWrapper(fb, encoding="utf-8-sig", newline="") as f:
             rows = list(csv.reader(f))
@@ -576,106 +605,196 @@ def _scan_csv(raw: Path, *, label_column: str, id_column: str | None,
     numbered = [(n, r) for n, r in enumerate(rows, start=1) if any(cell.strip() for cell in r)]
     if len(numbered) < 2:
         raise InputError(f"CSV {raw} has no data rows (it needs a header row and one row per sample).")
-    header = [h.strip() for h in numbered[0][1]]
+    return numbered
+
+
+def _resolve_columns(raw: Path, header_row: Sequence[str], label_column: str, id_column: str | None,
+                     weight_column: str | None) -> _CsvColumns:
+    """Find the label, ID and weight columns in the header (names compared after stripping blanks).
+
+    Raises:
+        InputError: If a named column is not in the header.
+    """
+    header = [h.strip() for h in header_row]
     for name, what in ((label_column, "label"), (id_column, "ID"), (weight_column, "weight")):
         if name is not None and name not in header:
             hint = " Pass --label-column NAME." if what == "label" else ""
             raise InputError(f"CSV {raw} has no {what} column {name!r}. Its columns are: {', '.join(header)}.{hint}")
-    data = numbered[1:]
-    label_idx = header.index(label_column)
-    id_idx = header.index(id_column) if id_column is not None else None
-    w_idx = header.index(weight_column) if weight_column is not None else None
-    skipped: list[dict[str, str]] = []
+    return _CsvColumns(
+        header=header, label_column=label_column, id_column=id_column, weight_column=weight_column,
+        label=header.index(label_column),
+        id=header.index(id_column) if id_column is not None else None,
+        weight=header.index(weight_column) if weight_column is not None else None,
+    )
 
-    # Rows that cannot be used whatever the columns: wrong width, no label.
+
+def _usable_rows(raw: Path, data: Sequence[tuple[int, list[str]]], cols: _CsvColumns,
+                 skipped: list[dict[str, str]]) -> list[tuple[int, list[str]]]:
+    """The rows that can be used whatever the feature columns: as wide as the header, with a label (and an ID).
+
+    The others are appended to ``skipped`` (``"bad-row"``, ``"missing-label"``).
+
+    Raises:
+        InputError: If no row is left.
+    """
     good: list[tuple[int, list[str]]] = []
     for n, r in data:
         where = f"{raw}:{n}"
-        if len(r) != len(header):
-            skipped.append(skip(where, "bad-row", f"row has {len(r)} cells, the header has {len(header)}"))
-        elif _is_missing(r[label_idx]):
-            skipped.append(skip(where, "missing-label", f"missing label in column {label_column!r}"))
-        elif id_idx is not None and _is_missing(r[id_idx]):
-            skipped.append(skip(where, "bad-row", f"missing ID in column {id_column!r}"))
+        if len(r) != len(cols.header):
+            skipped.append(skip(where, "bad-row", f"row has {len(r)} cells, the header has {len(cols.header)}"))
+        elif _is_missing(r[cols.label]):
+            skipped.append(skip(where, "missing-label", f"missing label in column {cols.label_column!r}"))
+        elif cols.id is not None and _is_missing(r[cols.id]):
+            skipped.append(skip(where, "bad-row", f"missing ID in column {cols.id_column!r}"))
         else:
             good.append((n, r))
     if not good:
         raise InputError(f"CSV {raw} has no usable rows. Skipped: {describe_skipped(skipped)}.")
-    if id_idx is not None:
-        first_line: dict[str, int] = {}
-        for n, r in good:
-            sid = r[id_idx].strip()
-            if sid in first_line:
-                raise InputError(
-                    f"CSV {raw}: the ID {sid!r} in column {id_column!r} is on lines {first_line[sid]} and {n}; IDs "
-                    "must be unique. Fix the file, or drop --id-column to number the rows."
-                )
-            first_line[sid] = n
+    return good
 
-    # Columns: numeric features, or dropped (text, empty, too many missing values).
-    other = [j for j in range(len(header)) if j not in (label_idx, id_idx, w_idx)]
+
+def _check_unique_ids(raw: Path, rows: Sequence[tuple[int, list[str]]], cols: _CsvColumns) -> None:
+    """Refuse an ID column whose (stripped) IDs repeat, naming the two rows."""
+    if cols.id is None:
+        return
+    first_line: dict[str, int] = {}
+    for n, r in rows:
+        sid = r[cols.id].strip()
+        if sid in first_line:
+            raise InputError(
+                f"CSV {raw}: the ID {sid!r} in column {cols.id_column!r} is on lines {first_line[sid]} and {n}; IDs "
+                "must be unique. Fix the file, or drop --id-column to number the rows."
+            )
+        first_line[sid] = n
+
+
+def _column_verdict(cells: Sequence[str], policy: str) -> str | None:
+    """Why a possible feature column is dropped (``"empty"``, ``"text"``, ``"N% missing"``), or `None` to keep it.
+
+    A column is text when at most half of its present (not missing) cells are numbers. A column with missing
+    values is dropped by the ``"drop-columns"`` policy, and by ``"auto"`` when more than half of its cells are
+    missing (see `parse_missing`).
+    """
+    if _all_numbers(cells):  # fast path, same answer: no cell is missing and every one is a number
+        present, n_missing, numeric = cells, 0, len(cells)
+    else:
+        present = [c.strip() for c in cells if not _is_missing(c)]
+        n_missing = len(cells) - len(present)
+        numeric = sum(_parse_float(c) is not None for c in present)
+    if not present:
+        return "empty"
+    if numeric * 2 <= len(present):
+        return "text"
+    if n_missing and (policy == "drop-columns" or (policy == "auto" and n_missing * 2 > len(cells))):
+        return f"{100 * n_missing / len(cells):.0f}% missing"
+    return None
+
+
+def _feature_columns(raw: Path, rows: Sequence[tuple[int, list[str]]], cols: _CsvColumns,
+                     policy: str) -> tuple[list[int], dict[str, str]]:
+    """``(positions of the feature columns, {dropped column name: reason})``, see `_column_verdict`.
+
+    Raises:
+        InputError: If no feature column is left.
+    """
     features: list[int] = []
     dropped: dict[str, str] = {}
-    for j in other:
-        cells = [r[j] for _, r in good]
-        if _all_numbers(cells):  # fast path, same answer: no cell is missing and every one is a number
-            present, n_missing, numeric = cells, 0, len(cells)
-        else:
-            present = [c.strip() for c in cells if not _is_missing(c)]
-            n_missing = len(cells) - len(present)
-            numeric = sum(_parse_float(c) is not None for c in present)
-        name = header[j] or f"#{j + 1}"
-        if not present:
-            dropped[name] = "empty"
-        elif numeric * 2 <= len(present):
-            dropped[name] = "text"
-        elif n_missing and (policy == "drop-columns" or (policy == "auto" and n_missing * 2 > len(cells))):
-            dropped[name] = f"{100 * n_missing / len(cells):.0f}% missing"
-        else:
+    for j in cols.candidates():
+        reason = _column_verdict([r[j] for _, r in rows], policy)
+        if reason is None:
             features.append(j)
+        else:
+            dropped[cols.header[j] or f"#{j + 1}"] = reason
     if not features:
         why = f" (dropped: {', '.join(f'{k} ({v})' for k, v in dropped.items())})" if dropped else ""
-        raise InputError(f"CSV {raw} has no numeric feature columns besides {label_column!r}{why}.")
+        raise InputError(f"CSV {raw} has no numeric feature columns besides {cols.label_column!r}{why}.")
+    return features, dropped
 
+
+def _row_values(row: Sequence[str], features: Sequence[int], header: Sequence[str], policy: str,
+                fill: float | None) -> tuple[np.ndarray | None, tuple[str, str] | None]:
+    """The feature vector of one row, float32 of shape ``(F,)``, or ``(None, (kind, reason))`` to skip the row.
+
+    A missing cell becomes ``fill``, or skips the row (``"missing-value"``) when ``fill`` is `None`; a cell
+    that is not a number skips it (``"bad-row"``). The first such cell, in column order, decides.
+    """
+    fast = _numbers([row[j] for j in features])
+    if fast is not None:  # every feature cell a number, none missing: what the loop below would find
+        return np.asarray(fast, dtype=np.float32), None
+    values: list[float] = []
+    for j in features:
+        cell = row[j].strip()
+        if _is_missing(cell):
+            if fill is None:
+                return None, ("missing-value", f"missing value {cell!r} in column {header[j]!r} (--missing {policy})")
+            values.append(fill)
+            continue
+        v = _parse_float(cell)
+        if v is None:
+            return None, ("bad-row", f"value {cell!r} in column {header[j]!r} is not a number")
+        values.append(v)
+    return np.asarray(values, dtype=np.float32), None
+
+
+def _parse_rows(raw: Path, rows: Sequence[tuple[int, list[str]]], cols: _CsvColumns, features: Sequence[int],
+                policy: str, fill: float | None, skipped: list[dict[str, str]],
+                ) -> tuple[list[tuple[int, str, str, np.ndarray]], dict[int, float], int]:
+    """Parse the values, label, ID and weight of each row, in row order; skipped rows go to ``skipped``.
+
+    Returns:
+        ``(kept, weights, dropped_rows)``: ``kept`` holds ``(row number, canonical label, safe ID, values)``;
+        ``weights`` maps a kept row's number to its weight (empty without a weight column); ``dropped_rows``
+        counts the rows skipped for a missing value.
+
+    Raises:
+        InputError: If a kept row's weight is not a finite number >= 0 (file and row named), or no row is kept.
+    """
     kept: list[tuple[int, str, str, np.ndarray]] = []
-    row_weight: dict[int, float] = {}
+    weights: dict[int, float] = {}
     dropped_rows = 0
-    for n, r in good:
-        fast = _numbers([r[j] for j in features])
-        if fast is not None:  # every feature cell a number, none missing: what the loop below would find
-            if w_idx is not None:
-                row_weight[n] = _parse_weight(r[w_idx], f"{raw}:{n}", weight_column)
-            sid = r[id_idx].strip() if id_idx is not None else f"row{n - 1:06d}"
-            kept.append((n, _canonical_label(r[label_idx]), safe_id(sid), np.asarray(fast, dtype=np.float32)))
-            continue
-        where = f"{raw}:{n}"
-        values, problem = [], None
-        for j in features:
-            cell = r[j].strip()
-            if _is_missing(cell):
-                if fill is None:
-                    problem = skip(where, "missing-value", f"missing value {cell!r} in column {header[j]!r} "
-                                                           f"(--missing {policy})")
-                    dropped_rows += 1
-                    break
-                values.append(fill)
-                continue
-            v = _parse_float(cell)
-            if v is None:
-                problem = skip(where, "bad-row", f"value {cell!r} in column {header[j]!r} is not a number")
-                break
-            values.append(v)
+    for n, r in rows:
+        values, problem = _row_values(r, features, cols.header, policy, fill)
         if problem is not None:
-            skipped.append(problem)
+            kind, reason = problem
+            skipped.append(skip(f"{raw}:{n}", kind, reason))
+            if kind == "missing-value":
+                dropped_rows += 1
             continue
-        if w_idx is not None:
-            row_weight[n] = _parse_weight(r[w_idx], where, weight_column)
-        sid = r[id_idx].strip() if id_idx is not None else f"row{n - 1:06d}"
-        kept.append((n, _canonical_label(r[label_idx]), safe_id(sid), np.asarray(values, dtype=np.float32)))
+        if cols.weight is not None:
+            weights[n] = _parse_weight(r[cols.weight], f"{raw}:{n}", cols.weight_column)
+        kept.append((n, _canonical_label(r[cols.label]), safe_id(cols.sample_id(r, n)), values))
     if not kept:
         raise InputError(f"CSV {raw} has no usable rows. Skipped: {describe_skipped(skipped)}.")
-    _check_label_is_categorical(raw, label_column, [k[1] for k in kept])
-    names = sorted({k[1] for k in kept}, key=_class_sort_key([k[1] for k in kept]))
+    return kept, weights, dropped_rows
+
+
+def _csv_classes(raw: Path, label_column: str, labels: Sequence[str]) -> list[str]:
+    """The class names: the distinct canonical labels, in numeric order when all are numbers, else sorted.
+
+    Raises:
+        InputError: If the labels look continuous (see `_check_label_is_categorical`).
+    """
+    _check_label_is_categorical(raw, label_column, labels)
+    return sorted(set(labels), key=_class_sort_key(labels))
+
+
+def _scan_csv(raw: Path, *, label_column: str, id_column: str | None,
+              weight_column: str | None = None, missing: str = "auto") -> ScanResult:
+    """`scan` of a CSV table: a sample per usable row, its numeric feature columns as a float32 vector.
+
+    In order: the header's columns (`_resolve_columns`), the rows usable whatever the features (`_usable_rows`),
+    the feature columns under the ``missing`` policy (`_feature_columns`), each row's values (`_parse_rows`),
+    then the classes (`_csv_classes`).
+    """
+    policy, fill = parse_missing(missing)
+    numbered = _read_csv(raw)
+    cols = _resolve_columns(raw, numbered[0][1], label_column, id_column, weight_column)
+    skipped: list[dict[str, str]] = []
+    rows = _usable_rows(raw, numbered[1:], cols, skipped)
+    _check_unique_ids(raw, rows, cols)
+    features, dropped = _feature_columns(raw, rows, cols, policy)
+    kept, row_weight, dropped_rows = _parse_rows(raw, rows, cols, features, policy, fill, skipped)
+    names = _csv_classes(raw, label_column, [k[1] for k in kept])
     index = {name: i for i, name in enumerate(names)}
     ids = unique_ids([k[2] for k in kept])
     samples = [
@@ -683,7 +802,7 @@ def _scan_csv(raw: Path, *, label_column: str, id_column: str | None,
         for (n, label, _, v), i in zip(kept, ids)
     ]
     details: dict[str, Any] = {
-        "feature_columns": [header[j] for j in features],
+        "feature_columns": [cols.header[j] for j in features],
         "dropped_columns": list(dropped),
         "dropped_column_reasons": dropped,
         "dropped_rows": dropped_rows,
@@ -692,7 +811,7 @@ def _scan_csv(raw: Path, *, label_column: str, id_column: str | None,
         "missing": policy if fill is None else f"fill={fill:g}",
     }
     weights = None
-    if w_idx is not None:
+    if cols.weight is not None:
         details["weight_column"] = weight_column
         weights = {i: row_weight[n] for (n, *_), i in zip(kept, ids)}
     return ScanResult(layout="csv", classes=names, samples=samples, skipped=skipped, details=details,
@@ -1003,9 +1122,11 @@ def load_sample_noted(sample: RawSample, layout: str,
                       image_options: ImageOptions | None = None) -> tuple[np.ndarray, list[str]]:
     """`load_sample`, with the notes of `decode_image` (empty for npy and CSV)."""
     if layout == "csv":
-        assert sample.values is not None
+        if sample.values is None:
+            raise TypeError(f"CSV sample {sample.id!r} has no `values`; it was not made by `scan` of a CSV file")
         return sample.values, []
-    assert sample.path is not None
+    if sample.path is None:
+        raise TypeError(f"{layout} sample {sample.id!r} has no `path`; it was not made by `scan` of a folder")
     if layout == "images":
         return decode_image(sample.path, image_options or ImageOptions())
     return load_npy(sample.path), []

@@ -29,6 +29,7 @@ from kpipe.ingest import (
     ImageOptions,
     RawSample,
     SampleError,
+    ScanResult,
     describe_skipped,
     image_kind,
     infer_image_options,
@@ -125,9 +126,9 @@ class PrepareResult:
             how = {"group": "each group kept in one partition", "drop": "the first of each kept"}.get(
                 p.get("duplicates", "group"), "")
             conflict = self.report.get("conflicting_labels", 0)
-            line.append(f"{len(groups)} duplicate group{'s' if len(groups) != 1 else ''} ({n} samples{', ' if conflict else ''}"
-                        f"{f'{conflict} with conflicting labels' if conflict else ''}): {how} "
-                        f"(--duplicates {p.get('duplicates', 'group')})")
+            conflicts = f", {conflict} with conflicting labels" if conflict else ""
+            line.append(f"{len(groups)} duplicate group{'s' if len(groups) != 1 else ''} ({n} samples{conflicts}): "
+                        f"{how} (--duplicates {p.get('duplicates', 'group')})")
         notes = self.report.get("notes") or {}
         if notes:
             size = "x".join(str(d) for d in p.get("image_size", []))
@@ -317,33 +318,17 @@ def prepare(
         Prepared 1797 samples in 10 classes: train 1438, validation 180, test 179; per class ...
     """
     raw, out = Path(raw), Path(out)
-    fractions = parse_split(split)
-    size = parse_image_size(image_size)
-    if color_mode is not None:
-        check_choice(color_mode, "color_mode", COLOR_MODES, error=InputError)
-    check_choice(dtype, "dtype", IMAGE_DTYPES, error=InputError)
-    check_choice(background, "background", BACKGROUNDS, error=InputError)
-    check_choice(nonfinite, "nonfinite", NONFINITE_POLICIES, error=InputError)
-    check_choice(duplicates, "duplicates", DUPLICATE_POLICIES, error=InputError)
-    check_choice(small_classes, "small_classes", SMALL_CLASS_POLICIES, error=InputError)
-    parse_missing(missing)
-    compression = check_storage_options(format, shard_size, compression)
-    if not isinstance(n_jobs, int) or isinstance(n_jobs, bool) or n_jobs == 0:
-        raise InputError(f"`n_jobs` must be a non-zero integer (-1 for all cores). Received: n_jobs={n_jobs!r}")
-    backend, scheduler = check_backend(backend, scheduler)
-    if executor is not None and not isinstance(executor, cf.Executor):
-        raise InputError(f"`executor` must be a concurrent.futures.Executor. Received: executor={executor!r}")
+    fractions, size, compression, backend, scheduler = _check_options(
+        split=split, image_size=image_size, color_mode=color_mode, dtype=dtype, background=background,
+        missing=missing, nonfinite=nonfinite, duplicates=duplicates, small_classes=small_classes, format=format,
+        shard_size=shard_size, compression=compression, n_jobs=n_jobs, backend=backend, scheduler=scheduler,
+        executor=executor)
     check_output_folder(out, raw, overwrite=overwrite, what="input")
 
     found = scan(raw, layout, label_column=label_column, id_column=id_column, weight_column=weight_column,
                  missing=missing)
-    if found.layout != "images" and (dtype != "auto" or color_mode is not None or size is not None):
-        raise InputError(
-            f"`dtype`, `image_size` and `color_mode` apply to images; {raw} is {found.layout} input, stored as it "
-            f"is. Received: dtype={dtype!r}, image_size={image_size!r}, color_mode={color_mode!r}"
-        )
-    file_weights = read_weights_file(weights) if weights is not None else None  # per-sample weights (issue 4)
-    weights_for_samples([], all_ids=[s.id for s in found.samples], column=found.weights, file=file_weights)
+    _check_image_only_options(raw, found.layout, dtype=dtype, image_size=image_size, color_mode=color_mode)
+    file_weights = _read_weights(weights, found)
     skipped = list(found.skipped)
     samples = found.samples
     image_options, shape, dtype_name = _probe(found, raw, size, color_mode, dtype, background, skipped)
@@ -367,57 +352,16 @@ def prepare(
         if not kept:
             raise InputError(f"None of the {len(samples)} inputs in {raw} could be converted."
                              + _failure_note(skipped, sizes))
-
-        # Drop classes left without any sample, keeping label order.
-        present = sorted({s.label for s in kept})
-        remap = {old: new for new, old in enumerate(present)}
-        lost = Counter(s.label for s in samples if s.id not in converted.digests)
-        for old, name in enumerate(found.classes):
-            if old not in remap:
-                skipped.append(skip(name, "class-dropped", f"class dropped: none of its {lost[old]} inputs could "
-                                                           "be converted"))
-        classes = [found.classes[i] for i in present]
-        labels = np.array([remap[s.label] for s in kept], dtype=np.int64)
-        if len(classes) < 2:
-            raise InputError(
-                f"Found only one class ({classes[0]!r}, {len(kept)} samples) in {raw}: a classifier needs at "
-                "least two. Add a folder (or label value) per class." + _failure_note(skipped, sizes)
-            )
-        group_of = {d: k for k, d in enumerate(dict.fromkeys(converted.digests[s.id] for s in kept))}
-        groups = np.array([group_of[converted.digests[s.id]] for s in kept], dtype=np.int64)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                parts = stratified_split(labels, fractions, seed=seed, class_names=classes,
-                                         groups=groups if duplicates == "group" else None,
-                                         small_classes_policy=small_classes)
-            except SplitError as e:
-                raise SplitError(f"{e}{_failure_note(skipped, sizes)}") from None
-        small_warnings = [str(w.message) for w in caught]
+        classes, labels = _renumber_classes(raw, found, kept, converted, skipped, sizes)
+        parts, small_warnings = _split_kept(kept, labels, classes, converted.digests, fractions, seed=seed,
+                                            duplicates=duplicates, small_classes=small_classes,
+                                            failure_note=lambda: _failure_note(skipped, sizes))
         for w in small_warnings:
             warnings.warn(w, stacklevel=2)
 
-        params: dict[str, Any] = {
-            "source": str(raw.resolve()),
-            "layout": found.layout,
-            "seed": seed,
-            "split": {"train": fractions[0], "validation": fractions[1], "test": fractions[2]},
-            "format": format,
-            "nonfinite": nonfinite,
-            "duplicates": duplicates,
-            "small_classes": small_classes,
-        }
-        if format == "hdf5":
-            params["compression"] = compression
-        if image_options is not None:
-            params["image_size"] = list(image_options.image_size or ())
-            params["color_mode"] = image_options.color_mode
-            params["resized"] = image_options.resize
-            params["dtype"] = image_options.dtype
-            params["background"] = image_options.background
-        params.update(found.details)
-        if weights is not None:
-            params["weights_file"] = str(Path(weights).resolve())
+        params = _prepare_params(raw, found, fractions, image_options, seed=seed, format=format,
+                                 nonfinite=nonfinite, duplicates=duplicates, small_classes=small_classes,
+                                 compression=compression, weights=weights)
         dup_groups = _duplicate_groups(kept, converted.digests)
         dup_groups = [g for g in dup_groups if len(g) > 1] + converted.dropped_groups
         params["duplicate_groups"] = dup_groups
@@ -442,14 +386,150 @@ def prepare(
         )
         manifest.save(staging.path / MANIFEST_NAME)
     manifest.path = (out / MANIFEST_NAME).resolve()
-    conflicting = sum(len({label_of.get(i, -1) for i in g if i in label_of}) > 1 for g in dup_groups)
-    report = {"notes": dict(converted.notes), "duplicate_groups": dup_groups, "conflicting_labels": conflicting,
-              "small_classes": small_warnings,
-              "execution": {"backend": pool.kind, "workers": pool.workers, "tasks": converted.num_tasks,
-                            "description": pool.description, "sample_cost_s": cost.wall, "sample_cpu_s": cost.cpu,
-                            "sample_write_s": cost.write,
-                            "task_seconds": converted.task_seconds, "task_cpu_seconds": converted.task_cpu_seconds}}
+    report = _report(converted, dup_groups, label_of, small_warnings, pool, cost)
     return PrepareResult(manifest=manifest, num_skipped=len(skipped), report=report)
+
+
+def _check_options(
+    *, split, image_size, color_mode, dtype: str, background: str, missing: str, nonfinite: str, duplicates: str,
+    small_classes: str, format: str, shard_size, compression, n_jobs, backend: str, scheduler: str | None, executor,
+) -> tuple[tuple[float, float, float], tuple[int, int] | None, str, str, str | None]:
+    """Check `prepare`'s options before anything is read; returns the parsed ones.
+
+    Returns:
+        ``(fractions, image size, compression, backend, scheduler)``, normalized.
+
+    Raises:
+        InputError, SplitError, ArgumentError: On the first invalid option, in the order of `prepare`'s arguments
+            (the split first).
+    """
+    fractions = parse_split(split)
+    size = parse_image_size(image_size)
+    if color_mode is not None:
+        check_choice(color_mode, "color_mode", COLOR_MODES, error=InputError)
+    check_choice(dtype, "dtype", IMAGE_DTYPES, error=InputError)
+    check_choice(background, "background", BACKGROUNDS, error=InputError)
+    check_choice(nonfinite, "nonfinite", NONFINITE_POLICIES, error=InputError)
+    check_choice(duplicates, "duplicates", DUPLICATE_POLICIES, error=InputError)
+    check_choice(small_classes, "small_classes", SMALL_CLASS_POLICIES, error=InputError)
+    parse_missing(missing)
+    compression = check_storage_options(format, shard_size, compression)
+    if not isinstance(n_jobs, int) or isinstance(n_jobs, bool) or n_jobs == 0:
+        raise InputError(f"`n_jobs` must be a non-zero integer (-1 for all cores). Received: n_jobs={n_jobs!r}")
+    backend, scheduler = check_backend(backend, scheduler)
+    if executor is not None and not isinstance(executor, cf.Executor):
+        raise InputError(f"`executor` must be a concurrent.futures.Executor. Received: executor={executor!r}")
+    return fractions, size, compression, backend, scheduler
+
+
+def _check_image_only_options(raw: Path, layout: str, *, dtype: str, image_size, color_mode: str | None) -> None:
+    """Refuse ``dtype``, ``image_size`` and ``color_mode`` for input that is not images (it is stored as it is)."""
+    if layout != "images" and (dtype != "auto" or color_mode is not None or image_size is not None):
+        raise InputError(
+            f"`dtype`, `image_size` and `color_mode` apply to images; {raw} is {layout} input, stored as it "
+            f"is. Received: dtype={dtype!r}, image_size={image_size!r}, color_mode={color_mode!r}"
+        )
+
+
+def _read_weights(weights: str | os.PathLike | None, found: ScanResult) -> dict[str, float] | None:
+    """The per-sample weights of the ``weights`` file (`None` without one), checked against the scanned IDs
+    and the CSV weight column before any conversion (see `kpipe.weights.weights_for_samples`)."""
+    file_weights = read_weights_file(weights) if weights is not None else None  # per-sample weights (issue 4)
+    weights_for_samples([], all_ids=[s.id for s in found.samples], column=found.weights, file=file_weights)
+    return file_weights
+
+
+def _renumber_classes(raw: Path, found: ScanResult, kept: Sequence[RawSample], converted: _Converted,
+                      skipped: list[dict[str, str]], sizes: Counter) -> tuple[list[str], np.ndarray]:
+    """Drop the classes left without any sample, keeping label order; returns ``(classes, labels of kept)``.
+
+    Each dropped class is appended to ``skipped`` (``"class-dropped"``).
+
+    Raises:
+        InputError: If fewer than two classes are left.
+    """
+    present = sorted({s.label for s in kept})
+    remap = {old: new for new, old in enumerate(present)}
+    lost = Counter(s.label for s in found.samples if s.id not in converted.digests)
+    for old, name in enumerate(found.classes):
+        if old not in remap:
+            skipped.append(skip(name, "class-dropped", f"class dropped: none of its {lost[old]} inputs could "
+                                                       "be converted"))
+    classes = [found.classes[i] for i in present]
+    labels = np.array([remap[s.label] for s in kept], dtype=np.int64)
+    if len(classes) < 2:
+        raise InputError(
+            f"Found only one class ({classes[0]!r}, {len(kept)} samples) in {raw}: a classifier needs at "
+            "least two. Add a folder (or label value) per class." + _failure_note(skipped, sizes)
+        )
+    return classes, labels
+
+
+def _split_kept(kept: Sequence[RawSample], labels: np.ndarray, classes: list[str], digests: dict[str, str],
+                fractions: tuple[float, float, float], *, seed: int, duplicates: str, small_classes: str,
+                failure_note: Callable[[], str]) -> tuple[dict[str, np.ndarray], list[str]]:
+    """`stratified_split` of the kept samples, equal contents grouped with ``duplicates="group"``.
+
+    Returns:
+        ``(partition -> positions in kept, small-class warnings)``; the warnings are returned, not issued, so
+        that `prepare` issues them for its caller.
+
+    Raises:
+        SplitError: If a class is too small for the split; ``failure_note()`` is appended to its message.
+    """
+    group_of = {d: k for k, d in enumerate(dict.fromkeys(digests[s.id] for s in kept))}
+    groups = np.array([group_of[digests[s.id]] for s in kept], dtype=np.int64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            parts = stratified_split(labels, fractions, seed=seed, class_names=classes,
+                                     groups=groups if duplicates == "group" else None,
+                                     small_classes_policy=small_classes)
+        except SplitError as e:
+            raise SplitError(f"{e}{failure_note()}") from None
+    return parts, [str(w.message) for w in caught]
+
+
+def _prepare_params(raw: Path, found: ScanResult, fractions: tuple[float, float, float],
+                    image_options: ImageOptions | None, *,
+                    seed: int, format: str, nonfinite: str, duplicates: str, small_classes: str, compression: str,
+                    weights: str | os.PathLike | None) -> dict[str, Any]:
+    """The ``prepare`` section of the manifest: the source, options and what the scan found (before the
+    duplicate groups, added by `prepare`)."""
+    params: dict[str, Any] = {
+        "source": str(raw.resolve()),
+        "layout": found.layout,
+        "seed": seed,
+        "split": {"train": fractions[0], "validation": fractions[1], "test": fractions[2]},
+        "format": format,
+        "nonfinite": nonfinite,
+        "duplicates": duplicates,
+        "small_classes": small_classes,
+    }
+    if format == "hdf5":
+        params["compression"] = compression
+    if image_options is not None:
+        params["image_size"] = list(image_options.image_size or ())
+        params["color_mode"] = image_options.color_mode
+        params["resized"] = image_options.resize
+        params["dtype"] = image_options.dtype
+        params["background"] = image_options.background
+    params.update(found.details)
+    if weights is not None:
+        params["weights_file"] = str(Path(weights).resolve())
+    return params
+
+
+def _report(converted: _Converted, dup_groups: list[list[str]], label_of: dict[str, int], small_warnings: list[str],
+            pool: Pool, cost: _Cost) -> dict[str, Any]:
+    """`PrepareResult.report`: value-change notes, duplicate groups, small-class warnings and where the work ran."""
+    conflicting = sum(len({label_of.get(i, -1) for i in g if i in label_of}) > 1 for g in dup_groups)
+    return {"notes": dict(converted.notes), "duplicate_groups": dup_groups, "conflicting_labels": conflicting,
+            "small_classes": small_warnings,
+            "execution": {"backend": pool.kind, "workers": pool.workers, "tasks": converted.num_tasks,
+                          "description": pool.description, "sample_cost_s": cost.wall, "sample_cpu_s": cost.cpu,
+                          "sample_write_s": cost.write,
+                          "task_seconds": converted.task_seconds, "task_cpu_seconds": converted.task_cpu_seconds}}
 
 
 def _probe(found, raw: Path, size, color_mode, dtype: str, background: str,
@@ -465,15 +545,16 @@ def _probe(found, raw: Path, size, color_mode, dtype: str, background: str,
     failures: list[dict[str, str]] = []
     for s in _by_most_common_kind(found.samples, found.layout):
         image_options = None
+        if found.layout == "images" and s.path is None:
+            raise TypeError(f"image sample {s.id!r} has no `path`; it was not made by `scan` of a folder")
         try:
             if found.layout == "images":
-                assert s.path is not None
                 image_options = infer_image_options(s.path, size, color_mode, dtype, background)
             arr = load_sample(s, found.layout, image_options)
         except SampleError as e:
             failures.append(skip(s.source, e.kind, str(e)))
             continue
-        except Exception as e:  # noqa: BLE001 - reported when the sample is converted
+        except Exception as e:  # any failure: this input is reported when it is converted
             failures.append(skip(s.source, "unreadable", f"unreadable: {e}"))
             continue
         return image_options, tuple(arr.shape), np.dtype(arr.dtype).name
@@ -565,7 +646,7 @@ def _sample_cost(samples: Sequence[RawSample], layout: str, image_options: Image
         try:
             arr = load_sample(samples[i], layout, image_options)
             sample_digest(arr)
-        except Exception:  # noqa: BLE001, S112 - judged when converted
+        except Exception:  # any failure: only a probe, the input is judged when it is converted
             continue
         walls.append(time.perf_counter() - start)
         cpus.append(time.thread_time() - cpu)
@@ -642,72 +723,105 @@ def _convert_all(samples, layout, image_options, output: _Output, pool: Pool, co
     each write one shard of up to ``shard_size`` inputs, in input order.
     npy: every task writes its samples' files.
     """
-    n = len(samples)
+    rows, output.shard_rows = _chunking(len(samples), output, pool, cost)
+    tasks = [_make_task(k, samples[lo : lo + rows], layout, image_options, output, pool.remote)
+             for k, lo in enumerate(range(0, len(samples), rows))]
+    merge = _Merge(tasks, {s.id: s.source for s in samples}, output, nonfinite=nonfinite, duplicates=duplicates,
+                   progress=progress)
+    run_ordered(pool, convert_chunk, tasks, on_result=merge)
+    return merge.finish()
+
+
+def _chunking(num: int, output: _Output, pool: Pool, cost: _Cost) -> tuple[int, int]:
+    """``(inputs per task, samples per HDF5 shard)``.
+
+    Cluster tasks writing HDF5 each write one shard: ``shard_size``, by default about 1 GiB of samples and at
+    most the inputs divided by the workers. Else tasks follow `_task_rows`.
+    """
     shard_cap = output.shard_size or default_shard_size(output.shape, output.dtype)
     if output.format == "hdf5" and pool.remote:
         if output.shard_size is None:
-            shard_cap = min(shard_cap, math.ceil(n / pool.workers))
+            shard_cap = min(shard_cap, math.ceil(num / pool.workers))
         rows = max(1, shard_cap)
     else:
-        rows = _task_rows(n, output, pool, cost)
-    output.shard_rows = max(1, min(shard_cap, n))
-    tasks = [_make_task(k, samples[lo : lo + rows], layout, image_options, output, pool.remote)
-             for k, lo in enumerate(range(0, n, rows))]
-    source = {s.id: s.source for s in samples}
-    result = _Converted({}, [], Counter(), Counter(), [], num_tasks=len(tasks))
-    first_of: dict[str, str] = {}  # digest -> first sample ID
-    dropped: dict[str, list[str]] = {}
-    writer = output.writer
+        rows = _task_rows(num, output, pool, cost)
+    return rows, max(1, min(shard_cap, num))
 
-    def merge(index: int, res: ChunkResult) -> None:
-        task = tasks[index]
+
+class _Merge:
+    """The ``on_result`` of `run_ordered` in `_convert_all`: merges each task's `ChunkResult` into a `_Converted`.
+
+    Inputs are met one after the other, in input order, as a sequential run meets them: a skipped input is
+    recorded (or stops prepare, ``nonfinite="error"``); a kept one is recorded with its digest unless it
+    duplicates an earlier one (``duplicates="error"`` stops, ``"drop"`` skips it). Kept arrays handed back go
+    to ``output.writer``; shards written by cluster tasks to ``output.shards``.
+    """
+
+    def __init__(self, tasks: Sequence[ChunkTask], source: dict[str, str], output: _Output, *, nonfinite: str,
+                 duplicates: str, progress: Callable[[int], None] | None) -> None:
+        self.tasks = tasks
+        self.source = source  # sample ID -> where it comes from
+        self.output = output
+        self.nonfinite = nonfinite
+        self.duplicates = duplicates
+        self.progress = progress
+        self.result = _Converted({}, [], Counter(), Counter(), [], num_tasks=len(tasks))
+        self.first_of: dict[str, str] = {}  # digest -> first sample ID
+        self.dropped: dict[str, list[str]] = {}  # first sample ID -> IDs dropped as its duplicates
+
+    def __call__(self, index: int, res: ChunkResult) -> None:
+        task = self.tasks[index]
         skips = {k: rest for k, *rest in res.skips}
         kept_at = {k: j for j, k in enumerate(res.kept)}
         good: list[int] = []  # positions in res.kept of the samples kept
-        # One input after the other, in input order, as a sequential run meets them.
         for k in sorted([*skips, *kept_at]):
-            sid = task.ids[k]
             if k in skips:
-                kind, reason, detail = skips[k]
-                if kind == "nonfinite" and nonfinite == "error":
-                    raise InputError(f"Sample {sid!r} ({source[sid]}) holds {reason.split(' among')[0]}; "
-                                     "--nonfinite error stops here. Fix or remove the input, or pass --nonfinite "
-                                     "skip to leave such samples out (they are listed in the manifest).")
-                result.skipped.append(skip(source[sid], kind, reason))
-                if kind == "size" and detail:
-                    result.sizes[detail] += 1
-                continue
-            j = kept_at[k]
-            digest = res.digests[j]
-            first = first_of.setdefault(digest, sid)
-            if first != sid:
-                if duplicates == "error":
-                    raise InputError(
-                        f"Samples {first!r} ({source[first]}) and {sid!r} ({source[sid]}) are exact duplicates; "
-                        "--duplicates error stops here. Remove one, or pass --duplicates group (keep each group "
-                        "in one partition) or --duplicates drop (keep the first)."
-                    )
-                if duplicates == "drop":
-                    dropped.setdefault(first, []).append(sid)
-                    result.dropped.add(sid)
-                    result.skipped.append(skip(source[sid], "duplicate", f"exact duplicate of {first!r} "
-                                                                          "(--duplicates drop)"))
-                    continue
-            result.digests[sid] = digest
-            good.append(j)
-        result.notes.update(res.notes)
-        result.task_seconds += res.seconds
-        result.task_cpu_seconds += res.cpu_seconds
-        if writer is not None and good:
-            writer.add_many([task.ids[res.kept[j]] for j in good], res.arrays[good])
+                self._skipped(task.ids[k], *skips[k])
+            elif self._kept(task.ids[k], res.digests[kept_at[k]]):
+                good.append(kept_at[k])
+        self.result.notes.update(res.notes)
+        self.result.task_seconds += res.seconds
+        self.result.task_cpu_seconds += res.cpu_seconds
+        if self.output.writer is not None and good:
+            self.output.writer.add_many([task.ids[res.kept[j]] for j in good], res.arrays[good])
         if res.shard is not None:
-            output.shards.append(res.shard)
-        if progress:
-            progress(len(task.ids))
+            self.output.shards.append(res.shard)
+        if self.progress:
+            self.progress(len(task.ids))
 
-    run_ordered(pool, convert_chunk, tasks, on_result=merge)
-    result.dropped_groups = [[first, *rest] for first, rest in dropped.items()]
-    return result
+    def _skipped(self, sid: str, kind: str, reason: str, detail: str | None) -> None:
+        source = self.source[sid]
+        if kind == "nonfinite" and self.nonfinite == "error":
+            raise InputError(f"Sample {sid!r} ({source}) holds {reason.split(' among')[0]}; "
+                             "--nonfinite error stops here. Fix or remove the input, or pass --nonfinite "
+                             "skip to leave such samples out (they are listed in the manifest).")
+        self.result.skipped.append(skip(source, kind, reason))
+        if kind == "size" and detail:
+            self.result.sizes[detail] += 1
+
+    def _kept(self, sid: str, digest: str) -> bool:
+        """Record a converted sample; `False` if it is dropped as a duplicate (``duplicates="drop"``)."""
+        first = self.first_of.setdefault(digest, sid)
+        if first != sid:
+            if self.duplicates == "error":
+                raise InputError(
+                    f"Samples {first!r} ({self.source[first]}) and {sid!r} ({self.source[sid]}) are exact "
+                    "duplicates; --duplicates error stops here. Remove one, or pass --duplicates group (keep each "
+                    "group in one partition) or --duplicates drop (keep the first)."
+                )
+            if self.duplicates == "drop":
+                self.dropped.setdefault(first, []).append(sid)
+                self.result.dropped.add(sid)
+                self.result.skipped.append(skip(self.source[sid], "duplicate", f"exact duplicate of {first!r} "
+                                                                               "(--duplicates drop)"))
+                return False
+        self.result.digests[sid] = digest
+        return True
+
+    def finish(self) -> _Converted:
+        """The merged `_Converted`, with the groups of dropped duplicates."""
+        self.result.dropped_groups = [[first, *rest] for first, rest in self.dropped.items()]
+        return self.result
 
 
 def _make_task(index: int, chunk: Sequence[RawSample], layout: str, image_options, output: _Output,
@@ -795,10 +909,11 @@ def _check_visible(paths: Sequence[Path], sizes: Sequence[int] | None = None) ->
         except FileNotFoundError:
             size = None
         if size is None or (sizes is not None and size != sizes[k]):
+            seen = "no such file" if size is None else "another size"
             raise StoreError(
-                f"The workers wrote {path.name} but this machine sees {'no such file' if size is None else 'another size'} "
-                f"at {path}. With --backend dask, OUT must be on a file system shared by every worker and this "
-                "machine, at the same path (e.g. NFS); the output was left as it was."
+                f"The workers wrote {path.name} but this machine sees {seen} at {path}. With --backend dask, OUT "
+                "must be on a file system shared by every worker and this machine, at the same path (e.g. NFS); the "
+                "output was left as it was."
             )
 
 
@@ -825,7 +940,7 @@ def _kind(sample: RawSample, layout: str) -> tuple | None:
             return image_kind(sample.path)
         if layout == "npy":
             return npy_kind(sample.path)
-    except Exception:  # noqa: BLE001 - an unreadable input is reported when it is converted
+    except Exception:  # any failure: an unreadable input is reported when it is converted
         return None
     return ()  # csv: every row has the same columns
 
