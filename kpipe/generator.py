@@ -56,6 +56,9 @@ batches. A ``transform`` needs ``transform_rng="sample"`` when sharded
 (one generator per sample, keyed by ``(seed, sampler epoch, slot of the
 sample in the epoch)``, so the augmentation does not depend on ``N``);
 the default, ``"batch"``, keeps the one-process stream of earlier versions.
+``pad_to_multiple=d`` pads one process's batches to a multiple of ``d``
+rows with zero-weight rows, the real rows' weights unchanged, for
+`keras.distribution.DataParallel`, which splits every batch among devices.
 """
 
 from __future__ import annotations
@@ -249,6 +252,16 @@ class DataGenerator(keras.utils.PyDataset):
             epoch's order)``, so a sharded generator augments as one process
             does, whatever the number of shards (required then).
             Defaults to ``"batch"``.
+        pad_to_multiple: Pad a batch whose length is not a multiple of it
+            (the last, partial batch of a sampler epoch) with zero-weight
+            rows, copies of the batch's first sample, to the next multiple;
+            the real rows keep their weights (1 without any). Batches are then
+            always ``(x, y, sample_weight)``; a loss reduced by the weights'
+            sum (``reduction="mean_with_sample_weight"``) and weighted metrics
+            are those of the real rows. For `keras.distribution.DataParallel`,
+            which splits every batch evenly among devices (``kpipe train
+            --distribute data-parallel``). Not with ``num_shards > 1`` (their
+            slices are padded already). Defaults to 1 (no padding).
         **options: Keyword shortcuts, all optional:
             ``workers`` (threads or processes making batches, default 1),
             ``use_multiprocessing`` (processes, default `False`),
@@ -305,6 +318,7 @@ class DataGenerator(keras.utils.PyDataset):
         num_shards: int | str = 1,
         shard_index: int | None = None,
         transform_rng: str = "batch",
+        pad_to_multiple: int = 1,
         **options: Any,
     ) -> None:
         unknown = sorted(set(options) - set(_SAMPLING_OPTIONS + _WEIGHT_OPTIONS + _LOADER_OPTIONS + _CLASSIC_OPTIONS))
@@ -339,6 +353,7 @@ class DataGenerator(keras.utils.PyDataset):
             "prefetch": prefetch,
             "shard": check_shard(num_shards, shard_index),
             "transform_rng": check_choice(transform_rng, "transform_rng", TRANSFORM_RNGS),
+            "pad_to_multiple": check_positive_int(pad_to_multiple, "pad_to_multiple"),
         }
         self._setup(recipe, epoch=check_int(initial_epoch, "initial_epoch", minimum=0), warn=True)
         if state is not None:
@@ -389,7 +404,7 @@ class DataGenerator(keras.utils.PyDataset):
         self.num_dropped: int = n - self.batches_per_sampler_epoch * b if self.drop_remainder else 0
         self.steps_per_epoch: int = recipe["steps_per_epoch"] or self.batches_per_sampler_epoch
         self.transform_rng: str = recipe["transform_rng"]
-        self._setup_shard(recipe["shard"])
+        self._setup_shard(recipe["shard"], pad_to_multiple=recipe["pad_to_multiple"])
         self._labels_out = self._label_table()
         self._scratch = threading.local()  # per thread: the read buffer of a batch converted to `dtype`
         store: Store = open_store(self.manifest)
@@ -411,18 +426,27 @@ class DataGenerator(keras.utils.PyDataset):
         if warn:
             self._warn_about_options(recipe)
 
-    def _setup_shard(self, shard: Shard) -> None:
+    def _setup_shard(self, shard: Shard, *, pad_to_multiple: int) -> None:
         """The worker's slice of every global batch (`kpipe._shards`), checked against the other options."""
         self.shard: Shard = shard
         self.shard_batch_size: int = -(-self._batch_size // shard.count)
-        if shard.count == 1:
+        self.pad_to_multiple: int = pad_to_multiple
+        if shard.count == 1 and pad_to_multiple == 1:
             return
+        if shard.count > 1 and pad_to_multiple > 1:
+            raise ArgumentError(
+                f"A sharded generator pads every slice to shard_batch_size rows already; `pad_to_multiple` is for "
+                f"one process. Received: num_shards={shard.count}, pad_to_multiple={pad_to_multiple}"
+            )
         if self.label_mode is None:
             raise ArgumentError(
-                f"A sharded generator marks its padding rows by sample weight 0, so it needs labels; with "
-                f"label_mode=None the padding could not be told apart. Use label_mode='int' (or another), or "
-                f"num_shards=1. Received: num_shards={shard.count}, label_mode=None"
+                f"A sharded or padded generator marks its padding rows by sample weight 0, so it needs labels; "
+                f"with label_mode=None the padding could not be told apart. Use label_mode='int' (or another), or "
+                f"num_shards=1 and pad_to_multiple=1. Received: num_shards={shard.count}, "
+                f"pad_to_multiple={pad_to_multiple}, label_mode=None"
             )
+        if shard.count == 1:
+            return
         if self.transform is not None and self.transform_rng == "batch":
             raise ArgumentError(
                 f"With num_shards={shard.count} each worker transforms only its slice of a batch, so a generator "
@@ -529,8 +553,8 @@ class DataGenerator(keras.utils.PyDataset):
 
     @property
     def yields_weights(self) -> bool:
-        """True if batches are ``(x, y, sample_weight)`` (weights configured, or a sharded generator)."""
-        return self.sample_weights is not None or self.shard.count > 1
+        """True if batches are ``(x, y, sample_weight)`` (weights configured, a sharded or padded generator)."""
+        return self.sample_weights is not None or self.shard.count > 1 or self.pad_to_multiple > 1
 
     # ------------------------------------------------------------- PyDataset
     @property
@@ -576,10 +600,14 @@ class DataGenerator(keras.utils.PyDataset):
         epoch, index = divmod(int(k), self.batches_per_sampler_epoch)
         plan = self._plan(epoch)
         lo = index * self._batch_size
-        if self.shard.count == 1:
-            hi = lo + self._batch_size
-            return self.assemble(plan.positions[lo:hi], plan.rows[lo:hi], epoch, index)
         hi = min(lo + self._batch_size, len(plan.positions))
+        if self.pad_to_multiple > 1:  # one process, padded to a multiple (the real rows' weights unchanged)
+            slots, num_real = shard_slots(lo, hi, Shard(1, 0), -(-(hi - lo) // self.pad_to_multiple)
+                                          * self.pad_to_multiple)
+            return self.assemble(plan.positions[slots], plan.rows[slots], epoch, index, slots=slots,
+                                 num_real=num_real)
+        if self.shard.count == 1:
+            return self.assemble(plan.positions[lo:hi], plan.rows[lo:hi], epoch, index)
         slots, num_real = shard_slots(lo, hi, self.shard, self._batch_size)
         return self.assemble(plan.positions[slots], plan.rows[slots], epoch, index, slots=slots, num_real=num_real,
                              weight_scale=self.shard.count * self.shard_batch_size / (hi - lo))

@@ -183,3 +183,28 @@ def test_shard_arguments_and_environment(indexed_manifest: Path, monkeypatch):
                           ({"num_shards": 2, "shard_index": 0, "label_mode": None}, "needs labels")]:
         with pytest.raises(ArgumentError, match=match):
             DataGenerator(indexed_manifest, "train", **kwargs)
+
+
+def test_one_process_pads_its_batches_to_a_multiple(indexed_manifest: Path):
+    """pad_to_multiple (for keras.distribution.DataParallel): 36 = 3 * 10 + 6 samples, batches of 10 padded to
+    a multiple of 4: 12, 12, 12, then 6 real rows and 2 zero-weight copies of the batch's first sample; the real
+    rows keep their weights (1 here, the class weights below)."""
+    plain = DataGenerator(indexed_manifest, "train", batch_size=10, seed=5)
+    padded = DataGenerator(indexed_manifest, "train", batch_size=10, seed=5, pad_to_multiple=4)
+    assert padded.yields_weights and len(padded) == len(plain) == 4
+    for k in range(len(plain)):
+        x, y = plain.make_batch(k)
+        xp, yp, wp = padded.make_batch(k)
+        assert len(xp) == (12 if k < 3 else 8)
+        np.testing.assert_array_equal(xp[: len(x)], x)
+        np.testing.assert_array_equal(yp[: len(y)], y)
+        np.testing.assert_array_equal(wp, [1.0] * len(x) + [0.0] * (len(xp) - len(x)))
+    np.testing.assert_array_equal(xp[6:], np.repeat(x[:1], 2, axis=0))
+    weights = {"class_weight": {"a": 1, "b": 2, "c": 3}}
+    _, _, w = DataGenerator(indexed_manifest, "train", batch_size=10, seed=5, **weights).make_batch(3)
+    _, _, wp = DataGenerator(indexed_manifest, "train", batch_size=10, seed=5, pad_to_multiple=4,
+                             **weights).make_batch(3)
+    np.testing.assert_array_equal(wp, [*w, 0.0, 0.0])
+    for kwargs, match in [({"label_mode": None}, "needs labels"), ({"num_shards": 2, "shard_index": 0}, "one process")]:
+        with pytest.raises(ArgumentError, match=match):
+            DataGenerator(indexed_manifest, "train", pad_to_multiple=4, **kwargs)

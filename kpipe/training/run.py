@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -70,6 +71,7 @@ class _Setup:
     validation: DataGenerator | None
     test: DataGenerator | None
     resolved: dict[str, Any]
+    strategy: Any
 
 
 def _build(manifest: Manifest, config: TrainConfig, *, model: Any, loss: Any, strategy: Any, policy: str) -> _Setup:
@@ -77,6 +79,7 @@ def _build(manifest: Manifest, config: TrainConfig, *, model: Any, loss: Any, st
     if strategy is None:
         distribute.check_multi_worker(config.distribute, config.loop, clip_norm=config.clip_norm,
                                       accumulation_steps=config.accumulation_steps)
+        distribute.check_data_parallel(config.distribute, config.loop, batch_size=config.batch_size, weighted=False)
     strategy = get_strategy(strategy if strategy is not None else config.distribute)
     loss_spec = loss if loss is not None else config.loss
     probe = probe_generator(manifest, config)
@@ -92,13 +95,18 @@ def _build(manifest: Manifest, config: TrainConfig, *, model: Any, loss: Any, st
         warnings.warn(message, stacklevel=3)
     label_mode = preflight.check_model(net, resolved_loss, probe[0], num_classes=manifest.num_classes,
                                        label_mode=wanted)
-    train, validation, test = make_generators(manifest, config, label_mode=label_mode)
+    data_parallel = isinstance(strategy, distribute.DataParallelDevices)
+    train, validation, test = make_generators(manifest, config, label_mode=label_mode,
+                                              pad_to_multiple=strategy.num_replicas_in_sync if data_parallel else 1)
+    if data_parallel:
+        distribute.check_data_parallel("data-parallel", config.loop, batch_size=config.batch_size,
+                                       weighted=train.sample_weights is not None)
     metrics = build_metrics(config.metrics, num_classes=manifest.num_classes, label_mode=label_mode,
                             logits=outputs == "logits")
     loop = get_loop(config.loop)(config, label_mode=label_mode, mixed_precision=policy == "mixed_float16",
                                  metrics=metrics)
     with strategy.scope():
-        trained = loop.prepare(net, resolved_loss)
+        trained = loop.prepare(net, distribute.data_parallel_loss(resolved_loss) if data_parallel else resolved_loss)
     monitor = config.monitor
     if validation is None and monitor.startswith("val_"):
         warnings.warn(f"There is no validation partition: monitoring {monitor[4:]!r} instead of {monitor!r}.",
@@ -110,7 +118,7 @@ def _build(manifest: Manifest, config: TrainConfig, *, model: Any, loss: Any, st
                 "dtype_policy": policy, "strategy": type(strategy).__name__,
                 "replicas": int(strategy.num_replicas_in_sync), "steps_per_epoch": len(train),
                 "backend": keras.backend.backend()}
-    return _Setup(loop, trained, resolved_loss, train, validation, test, resolved)
+    return _Setup(loop, trained, resolved_loss, train, validation, test, resolved, strategy)
 
 
 def _resume(run: RunFolder, setup: _Setup, state: dict[str, Any], source: RunFolder) -> int:
@@ -134,9 +142,14 @@ def _generator_error(setup: _Setup) -> KpipeError | None:
 def _fit(run: RunFolder, setup: _Setup, config: TrainConfig, callbacks: list[keras.callbacks.Callback],
          initial_epoch: int, manifest: Manifest) -> None:
     """Run the loop; a failure before the first epoch ends leaves no folder, errors come out as kpipe errors."""
+    # keras.distribution splits the batches among devices while it is in force; a tf.distribute strategy is
+    # Keras' own business in fit (the model was made in its scope)
+    scope = setup.strategy.scope() if isinstance(setup.strategy, distribute.DataParallelDevices) else \
+        contextlib.nullcontext()
     try:
-        setup.loop.fit(setup.model, setup.train, validation=setup.validation, epochs=config.epochs,
-                       initial_epoch=initial_epoch, callbacks=callbacks, verbose=config.verbose)
+        with scope:
+            setup.loop.fit(setup.model, setup.train, validation=setup.validation, epochs=config.epochs,
+                           initial_epoch=initial_epoch, callbacks=callbacks, verbose=config.verbose)
         return
     except KeyboardInterrupt:
         done = run.load_state()["next_epoch"] if run.has_checkpoint() else 0
