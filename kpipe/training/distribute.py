@@ -272,6 +272,54 @@ def data_parallel_loss(loss: keras.losses.Loss) -> keras.losses.Loss:
     return _WeightedMean(loss)
 
 
+def run_strategy(config: Any, strategy: Any = None) -> Any:
+    """The strategy of a run: ``strategy``, or ``config.distribute``'s once its options are checked.
+
+    Args:
+        config: A `kpipe.training.TrainConfig`.
+        strategy: A strategy given to `kpipe.training.train` (used as it is), or `None`.
+
+    Raises:
+        ArgumentError: As `check_multi_worker`, `check_data_parallel` (the
+            weights are checked by `training_loss`) and `get_strategy`.
+    """
+    if strategy is not None:
+        return get_strategy(strategy)
+    check_multi_worker(config.distribute, config.loop, clip_norm=config.clip_norm,
+                       accumulation_steps=config.accumulation_steps)
+    check_data_parallel(config.distribute, config.loop, batch_size=config.batch_size, weighted=False)
+    return get_strategy(config.distribute)
+
+
+def pad_to_multiple(strategy: Any) -> int:
+    """The rows a run's train and validation batches are padded to a multiple of: a `DataParallelDevices`' devices."""
+    return strategy.num_replicas_in_sync if isinstance(strategy, DataParallelDevices) else 1
+
+
+def training_loss(strategy: Any, loss: keras.losses.Loss, train: Any, config: Any) -> keras.losses.Loss:
+    """The loss a run's loop trains with: ``loss``, or under `DataParallelDevices` `data_parallel_loss` of it.
+
+    Raises:
+        ArgumentError: Under `DataParallelDevices`, as `check_data_parallel`
+            (weighted train batches) and `data_parallel_loss`.
+    """
+    if not isinstance(strategy, DataParallelDevices):
+        return loss
+    check_data_parallel("data-parallel", config.loop, batch_size=config.batch_size,
+                        weighted=train.sample_weights is not None)
+    return data_parallel_loss(loss)
+
+
+def fit_scope(strategy: Any) -> contextlib.AbstractContextManager:
+    """Where a run's loop runs: a `DataParallelDevices`' scope, else nothing.
+
+    `keras.distribution` splits the batches among devices only while it is
+    in force; a `tf.distribute.Strategy` is Keras' own business in `fit`
+    (the model was made in its scope).
+    """
+    return strategy.scope() if isinstance(strategy, DataParallelDevices) else contextlib.nullcontext()
+
+
 def is_chief() -> bool:
     """True unless this process is a multi-worker job's worker other than worker 0 (`kpipe._shards`)."""
     return shard_from_environment().index == 0

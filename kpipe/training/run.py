@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -19,12 +16,11 @@ from kpipe._io import atomic_save
 from kpipe.errors import KpipeError
 from kpipe.generator import DataGenerator
 from kpipe.manifest import Manifest, load_manifest
-from kpipe.training import preflight
+from kpipe.training import distribute, preflight
 from kpipe.training.callbacks import RunCheckpoint, monitor_mode, restore_checkpoint, run_callbacks_for
 from kpipe.training.config import TrainConfig
 from kpipe.training.data import make_generators, probe_generator
-from kpipe.training import distribute
-from kpipe.training.distribute import dtype_policy, get_strategy, mixed_precision_warning, output_dtype_warning
+from kpipe.training.distribute import dtype_policy, mixed_precision_warning, output_dtype_warning
 from kpipe.training.evaluate import evaluate_into_run, evaluation_partition
 from kpipe.training.loops import get_loop
 from kpipe.training.loops.base import Loop, make_optimizer
@@ -33,6 +29,7 @@ from kpipe.training.metrics import build_metrics
 from kpipe.training.models import plain_model, run_model
 from kpipe.training.report import run_summary, training_facts
 from kpipe.training.run_folder import DISK_FULL, RunFolder, output_error, writing
+from kpipe.training.workers import run_folders
 
 
 @dataclasses.dataclass
@@ -76,11 +73,7 @@ class _Setup:
 
 def _build(manifest: Manifest, config: TrainConfig, *, model: Any, loss: Any, strategy: Any, policy: str) -> _Setup:
     """Strategy, model, loss, pre-flight on one batch, generators, and the loop's compiled model."""
-    if strategy is None:
-        distribute.check_multi_worker(config.distribute, config.loop, clip_norm=config.clip_norm,
-                                      accumulation_steps=config.accumulation_steps)
-        distribute.check_data_parallel(config.distribute, config.loop, batch_size=config.batch_size, weighted=False)
-    strategy = get_strategy(strategy if strategy is not None else config.distribute)
+    strategy = distribute.run_strategy(config, strategy)
     loss_spec = loss if loss is not None else config.loss
     probe = probe_generator(manifest, config)
     wanted = config.label_mode or known_label_mode(loss_spec)
@@ -95,18 +88,14 @@ def _build(manifest: Manifest, config: TrainConfig, *, model: Any, loss: Any, st
         warnings.warn(message, stacklevel=3)
     label_mode = preflight.check_model(net, resolved_loss, probe[0], num_classes=manifest.num_classes,
                                        label_mode=wanted)
-    data_parallel = isinstance(strategy, distribute.DataParallelDevices)
     train, validation, test = make_generators(manifest, config, label_mode=label_mode,
-                                              pad_to_multiple=strategy.num_replicas_in_sync if data_parallel else 1)
-    if data_parallel:
-        distribute.check_data_parallel("data-parallel", config.loop, batch_size=config.batch_size,
-                                       weighted=train.sample_weights is not None)
+                                              pad_to_multiple=distribute.pad_to_multiple(strategy))
     metrics = build_metrics(config.metrics, num_classes=manifest.num_classes, label_mode=label_mode,
                             logits=outputs == "logits")
     loop = get_loop(config.loop)(config, label_mode=label_mode, mixed_precision=policy == "mixed_float16",
                                  metrics=metrics)
     with strategy.scope():
-        trained = loop.prepare(net, distribute.data_parallel_loss(resolved_loss) if data_parallel else resolved_loss)
+        trained = loop.prepare(net, distribute.training_loss(strategy, resolved_loss, train, config))
     monitor = config.monitor
     if validation is None and monitor.startswith("val_"):
         warnings.warn(f"There is no validation partition: monitoring {monitor[4:]!r} instead of {monitor!r}.",
@@ -142,12 +131,8 @@ def _generator_error(setup: _Setup) -> KpipeError | None:
 def _fit(run: RunFolder, setup: _Setup, config: TrainConfig, callbacks: list[keras.callbacks.Callback],
          initial_epoch: int, manifest: Manifest) -> None:
     """Run the loop; a failure before the first epoch ends leaves no folder, errors come out as kpipe errors."""
-    # keras.distribution splits the batches among devices while it is in force; a tf.distribute strategy is
-    # Keras' own business in fit (the model was made in its scope)
-    scope = setup.strategy.scope() if isinstance(setup.strategy, distribute.DataParallelDevices) else \
-        contextlib.nullcontext()
     try:
-        with scope:
+        with distribute.fit_scope(setup.strategy):
             setup.loop.fit(setup.model, setup.train, validation=setup.validation, epochs=config.epochs,
                            initial_epoch=initial_epoch, callbacks=callbacks, verbose=config.verbose)
         return
@@ -247,43 +232,18 @@ def train(
     config = config or TrainConfig()
     overrides = {"out": None if out is None else str(out), "resume": None if resume is None else str(resume)}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    worker_dir = None if config.distribute != "multi-worker" or distribute.is_chief() else \
-        tempfile.mkdtemp(prefix="kpipe-worker-")
-    try:
-        run, state, source = _run_folders(manifest, config, worker_dir)
+    with run_folders(manifest, config) as (run, state, run_of_job):  # another worker: not the chief's folder
         distribute.set_random_seed(config.seed)  # backend's own: on JAX / PyTorch, TensorFlow is not imported
         with dtype_policy(config.mixed_precision) as policy:
             setup = _build(manifest, config, model=model, loss=loss, strategy=strategy, policy=policy)
-            run.create(replace=state is None and config.overwrite and worker_dir is None)
+            run.create(replace=state is None and config.overwrite and run is run_of_job)
             run.write_config(config, manifest=manifest, resolved=setup.resolved)
-            initial_epoch = _resume(run, setup, state, source) if state is not None else 0
+            initial_epoch = _resume(run, setup, state, run_of_job) if state is not None else 0
             run_callbacks, checkpoint = run_callbacks_for(run, config, setup.train, setup.resolved, state, callbacks)
             _fit(run, setup, config, run_callbacks, initial_epoch, manifest)
             export, metrics = _finish(run, setup, config, manifest, checkpoint)
         seconds = time.perf_counter() - started
         metrics["train_seconds"] = round(seconds, 2)
         run.write_json("metrics.json", metrics)
-    finally:
-        if worker_dir is not None:
-            shutil.rmtree(worker_dir, ignore_errors=True)
-    run_dir = source.path if worker_dir is not None else run.path  # another worker: the chief's folder
-    return TrainResult(run_dir.resolve(), export, checkpoint.history, metrics, seconds, loop=config.loop)
+    return TrainResult(run_of_job.path.resolve(), export, checkpoint.history, metrics, seconds, loop=config.loop)
 
-
-def _run_folders(manifest: Manifest, config: TrainConfig, worker_dir: str | None
-                 ) -> tuple[RunFolder, dict[str, Any] | None, RunFolder]:
-    """``(the folder this process writes, the checkpoint state or None, the folder it resumes from)``.
-
-    In a multi-worker job the chief (worker 0) writes the run folder; every other worker runs the same steps
-    (so that the workers stay in step) and writes them to ``worker_dir``, a temporary folder removed at the
-    end, resuming from the chief's checkpoint (``--resume`` on a folder every worker sees).
-    """
-    if worker_dir is None:
-        run, state = preflight.check_run(manifest, config)
-        return run, state, run
-    chief_folder = RunFolder(config.resume or config.out or worker_dir)
-    if config.resume is not None:
-        source, state = preflight.check_run(manifest, config)
-        return RunFolder(worker_dir), state, source
-    run, state = preflight.check_run(manifest, dataclasses.replace(config, out=worker_dir, overwrite=False))
-    return run, state, chief_folder
