@@ -26,6 +26,39 @@ below ``len(gen)`` makes Keras read a window over several of its epochs:
 the window then still holds the same batches, and Keras ends the epoch that
 reaches the window's end early ("Your input ran out of data"). To get ``n``
 batches in every fit epoch, give ``steps_per_epoch=n`` to the generator.
+
+Sharding (several training workers)
+-----------------------------------
+
+``DataGenerator(..., num_shards=N, shard_index=i)`` (or ``num_shards="auto"``,
+from ``TF_CONFIG``, `keras.distribution` / JAX, or ``WORLD_SIZE``/``RANK``:
+`kpipe._shards`) is worker ``i``'s view of the same stream: every worker
+plans the same global batches from ``(seed, epoch)``, ``len()`` is the number
+of global batches, and ``make_batch(k)`` is slice ``i`` of global batch
+``k``: its samples ``i*b .. i*b + b - 1``, ``b = ceil(batch_size / N)``
+(`shard_batch_size`). A slice that the batch does not fill (``N`` not
+dividing the batch size, the last partial batch of an epoch) is padded to
+``b`` rows with copies of the batch's first sample, of sample weight 0. The
+N slices, minus padding, concatenate to the batch of one process (same
+samples in the same order, so the same class quotas), and every sample of an
+epoch is served once across the workers.
+
+Sharded batches are always ``(x, y, sample_weight)``: the real rows' weights
+(1, or the configured ones) are multiplied by ``N * b / n``, ``n`` the global
+batch's length, so that a loss averaged over the padded global batch
+(``N * b`` rows: Keras' ``"sum_over_batch_size"`` per replica divided by the
+replicas, as `tf.distribute` and `keras.distribution` reduce it) equals the
+one-process loss ``sum(w * loss) / n``; with ``N`` dividing the batch size
+the factor is 1 except on a last, partial batch. Nothing else changes with
+``N``: the state (`state_dict`) holds no shard, so a run resumes at any
+``(epoch, step)`` with another number of workers and the same remaining
+batches. A ``transform`` needs ``transform_rng="sample"`` when sharded
+(one generator per sample, keyed by ``(seed, sampler epoch, slot of the
+sample in the epoch)``, so the augmentation does not depend on ``N``);
+the default, ``"batch"``, keeps the one-process stream of earlier versions.
+``pad_to_multiple=d`` pads one process's batches to a multiple of ``d``
+rows with zero-weight rows, the real rows' weights unchanged, for
+`keras.distribution.DataParallel`, which splits every batch among devices.
 """
 
 from __future__ import annotations
@@ -43,6 +76,7 @@ import keras
 import numpy as np
 
 from kpipe._prefetch import IDLE_RELEASE_SECONDS, Prefetcher
+from kpipe._shards import Shard, check_shard, shard_slots
 from kpipe._validation import (
     check_bool,
     check_choice,
@@ -55,6 +89,7 @@ from kpipe.manifest import MANIFEST_NAME, Manifest, load_manifest
 from kpipe.sampling import (
     DEFAULT_BATCH_SIZE,
     STREAM_AUGMENT,
+    STREAM_AUGMENT_SAMPLE,
     BootstrapSampler,
     Sampler,
     check_seed_value,
@@ -69,6 +104,8 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 LABEL_MODES = ("int", "categorical", "binary", None)
+TRANSFORM_RNGS = ("batch", "sample")
+"""How ``transform``'s generator is keyed: once per batch, or once per sample (see `DataGenerator`)."""
 
 _SAMPLING_OPTIONS = ("sampling", "balance", "samples_per_epoch", "target_distribution")
 _WEIGHT_OPTIONS = ("class_weight", "condition_weights", "use_sample_weights")
@@ -194,13 +231,37 @@ class DataGenerator(keras.utils.PyDataset):
             and on a rerun. Must pickle (a module-level function) for
             ``use_multiprocessing=True``. Anything it raises becomes a
             `TransformError` naming the batch, the epoch and the sample IDs.
-            Defaults to `None`.
+            See ``transform_rng``. Defaults to `None`.
         steps_per_epoch: Batches per ``fit`` epoch (``len(generator)``), read
             from the stream in order. Defaults to `batches_per_sampler_epoch`.
         initial_epoch: The ``fit`` epoch the generator starts at (to resume).
         state: A `state_dict` to resume from (instead of ``initial_epoch``).
         cache: `None` (read from storage every batch) or ``"memory"``: load
             the partition into RAM once, here (it must fit). Defaults to `None`.
+        num_shards: Workers the global batches are split among (an int >= 1),
+            or ``"auto"``: from the environment (``TF_CONFIG``,
+            ``KERAS_DISTRIBUTION_NUM_PROCESSES``/``_PROCESS_ID``,
+            `jax.distributed`, ``WORLD_SIZE``/``RANK``; 1 outside a job).
+            See "Sharding" in the module docstring. Defaults to 1.
+        shard_index: This worker's slice, in ``[0, num_shards)`` (required
+            with ``num_shards > 1``; unset with ``"auto"``).
+        transform_rng: ``"batch"``: ``transform`` is called once per batch
+            with a generator from ``(seed, sampler epoch, batch index)``;
+            ``"sample"``: once per sample (``x_batch`` of one row), with a
+            generator from ``(seed, sampler epoch, slot of the sample in the
+            epoch's order)``, so a sharded generator augments as one process
+            does, whatever the number of shards (required then).
+            Defaults to ``"batch"``.
+        pad_to_multiple: Pad a batch whose length is not a multiple of it
+            (the last, partial batch of a sampler epoch) with zero-weight
+            rows, copies of the batch's first sample, to the next multiple;
+            the real rows keep their weights (1 without any). Batches are then
+            always ``(x, y, sample_weight)``; a loss reduced by the weights'
+            sum (``reduction="mean_with_sample_weight"``) and weighted metrics
+            are those of the real rows. For `keras.distribution.DataParallel`,
+            which splits every batch evenly among devices (``kpipe train
+            --distribute data-parallel``). Not with ``num_shards > 1`` (their
+            slices are padded already). Defaults to 1 (no padding).
         **options: Keyword shortcuts, all optional:
             ``workers`` (threads or processes making batches, default 1),
             ``use_multiprocessing`` (processes, default `False`),
@@ -254,6 +315,10 @@ class DataGenerator(keras.utils.PyDataset):
         initial_epoch: int = 0,
         state: Mapping[str, Any] | None = None,
         cache: str | None = None,
+        num_shards: int | str = 1,
+        shard_index: int | None = None,
+        transform_rng: str = "batch",
+        pad_to_multiple: int = 1,
         **options: Any,
     ) -> None:
         unknown = sorted(set(options) - set(_SAMPLING_OPTIONS + _WEIGHT_OPTIONS + _LOADER_OPTIONS + _CLASSIC_OPTIONS))
@@ -286,6 +351,9 @@ class DataGenerator(keras.utils.PyDataset):
             "steps_per_epoch": check_positive_int(steps_per_epoch, "steps_per_epoch", allow_none=True),
             "cache": check_choice(cache, "cache", CACHE_MODES),
             "prefetch": prefetch,
+            "shard": check_shard(num_shards, shard_index),
+            "transform_rng": check_choice(transform_rng, "transform_rng", TRANSFORM_RNGS),
+            "pad_to_multiple": check_positive_int(pad_to_multiple, "pad_to_multiple"),
         }
         self._setup(recipe, epoch=check_int(initial_epoch, "initial_epoch", minimum=0), warn=True)
         if state is not None:
@@ -335,6 +403,8 @@ class DataGenerator(keras.utils.PyDataset):
         self.batches_per_sampler_epoch: int = n // b if self.drop_remainder else -(-n // b)
         self.num_dropped: int = n - self.batches_per_sampler_epoch * b if self.drop_remainder else 0
         self.steps_per_epoch: int = recipe["steps_per_epoch"] or self.batches_per_sampler_epoch
+        self.transform_rng: str = recipe["transform_rng"]
+        self._setup_shard(recipe["shard"], pad_to_multiple=recipe["pad_to_multiple"])
         self._labels_out = self._label_table()
         self._scratch = threading.local()  # per thread: the read buffer of a batch converted to `dtype`
         store: Store = open_store(self.manifest)
@@ -355,6 +425,45 @@ class DataGenerator(keras.utils.PyDataset):
                             if self.prefetch.parallel else None)
         if warn:
             self._warn_about_options(recipe)
+
+    def _setup_shard(self, shard: Shard, *, pad_to_multiple: int) -> None:
+        """The worker's slice of every global batch (`kpipe._shards`), checked against the other options."""
+        self.shard: Shard = shard
+        self.shard_batch_size: int = -(-self._batch_size // shard.count)
+        self.pad_to_multiple: int = pad_to_multiple
+        if shard.count == 1 and pad_to_multiple == 1:
+            return
+        if shard.count > 1 and pad_to_multiple > 1:
+            raise ArgumentError(
+                f"A sharded generator pads every slice to shard_batch_size rows already; `pad_to_multiple` is for "
+                f"one process. Received: num_shards={shard.count}, pad_to_multiple={pad_to_multiple}"
+            )
+        if self.label_mode is None:
+            raise ArgumentError(
+                f"A sharded or padded generator marks its padding rows by sample weight 0, so it needs labels; "
+                f"with label_mode=None the padding could not be told apart. Use label_mode='int' (or another), or "
+                f"num_shards=1 and pad_to_multiple=1. Received: num_shards={shard.count}, "
+                f"pad_to_multiple={pad_to_multiple}, label_mode=None"
+            )
+        if shard.count == 1:
+            return
+        if self.transform is not None and self.transform_rng == "batch":
+            raise ArgumentError(
+                f"With num_shards={shard.count} each worker transforms only its slice of a batch, so a generator "
+                "keyed per batch would augment differently for every number of workers. Pass "
+                "transform_rng='sample' (one generator per sample, keyed by its place in the epoch: the same "
+                "augmentation for any num_shards, also 1). Received: transform_rng='batch'"
+            )
+
+    @property
+    def num_shards(self) -> int:
+        """Workers the global batches are split among (1: not sharded)."""
+        return self.shard.count
+
+    @property
+    def shard_index(self) -> int:
+        """Which slice of every global batch this generator serves, in ``[0, num_shards)``."""
+        return self.shard.index
 
     def _warn_about_options(self, recipe: dict[str, Any]) -> None:
         if self.num_dropped:
@@ -444,8 +553,8 @@ class DataGenerator(keras.utils.PyDataset):
 
     @property
     def yields_weights(self) -> bool:
-        """True if batches are ``(x, y, sample_weight)``."""
-        return self.sample_weights is not None
+        """True if batches are ``(x, y, sample_weight)`` (weights configured, a sharded or padded generator)."""
+        return self.sample_weights is not None or self.shard.count > 1 or self.pad_to_multiple > 1
 
     # ------------------------------------------------------------- PyDataset
     @property
@@ -491,15 +600,26 @@ class DataGenerator(keras.utils.PyDataset):
         epoch, index = divmod(int(k), self.batches_per_sampler_epoch)
         plan = self._plan(epoch)
         lo = index * self._batch_size
-        hi = lo + self._batch_size
-        return self.assemble(plan.positions[lo:hi], plan.rows[lo:hi], epoch, index)
+        hi = min(lo + self._batch_size, len(plan.positions))
+        if self.pad_to_multiple > 1:  # one process, padded to a multiple (the real rows' weights unchanged)
+            slots, num_real = shard_slots(lo, hi, Shard(1, 0), -(-(hi - lo) // self.pad_to_multiple)
+                                          * self.pad_to_multiple)
+            return self.assemble(plan.positions[slots], plan.rows[slots], epoch, index, slots=slots,
+                                 num_real=num_real)
+        if self.shard.count == 1:
+            return self.assemble(plan.positions[lo:hi], plan.rows[lo:hi], epoch, index)
+        slots, num_real = shard_slots(lo, hi, self.shard, self._batch_size)
+        return self.assemble(plan.positions[slots], plan.rows[slots], epoch, index, slots=slots, num_real=num_real,
+                             weight_scale=self.shard.count * self.shard_batch_size / (hi - lo))
 
-    def assemble(self, positions: np.ndarray, rows: np.ndarray, epoch: int, index: int):
+    def assemble(self, positions: np.ndarray, rows: np.ndarray, epoch: int, index: int, *,
+                 slots: np.ndarray | None = None, num_real: int | None = None, weight_scale: float = 1.0):
         """The batch of the samples at ``positions`` (into `ids`), read from the store's ``rows``.
 
         All of a batch is assembled here: the samples read, cast to `dtype`
         and rescaled, the labels encoded, ``transform`` applied (its ``rng``
-        from ``(seed, epoch, index)``) and the sample weights attached. Every
+        from ``(seed, epoch, index)``, or per sample with
+        ``transform_rng="sample"``) and the sample weights attached. Every
         array returned is new: Keras may keep a batch (TensorFlow's
         ``from_generator`` wraps a NumPy array without copying it, and
         prefetches), so a returned buffer is never written again. Only the
@@ -511,6 +631,15 @@ class DataGenerator(keras.utils.PyDataset):
                 (``store.rows(ids)[positions]``).
             epoch: The sampler epoch (for ``transform``'s generator and messages).
             index: The batch's index in that sampler epoch.
+            slots: int64 ``(n,)``: the samples' slots in the sampler epoch's
+                order (keys of the per-sample ``transform`` generators).
+                Defaults to the batch's own, ``index * batch_size + arange(n)``.
+            num_real: A shard's slice: rows from ``num_real`` on are
+                padding, of sample weight 0 (the weights are then always
+                yielded). Defaults to `None`: not a shard's slice.
+            weight_scale: A shard's slice: factor of the real rows' weights,
+                ``num_shards * shard_batch_size / global batch length`` (see
+                `DataGenerator`).
 
         Returns:
             ``(x,)``, ``(x, y)`` or ``(x, y, sample_weight)``.
@@ -518,12 +647,17 @@ class DataGenerator(keras.utils.PyDataset):
         x = self._read_x(rows)
         y = None if self._labels_out is None else self._encode(positions)
         if self.transform is not None:
-            x, y = self._apply_transform(x, y, epoch, index, positions)
+            x, y = self._apply_transform(x, y, epoch, index, positions, slots)
         if y is None:
             return (x,)
-        if self.sample_weights is None:
-            return x, y
-        return x, y, self.sample_weights[positions]
+        if num_real is None:
+            if self.sample_weights is None:
+                return x, y
+            return x, y, self.sample_weights[positions]
+        w = np.ones(len(positions)) if self.sample_weights is None else self.sample_weights[positions].astype(float)
+        w = (w * weight_scale).astype(np.float32)
+        w[num_real:] = 0.0
+        return x, y, w
 
     def _read_x(self, rows: np.ndarray) -> np.ndarray:
         """The samples at ``rows``, as a new array of `dtype`, rescaled."""
@@ -583,9 +717,23 @@ class DataGenerator(keras.utils.PyDataset):
         order = self.epoch_order(epoch)
         return order[index * self._batch_size : (index + 1) * self._batch_size]
 
-    def _apply_transform(self, x: np.ndarray, y: np.ndarray | None, epoch: int, index: int, positions: np.ndarray):
-        rng = epoch_rng(self.seed, epoch, STREAM_AUGMENT, index)
+    def _apply_transform(self, x: np.ndarray, y: np.ndarray | None, epoch: int, index: int, positions: np.ndarray,
+                         slots: np.ndarray | None):
         k = epoch * self.batches_per_sampler_epoch + index
+        if self.transform_rng == "batch":
+            return self._call_transform(x, y, epoch_rng(self.seed, epoch, STREAM_AUGMENT, index), k, positions)
+        if slots is None:
+            slots = index * self._batch_size + np.arange(len(positions))
+        xs, ys = [], []
+        for j, slot in enumerate(slots.tolist()):  # one call per sample, its generator keyed by its slot
+            xj, yj = self._call_transform(x[j : j + 1], None if y is None else y[j : j + 1],
+                                          epoch_rng(self.seed, epoch, STREAM_AUGMENT_SAMPLE, slot), k, positions)
+            xs.append(xj)
+            ys.append(yj)
+        return np.concatenate(xs), None if y is None else np.concatenate(ys)
+
+    def _call_transform(self, x: np.ndarray, y: np.ndarray | None, rng: np.random.Generator, k: int,
+                        positions: np.ndarray):
         try:
             out = self.transform(x, y, rng)
         except Exception as e:
@@ -779,10 +927,11 @@ class DataGenerator(keras.utils.PyDataset):
 
     def __repr__(self) -> str:
         dropped = f", dropped_per_epoch={self.num_dropped}" if self.drop_remainder else ""
+        sharded = f", shard={self.shard_index} of {self.num_shards}" if self.num_shards > 1 else ""
         return (
             f"DataGenerator(partition={self.partition!r}, num_samples={len(self.ids)}, "
             f"batch_size={self.batch_size}, num_batches={self.num_batches}, sampling={self.sampling!r}, "
-            f"weights={self.yields_weights}, seed={self.seed}, epoch={self.epoch}{dropped})"
+            f"weights={self.yields_weights}, seed={self.seed}, epoch={self.epoch}{dropped}{sharded})"
         )
 
 

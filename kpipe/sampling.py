@@ -49,6 +49,7 @@ _STREAM_BATCH = 1  # within-batch shuffles of the balanced sampler
 _STREAM_CLASS = 2  # per-class permutation cycles of the balanced sampler
 _STREAM_BOOTSTRAP = 3  # bootstrap draws
 STREAM_AUGMENT = 4  # the `transform` hook's generator (seed, epoch, 4, batch index)
+STREAM_AUGMENT_SAMPLE = 5  # per sample: (seed, epoch, 5, slot of the sample in the epoch's order)
 
 
 BALANCE_MODES = {

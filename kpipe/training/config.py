@@ -211,8 +211,11 @@ class TrainConfig:
     mixed_precision: bool = _field(False, "Train with the mixed_float16 policy and loss scaling (GPU).",
                                    lambda v, n: check_bool(v, n), "optimisation", kind="switch")
     distribute: str = _choice("auto", "Distribution strategy: auto (MirroredStrategy when several GPUs are "
-                              "visible; one device on JAX and PyTorch), none or mirrored (TensorFlow).",
-                              ("auto", "none", "mirrored"), "optimisation")
+                              "visible; one device on JAX and PyTorch), none, mirrored (TensorFlow), "
+                              "multi-worker (TensorFlow, --loop tape: one process per worker, TF_CONFIG), or "
+                              "data-parallel (JAX, --loop fit: keras.distribution.DataParallel over one process's "
+                              "devices).", ("auto", "none", "mirrored", "multi-worker", "data-parallel"),
+                              "optimisation")
     monitor: str = _text("val_loss", "Logged value that picks the best model and drives --patience "
                          "(val_loss is minimized, val_accuracy maximized).", "optimisation")
     patience: int | None = _field(None, "Stop after N epochs without improvement of --monitor (default: never).",

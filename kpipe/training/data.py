@@ -30,7 +30,7 @@ def probe_generator(manifest: Manifest, config: TrainConfig) -> DataGenerator:
     return DataGenerator(manifest, "train", shuffle=False, batch_size=config.batch_size, label_mode="int")
 
 
-def make_generators(manifest: Manifest, config: TrainConfig, *, label_mode: str
+def make_generators(manifest: Manifest, config: TrainConfig, *, label_mode: str, pad_to_multiple: int = 1
                     ) -> tuple[DataGenerator, DataGenerator | None, DataGenerator | None]:
     """Build the ``train``, ``validation`` and ``test`` generators of a run.
 
@@ -40,7 +40,11 @@ def make_generators(manifest: Manifest, config: TrainConfig, *, label_mode: str
     ``class_weight`` to `fit`); validation and test are sequential and
     unweighted, so their metrics are the plain ones. A partition with no
     sample gives `None`. Only train and validation use workers (test is read once).
-    ``steps_per_epoch`` sets the train generator's epoch length (its exact stream policy).
+    ``steps_per_epoch`` sets the train generator's epoch length (its exact stream policy). With
+    ``distribute="multi-worker"`` train and validation are sharded (``num_shards="auto"``: each worker reads
+    its slice of every global batch, see `kpipe.generator`); test is read whole by every worker.
+    ``pad_to_multiple`` (``distribute="data-parallel"``: the devices) pads the train and validation batches to a
+    multiple of it with zero-weight rows.
 
     Samples are served as stored, cast to float32 and never scaled: the scaling or normalization is the
     model's first layer (`kpipe.training.models.preprocessing_layer`), so ``model.keras`` takes raw samples.
@@ -54,7 +58,9 @@ def make_generators(manifest: Manifest, config: TrainConfig, *, label_mode: str
     """
     common = dict(batch_size=config.batch_size, seed=config.seed, label_mode=label_mode)
     loader = dict(workers=config.workers, use_multiprocessing=config.use_multiprocessing,
-                  max_queue_size=config.max_queue_size)
+                  max_queue_size=config.max_queue_size,
+                  num_shards="auto" if getattr(config, "distribute", None) == "multi-worker" else 1,
+                  pad_to_multiple=pad_to_multiple)
     train = DataGenerator(manifest, "train", **common, **loader, **sampling_options(config),
                           steps_per_epoch=config.steps_per_epoch)
     val = (DataGenerator(manifest, "validation", shuffle=False, **common, **loader)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kpipe.errors import ArgumentError
+from kpipe.errors import ArgumentError, KpipeError
 from kpipe.manifest import Manifest
 from kpipe.training.run_folder import RunFolder
 
@@ -199,3 +199,31 @@ def check_model(net: keras.Model, loss: keras.losses.Loss, probe: tuple[Any, ...
                     "(--label-mode sets it).", mode, loss_name(loss), how)
         return mode
     raise LossCheckError(f"The loss `{loss_name(loss)}` fails on one batch {' and '.join(failures)}")
+
+
+_SAMPLER_OPTIONS = {"seed": "--seed", "sampling": "--sampling", "balance": "--balance",
+                    "batch_size": "--batch-size", "num_batches": "--steps-per-epoch (or --samples-per-epoch)",
+                    "batches_per_sampler_epoch": "--samples-per-epoch"}
+"""What the train generator's saved state is checked against on resume, and the option that sets each."""
+
+
+def check_sampler_state(run: RunFolder, state: dict[str, Any], train: Any) -> dict[str, Any]:
+    """The train generator's saved state (``state["sampler"]``), checked against ``train``'s arguments.
+
+    Returns:
+        The saved sampler state (``train.state_dict()`` for a checkpoint without one).
+
+    Raises:
+        KpipeError: Naming the option that differs (e.g. ``--batch-size 16``
+            then, this session, ``--batch-size 7``): the resumed run would
+            serve other batches.
+    """
+    saved = dict(state.get("sampler") or train.state_dict())
+    for key, option in _SAMPLER_OPTIONS.items():
+        if key in saved and saved[key] != getattr(train, key):
+            raise KpipeError(
+                f"Run {run.path} was trained with {option} {saved[key]}, this session has {option} "
+                f"{getattr(train, key)}; resuming would serve other batches. Resume without changing "
+                f"{option} (`kpipe train --resume {run.path}` uses the run's own options), or start a new run."
+            )
+    return saved

@@ -16,12 +16,11 @@ from kpipe._io import atomic_save
 from kpipe.errors import KpipeError
 from kpipe.generator import DataGenerator
 from kpipe.manifest import Manifest, load_manifest
-from kpipe.training import preflight
+from kpipe.training import distribute, preflight
 from kpipe.training.callbacks import RunCheckpoint, monitor_mode, restore_checkpoint, run_callbacks_for
 from kpipe.training.config import TrainConfig
 from kpipe.training.data import make_generators, probe_generator
-from kpipe.training import distribute
-from kpipe.training.distribute import dtype_policy, get_strategy, mixed_precision_warning, output_dtype_warning
+from kpipe.training.distribute import dtype_policy, mixed_precision_warning, output_dtype_warning
 from kpipe.training.evaluate import evaluate_into_run, evaluation_partition
 from kpipe.training.loops import get_loop
 from kpipe.training.loops.base import Loop, make_optimizer
@@ -30,6 +29,7 @@ from kpipe.training.metrics import build_metrics
 from kpipe.training.models import plain_model, run_model
 from kpipe.training.report import run_summary, training_facts
 from kpipe.training.run_folder import DISK_FULL, RunFolder, output_error, writing
+from kpipe.training.workers import run_folders
 
 
 @dataclasses.dataclass
@@ -68,11 +68,12 @@ class _Setup:
     validation: DataGenerator | None
     test: DataGenerator | None
     resolved: dict[str, Any]
+    strategy: Any
 
 
 def _build(manifest: Manifest, config: TrainConfig, *, model: Any, loss: Any, strategy: Any, policy: str) -> _Setup:
     """Strategy, model, loss, pre-flight on one batch, generators, and the loop's compiled model."""
-    strategy = get_strategy(strategy if strategy is not None else config.distribute)
+    strategy = distribute.run_strategy(config, strategy)
     loss_spec = loss if loss is not None else config.loss
     probe = probe_generator(manifest, config)
     wanted = config.label_mode or known_label_mode(loss_spec)
@@ -87,13 +88,14 @@ def _build(manifest: Manifest, config: TrainConfig, *, model: Any, loss: Any, st
         warnings.warn(message, stacklevel=3)
     label_mode = preflight.check_model(net, resolved_loss, probe[0], num_classes=manifest.num_classes,
                                        label_mode=wanted)
-    train, validation, test = make_generators(manifest, config, label_mode=label_mode)
+    train, validation, test = make_generators(manifest, config, label_mode=label_mode,
+                                              pad_to_multiple=distribute.pad_to_multiple(strategy))
     metrics = build_metrics(config.metrics, num_classes=manifest.num_classes, label_mode=label_mode,
                             logits=outputs == "logits")
     loop = get_loop(config.loop)(config, label_mode=label_mode, mixed_precision=policy == "mixed_float16",
                                  metrics=metrics)
     with strategy.scope():
-        trained = loop.prepare(net, resolved_loss)
+        trained = loop.prepare(net, distribute.training_loss(strategy, resolved_loss, train, config))
     monitor = config.monitor
     if validation is None and monitor.startswith("val_"):
         warnings.warn(f"There is no validation partition: monitoring {monitor[4:]!r} instead of {monitor!r}.",
@@ -105,27 +107,14 @@ def _build(manifest: Manifest, config: TrainConfig, *, model: Any, loss: Any, st
                 "dtype_policy": policy, "strategy": type(strategy).__name__,
                 "replicas": int(strategy.num_replicas_in_sync), "steps_per_epoch": len(train),
                 "backend": keras.backend.backend()}
-    return _Setup(loop, trained, resolved_loss, train, validation, test, resolved)
+    return _Setup(loop, trained, resolved_loss, train, validation, test, resolved, strategy)
 
 
-_SAMPLER_OPTIONS = {"seed": "--seed", "sampling": "--sampling", "balance": "--balance",
-                    "batch_size": "--batch-size", "num_batches": "--steps-per-epoch (or --samples-per-epoch)",
-                    "batches_per_sampler_epoch": "--samples-per-epoch"}
-"""What the train generator's saved state is checked against on resume, and the option that sets each."""
-
-
-def _resume(run: RunFolder, setup: _Setup, state: dict[str, Any]) -> int:
-    """Restore weights, optimizer and RNG state and the sampler position; returns the next epoch."""
+def _resume(run: RunFolder, setup: _Setup, state: dict[str, Any], source: RunFolder) -> int:
+    """Restore weights, optimizer and RNG state (from ``source``) and the sampler position; returns the next epoch."""
     epoch = int(state["next_epoch"])
-    saved = dict(state.get("sampler") or setup.train.state_dict())
-    for key, option in _SAMPLER_OPTIONS.items():
-        if key in saved and saved[key] != getattr(setup.train, key):
-            raise KpipeError(
-                f"Run {run.path} was trained with {option} {saved[key]}, this session has {option} "
-                f"{getattr(setup.train, key)}; resuming would serve other batches. Resume without changing "
-                f"{option} (`kpipe train --resume {run.path}` uses the run's own options), or start a new run."
-            )
-    restore_checkpoint(setup.model, run, state)
+    saved = preflight.check_sampler_state(source, state, setup.train)
+    restore_checkpoint(setup.model, source, state)
     setup.train.load_state_dict(saved | {"epoch": epoch})
     run.trim_logs(epochs=epoch, steps=epoch * len(setup.train))
     return epoch
@@ -144,8 +133,9 @@ def _fit(run: RunFolder, setup: _Setup, config: TrainConfig, callbacks: list[ker
          initial_epoch: int, manifest: Manifest) -> None:
     """Run the loop; a failure before the first epoch ends leaves no folder, errors come out as kpipe errors."""
     try:
-        setup.loop.fit(setup.model, setup.train, validation=setup.validation, epochs=config.epochs,
-                       initial_epoch=initial_epoch, callbacks=callbacks, verbose=config.verbose)
+        with distribute.fit_scope(setup.strategy):
+            setup.loop.fit(setup.model, setup.train, validation=setup.validation, epochs=config.epochs,
+                           initial_epoch=initial_epoch, callbacks=callbacks, verbose=config.verbose)
         return
     except KeyboardInterrupt:
         done = run.load_state()["next_epoch"] if run.has_checkpoint() else 0
@@ -243,17 +233,18 @@ def train(
     config = config or TrainConfig()
     overrides = {"out": None if out is None else str(out), "resume": None if resume is None else str(resume)}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    run, state = preflight.check_run(manifest, config)
-    distribute.set_random_seed(config.seed)  # backend's own: on JAX / PyTorch, TensorFlow is not imported
-    with dtype_policy(config.mixed_precision) as policy:
-        setup = _build(manifest, config, model=model, loss=loss, strategy=strategy, policy=policy)
-        run.create(replace=state is None and config.overwrite)
-        initial_epoch = _resume(run, setup, state) if state is not None else 0
-        run.write_config(config, manifest=manifest, resolved=setup.resolved)  # after a resume was accepted
-        run_callbacks, checkpoint = run_callbacks_for(run, config, setup.train, setup.resolved, state, callbacks)
-        _fit(run, setup, config, run_callbacks, initial_epoch, manifest)
-        export, metrics = _finish(run, setup, config, manifest, checkpoint)
-    seconds = time.perf_counter() - started
-    metrics["train_seconds"] = round(seconds, 2)
-    run.write_json("metrics.json", metrics)
-    return TrainResult(run.path.resolve(), export, checkpoint.history, metrics, seconds, loop=config.loop)
+    with run_folders(manifest, config) as (run, state, run_of_job):  # another worker: not the chief's folder
+        distribute.set_random_seed(config.seed)  # backend's own: on JAX / PyTorch, TensorFlow is not imported
+        with dtype_policy(config.mixed_precision) as policy:
+            setup = _build(manifest, config, model=model, loss=loss, strategy=strategy, policy=policy)
+            run.create(replace=state is None and config.overwrite and run is run_of_job)
+            initial_epoch = _resume(run, setup, state, run_of_job) if state is not None else 0
+            run.write_config(config, manifest=manifest, resolved=setup.resolved)  # after a resume was accepted
+            run_callbacks, checkpoint = run_callbacks_for(run, config, setup.train, setup.resolved, state, callbacks)
+            _fit(run, setup, config, run_callbacks, initial_epoch, manifest)
+            export, metrics = _finish(run, setup, config, manifest, checkpoint)
+        seconds = time.perf_counter() - started
+        metrics["train_seconds"] = round(seconds, 2)
+        run.write_json("metrics.json", metrics)
+    return TrainResult(run_of_job.path.resolve(), export, checkpoint.history, metrics, seconds, loop=config.loop)
+

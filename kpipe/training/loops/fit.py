@@ -20,8 +20,11 @@ class FitLoop(Loop):
     name = "fit"
 
     def prepare(self, net: keras.Model, loss: keras.losses.Loss) -> keras.Model:
+        # data-parallel batches are padded with zero-weight rows (`kpipe.training.distribute`): the metrics
+        # count by the weights, so the padding counts for nothing
+        key = "weighted_metrics" if getattr(self.config, "distribute", None) == "data-parallel" else "metrics"
         net.compile(optimizer=self.optimizer(global_clipnorm=self.config.clip_norm), loss=loss,
-                    metrics=self.compiled_metrics())
+                    **{key: self.compiled_metrics()})
         return net
 
     def fit(self, model: keras.Model, train: Any, *, validation: Any, epochs: int, initial_epoch: int,

@@ -134,7 +134,7 @@ class TapeSteps:
         self._test = jax.jit(self._test_values)
 
     @staticmethod
-    def check_devices() -> None:
+    def check_devices(*datasets: Any) -> None:
         """Nothing to check: kpipe trains on one device on JAX."""
 
     def _groups(self, training: bool) -> list[list[Any]]:

@@ -21,6 +21,12 @@ jax             ``model.stateless_call``, `jax.value_and_grad`, ``optimizer.stat
 torch           ``zero_grad()``, forward, ``loss.backward()``, ``optimizer.apply`` under `torch.no_grad`
 ==============  ==================================================================================
 
+On TensorFlow the loop also runs under `tf.distribute.MultiWorkerMirroredStrategy`
+(``kpipe train --distribute multi-worker``): one replica per worker process,
+each step in ``strategy.run`` on the worker's slice of a sharded
+`kpipe.DataGenerator`, with the losses, gradients and metrics of one process
+(``native_tensorflow.TapeSteps``).
+
 Resuming is by ``initial_epoch`` (kpipe's run checkpoint gives it);
 `keras.callbacks.BackupAndRestore` talks to `fit` through private model
 attributes, so this loop refuses it and says so.
@@ -129,7 +135,7 @@ class TapeLoop:
         self.steps = native().TapeSteps(self, jit_compile=jit_compile)  # the backend's train / test steps
 
     # ------------------------------------------------- what every step computes
-    def loss_value(self, y: Any, y_pred: Any, sample_weight: Any, losses: list[Any]) -> Any:
+    def loss_value(self, y: Any, y_pred: Any, sample_weight: Any, losses: list[Any], replicas: int = 1) -> Any:
         """The batch loss: ``loss(y, y_pred, sample_weight)`` plus ``losses`` (regularization, ``add_loss``).
 
         Args:
@@ -138,14 +144,17 @@ class TapeLoop:
             sample_weight: float32 ``(batch,)`` or `None`.
             losses: The model's losses of this forward pass (``model.losses``,
                 or what ``stateless_call(..., return_losses=True)`` returned).
+            replicas: Under a `tf.distribute` strategy, its replicas: ``losses``
+                are divided by them, as Keras divides the loss (and as `fit`
+                divides both), so that the replicas' shares sum to the loss.
 
         Returns:
             A scalar, reduced as `fit` reduces it (``sum(loss_i * w_i) / batch_size``).
         """
         loss = self.loss(y, y_pred, sample_weight=sample_weight)
         if losses:  # as compute_loss adds them
-            loss = loss + keras.ops.sum(keras.ops.stack([keras.ops.cast(keras.ops.sum(e), loss.dtype)
-                                                         for e in losses]))
+            extra = keras.ops.sum(keras.ops.stack([keras.ops.cast(keras.ops.sum(e), loss.dtype) for e in losses]))
+            loss = loss + (extra if replicas == 1 else extra / replicas)
         return loss
 
     def update_metrics(self, loss_metric: Any, metrics: list[Any], x: Any, y: Any, y_pred: Any, loss: Any,
@@ -242,11 +251,12 @@ class TapeLoop:
 
         Raises:
             ArgumentError: On a `BackupAndRestore` callback, or a distribution
-                strategy with more than one replica.
+                strategy with more than one replica (except multi-worker, one
+                replica per worker, over generators sharded as its replicas).
         """
         model = self.model
         verbose = 1 if verbose == "auto" else int(verbose)
-        self.steps.check_devices()
+        self.steps.check_devices(train_data, validation_data)
         callback_list = self._callback_list(callbacks, verbose=verbose, epochs=epochs, steps=len(train_data))
         history = next(c for c in callback_list.callbacks if isinstance(c, keras.callbacks.History))
         if getattr(model, "optimizer", None) is None:
