@@ -113,3 +113,23 @@ def test_bench_prepare_tiny(tmp_path):
         assert default["ran_on"] in ("serial", "threads", "loky") and default["cpu_vs_n_jobs_1"] > 0
         assert "dask" in results["kpipe hdf5 dask"]["note"]
     assert list(tmp_path.iterdir()) == [out]
+
+
+def test_imbalance_study_subset_is_a_valid_dataset(tmp_path):
+    """tools/imbalance_study.py's step-imbalanced manifest loads (its storage root stays inside its folder)."""
+    from helpers import make_indexed_npy_folder
+
+    from kpipe import DataGenerator
+    from kpipe.prepare import prepare
+
+    spec = importlib.util.spec_from_file_location("kpipe_study", BENCH.parent / "imbalance_study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    raw = make_indexed_npy_folder(tmp_path / "raw", {str(c): 20 for c in range(10)}, shape=(4,))
+    prepared = prepare(raw, tmp_path / "p", split="0.6,0.2,0.2", seed=0, n_jobs=1).manifest
+    imb = study.make_imbalanced(prepared, prepared.path.parent / "imbalanced.json", keep=0.25)
+    counts = imb.class_counts("train")
+    assert [counts[str(c)] for c in range(10)] == [12] * 5 + [3] * 5  # round(0.25 * 12) of classes 5-9
+    assert imb.class_counts("test") == prepared.class_counts("test")
+    gen = DataGenerator(prepared.path.parent / "imbalanced.json", "train", batch_size=8)
+    assert sum(len(gen[i][1]) for i in range(len(gen))) == 75

@@ -64,7 +64,7 @@ def make_imbalanced(prepared, out: Path, minority=range(5, 10), keep: float = 0.
         n_keep = max(1, round(keep * len(members)))
         kept = set(rng.choice(members, size=n_keep, replace=False).tolist())
         drop |= set(members) - kept
-    storage = dict(m.storage, root=str(m.root))
+    storage = dict(m.storage)  # saved next to the prepared manifest: the same relative root
     imb = Manifest(classes=m.classes, labels=m.labels,
                    partition=dict(m.partition, train=[i for i in train if i not in drop]),
                    sample_shape=m.sample_shape, sample_dtype=m.sample_dtype, storage=storage,
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         prepared = prepare(args.raw, Path(tmp) / "prepared", split="0.6,0.2,0.2", seed=0, n_jobs=1).manifest
-        manifest = make_imbalanced(prepared, Path(tmp) / "imbalanced.json", keep=args.keep)
+        manifest = make_imbalanced(prepared, prepared.path.parent / "imbalanced.json", keep=args.keep)
         counts = manifest.class_counts("train")
         print(f"train counts: {counts}; test counts: {manifest.class_counts('test')}", file=sys.stderr)
         results = []

@@ -247,4 +247,3 @@ def train(
         metrics["train_seconds"] = round(seconds, 2)
         run.write_json("metrics.json", metrics)
     return TrainResult(run_of_job.path.resolve(), export, checkpoint.history, metrics, seconds, loop=config.loop)
-
