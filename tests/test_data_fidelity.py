@@ -1,14 +1,18 @@
 """Data-side faults a new user met: ambiguous CSV columns, unchecked options, inconsistent manifests, odd inputs."""
 
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from kpipe.cli import main
-from kpipe.errors import InputError
+from kpipe.convert import convert
+from kpipe.errors import ArgumentError, InputError, SplitError
 from kpipe.ingest import scan
 from kpipe.prepare import prepare
+from kpipe.split import stratified_split
 
 
 def _csv(path: Path, text: str) -> Path:
@@ -66,3 +70,52 @@ def test_quoted_cells_with_line_breaks_in_a_text_column_still_read(tmp_path: Pat
     raw = _csv(tmp_path / "t.csv", 'a,note,label\n1,"two\nlines",0\n2,x,1\n3,y,0\n')
     found = scan(raw)
     assert found.details["feature_columns"] == ["a"] and len(found.samples) == 3 and not found.skipped
+
+
+# ------------------------------------------------ 2: numeric options checked at the boundary
+@pytest.mark.parametrize("args, message", [
+    (["--seed", "-1"], r"Invalid value for '--seed': `--seed` must be an integer in \[0, 18446744073709551615\]"),
+    (["--seed", str(2**64)], "`--seed` must be an integer in"),
+    (["--split", "0.5,0.6"], "Invalid value for '--split': `--split` must be three"),
+    (["--split", "a,b,c"], "`--split` must be three numbers"),
+    (["--image-size", "0x4"], "Invalid value for '--image-size': `--image-size` must be HEIGHTxWIDTH"),
+    (["--image-size", "4"], "`--image-size` must be HEIGHTxWIDTH"),
+    (["--n-jobs", "0"], "Invalid value for '--n-jobs': `--n-jobs` must be a non-zero integer"),
+    (["--shard-size", "0", "--format", "hdf5"], "Invalid value for '--shard-size'"),
+])
+def test_cli_prepare_bad_numeric_option_is_a_usage_error_without_traceback(tmp_path: Path, args, message):
+    raw = tmp_path / "raw"
+    for c in "ab":
+        (raw / c).mkdir(parents=True)
+        np.save(raw / c / "s.npy", np.zeros(2, np.float32))
+    result = CliRunner().invoke(main, ["prepare", str(raw), "--out", str(tmp_path / "out"), *args])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    error = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and re.search(message, error[0]), result.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("options, error, message", [
+    ({"seed": -1}, ArgumentError, r"`seed` must be an integer in \[0, 18446744073709551615\]. Received: seed=-1"),
+    ({"seed": 1.5}, ArgumentError, "Received: seed=1.5"),
+    ({"seed": True}, ArgumentError, "Received: seed=True"),
+    ({"shard_size": 0, "format": "hdf5"}, ArgumentError, "`shard_size` must be a positive integer or None"),
+    ({"shard_size": 2.5, "format": "hdf5"}, ArgumentError, "Received: shard_size=2.5"),
+    ({"n_jobs": 1.0}, InputError, "`n_jobs` must be a non-zero integer"),
+    ({"n_jobs": True}, InputError, "Received: n_jobs=True"),
+    ({"image_size": (1.5, 2)}, InputError, r"`image_size` must be HEIGHTxWIDTH .* Received: image_size=\(1.5, 2\)"),
+    ({"image_size": 5}, InputError, "Received: image_size=5"),
+    ({"split": ("a", 0.1, 0.1)}, SplitError, "`split` must be a finite number"),
+    ({"split": 0.8}, SplitError, "`split` must be three fractions"),
+])
+def test_prepare_api_checks_numeric_options_before_reading(tmp_path: Path, options, error, message):
+    with pytest.raises(error, match=message):
+        prepare(tmp_path / "not-read", tmp_path / "out", **options)
+
+
+def test_stratified_split_and_convert_check_their_numbers(tmp_path: Path):
+    with pytest.raises(ArgumentError, match="Received: seed=-1"):
+        stratified_split(np.array([0, 1] * 5), (0.6, 0.2, 0.2), seed=-1)
+    with pytest.raises(ArgumentError, match="Received: shard_size=0"):
+        convert(tmp_path / "m.json", tmp_path / "o", to="hdf5", shard_size=0)
