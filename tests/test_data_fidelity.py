@@ -1,5 +1,6 @@
 """Data-side faults a new user met: ambiguous CSV columns, unchecked options, inconsistent manifests, odd inputs."""
 
+import json
 import re
 from pathlib import Path
 
@@ -9,10 +10,12 @@ from click.testing import CliRunner
 
 from kpipe.cli import main
 from kpipe.convert import convert
-from kpipe.errors import ArgumentError, InputError, SplitError
+from kpipe.errors import ArgumentError, InputError, ManifestError, SplitError
 from kpipe.ingest import scan
+from kpipe.manifest import Manifest
 from kpipe.prepare import prepare
 from kpipe.split import stratified_split
+from kpipe.verify import verify
 
 
 def _csv(path: Path, text: str) -> Path:
@@ -119,3 +122,77 @@ def test_stratified_split_and_convert_check_their_numbers(tmp_path: Path):
         stratified_split(np.array([0, 1] * 5), (0.6, 0.2, 0.2), seed=-1)
     with pytest.raises(ArgumentError, match="Received: shard_size=0"):
         convert(tmp_path / "m.json", tmp_path / "o", to="hdf5", shard_size=0)
+
+
+# ------------------------------------------------ 3: hand-edited, inconsistent manifests
+@pytest.fixture
+def prepared(tmp_path: Path) -> Path:
+    raw = tmp_path / "raw"
+    for c, count in (("a", 6), ("b", 6)):
+        (raw / c).mkdir(parents=True)
+        for k in range(count):
+            np.save(raw / c / f"s{k}.npy", np.full(2, 10 * (c == "b") + k, np.float32))
+    prepare(raw, tmp_path / "ds", split="0.5,0.25,0.25", n_jobs=1)
+    return tmp_path / "ds" / "manifest.json"
+
+
+def _edit(path: Path, change) -> None:
+    d = json.loads(path.read_text())
+    change(d)
+    path.write_text(json.dumps(d))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.update(num_classes=5), "`num_classes` is 5 but `classes` lists 2"),
+    (lambda d: d.update(num_samples=13), "`num_samples` is 13 but `labels` holds 12"),
+    (lambda d: d["counts"]["train"].update(a=7), r"`counts.train\['a'\]` is 7 but partition and labels give 3"),
+    (lambda d: d["counts"].pop("test"), "`counts` is .* but the partitions are"),
+    (lambda d: d["counts"]["test"].pop("b"), r"`counts.test` is \{'a': 1\} but its classes are \['a', 'b'\]"),
+    (lambda d: d["classes"].append("c"), r"`num_classes` is 2 but `classes` lists 3"),
+])
+def test_inconsistent_manifest_is_refused_by_every_loader_and_verify(prepared: Path, change, message):
+    _edit(prepared, change)
+    with pytest.raises(ManifestError, match="is inconsistent: " + message):
+        Manifest.load(prepared)
+    report = verify(prepared)
+    assert not report.ok and re.search(message, report.problems[0].message)
+    result = CliRunner().invoke(main, ["verify", str(prepared)])
+    assert result.exit_code == 1 and result.output.startswith("Problem (manifest): ") and "FAILED" in result.output
+
+
+def test_hdf5_shard_counts_must_agree(tmp_path: Path, prepared: Path):
+    convert(prepared, tmp_path / "h5", to="hdf5")
+    path = tmp_path / "h5" / "manifest.json"
+    _edit(path, lambda d: d["storage"].update(num_shards=2))
+    with pytest.raises(ManifestError, match="`storage.num_shards` is 2 but `storage.shards` lists 1"):
+        Manifest.load(path)
+    _edit(path, lambda d: (d["storage"].update(num_shards=1), d["storage"]["shards"][0].update(num_samples=3)))
+    with pytest.raises(ManifestError, match=r"`storage.shards\[0\].num_samples` is 3 but its `ids` list 12"):
+        Manifest.load(path)
+
+
+def test_a_class_without_samples_and_an_empty_train_fail_verify(prepared: Path):
+    assert verify(prepared).ok
+    _edit(prepared, lambda d: (d["classes"].append("c"), d.update(num_classes=3),
+                               [d["counts"][p].update(c=0) for p in d["counts"]]))
+    Manifest.load(prepared)  # consistent, so loaders accept it (an in-memory manifest may have such a class)
+    report = verify(prepared)
+    assert [(p.kind, p.message.split(";")[0]) for p in report.problems] == [
+        ("label", "1 class has no sample in any partition ('c')")]
+
+    def empty_train(d):
+        d["partition"]["validation"] += d["partition"]["train"]
+        d["partition"]["train"] = []
+        d["counts"] = {p: {c: sum(d["labels"][i] == k for i in ids) for k, c in enumerate(d["classes"])}
+                       for p, ids in d["partition"].items()}
+        d["classes"].pop()
+        d.update(num_classes=2)
+        for per in d["counts"].values():
+            per.pop("c")
+
+    _edit(prepared, empty_train)
+    report = verify(prepared)
+    assert [(p.kind, p.message.split(";")[0]) for p in report.problems] == [
+        ("partition", "the train partition is empty")]
+    result = CliRunner().invoke(main, ["verify", str(prepared), "--quick"])
+    assert result.exit_code == 1 and "Problem (partition): the train partition is empty" in result.output
