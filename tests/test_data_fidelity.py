@@ -14,7 +14,7 @@ from kpipe.errors import ArgumentError, InputError, ManifestError, SplitError
 from kpipe.ingest import scan
 from kpipe.manifest import Manifest
 from kpipe.prepare import prepare
-from kpipe.split import stratified_split
+from kpipe.split import class_sizes, stratified_split
 from kpipe.verify import verify
 
 
@@ -196,3 +196,14 @@ def test_a_class_without_samples_and_an_empty_train_fail_verify(prepared: Path):
         ("partition", "the train partition is empty")]
     result = CliRunner().invoke(main, ["verify", str(prepared), "--quick"])
     assert result.exit_code == 1 and "Problem (partition): the train partition is empty" in result.output
+
+
+# ------------------------------------------------ 4: the README states the split rule the code follows
+def test_readme_split_totals_are_those_of_class_sizes():
+    text = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    assert "within one sample of" not in text
+    assert "6 + 6 images with `0.8,0.1,0.1` give 4/1/1 per class, 8/2/2 in all against 9.6/1.2/1.2" in text
+    assert "10 classes of 5 give 30/10/10 against 40/5/5" in text
+    assert class_sizes([6, 6], (0.8, 0.1, 0.1)).tolist() == [[4, 1, 1], [4, 1, 1]]
+    assert class_sizes([5] * 10, (0.8, 0.1, 0.1)).sum(axis=0).tolist() == [30, 10, 10]
+    assert class_sizes([1000, 3], (0.9, 0.05, 0.05))[1].tolist() == [1, 1, 1]
