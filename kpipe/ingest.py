@@ -75,8 +75,8 @@ SKIP_KINDS = {
     "empty-class": "class folder without sample files",
     "unreadable": "unreadable or corrupt",
     "size": "image of another size",
-    "shape": "array of another shape or dtype",
-    "dtype": "values kpipe cannot store as they are",
+    "shape": "array of another shape",
+    "dtype": "values kpipe cannot store as they are (or another dtype than the dataset's)",
     "nonfinite": "NaN or Inf values",
     "duplicate": "exact duplicate of another sample",
     "missing-value": "CSV row with a missing value",
@@ -1203,7 +1203,12 @@ def load_npy(path: Path) -> np.ndarray:
         raise SampleError("dtype", f"dtype {arr.dtype} is not numeric; kpipe stores bool, integer and float arrays")
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
-    return np.ascontiguousarray(arr)
+    return np.asarray(arr, order="C")  # not ascontiguousarray: it turns a 0-d array into shape (1,)
+
+
+def describe_array(dtype: Any, shape: Sequence[int]) -> str:
+    """``"float32 of shape (8, 8, 1)"``: an array's dtype and shape for messages (a 0-d one: ``shape ()``)."""
+    return f"{np.dtype(dtype).name} of shape {tuple(int(d) for d in shape)}"
 
 
 def load_sample(sample: RawSample, layout: str, image_options: ImageOptions | None = None) -> np.ndarray:

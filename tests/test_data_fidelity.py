@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from kpipe.cli import main
 from kpipe.convert import convert
 from kpipe.errors import ArgumentError, InputError, ManifestError, SplitError
-from kpipe.ingest import scan
+from kpipe.ingest import load_npy, scan
 from kpipe.manifest import Manifest
 from kpipe.prepare import prepare
 from kpipe.split import class_sizes, stratified_split
@@ -207,3 +207,29 @@ def test_readme_split_totals_are_those_of_class_sizes():
     assert class_sizes([6, 6], (0.8, 0.1, 0.1)).tolist() == [[4, 1, 1], [4, 1, 1]]
     assert class_sizes([5] * 10, (0.8, 0.1, 0.1)).sum(axis=0).tolist() == [30, 10, 10]
     assert class_sizes([1000, 3], (0.9, 0.05, 0.05))[1].tolist() == [1, 1, 1]
+
+
+# ------------------------------------------------ 5: odd .npy inputs are named for what they are
+def test_npy_of_another_dtype_is_kind_dtype_and_a_0d_array_keeps_shape_0d(tmp_path: Path):
+    raw = tmp_path / "raw"
+    for c in "ab":
+        (raw / c).mkdir(parents=True)
+        for k in range(6):
+            np.save(raw / c / f"s{k}.npy", np.full(1, k + 10 * (c == "b"), np.float32))
+    np.save(raw / "a" / "wide.npy", np.full(1, 99, np.float64))
+    np.save(raw / "a" / "wide2.npy", np.full(2, 99, np.float64))  # shape and dtype differ: the shape is named
+    np.save(raw / "a" / "scalar.npy", np.float32(7))
+    m = prepare(raw, tmp_path / "out", split="0.5,0.25,0.25", n_jobs=1).manifest
+    skipped = {Path(s["path"]).name: (s["kind"], s["reason"]) for s in m.skipped}
+    assert skipped == {
+        "wide.npy": ("dtype", "array is float64 of shape (1,), the dataset's (most common) is float32 of shape (1,)"),
+        "wide2.npy": ("shape", "array is float64 of shape (2,), the dataset's (most common) is float32 of shape (1,)"),
+        "scalar.npy": ("shape", "array is float32 of shape (), the dataset's (most common) is float32 of shape (1,)"),
+    }
+    assert m.num_samples == 12
+
+
+def test_load_npy_keeps_a_0d_array_0d(tmp_path: Path):
+    np.save(tmp_path / "s.npy", np.float32(7))
+    arr = load_npy(tmp_path / "s.npy")
+    assert arr.shape == () and arr.dtype == np.float32 and arr == 7
