@@ -333,7 +333,7 @@ def _check_n_jobs(value: int) -> None:
               help="Resize images to HEIGHTxWIDTH pixels (default: keep the size of the first image).")
 @click.option("--color-mode", type=click.Choice(["grayscale", "rgb", "rgba"]), default=None,
               help="Image channels (default: from the first image).")
-@click.option("--label-column", default="label", show_default=True, help="CSV column of the class.")
+@click.option("--label-column", default=None, help="CSV column of the class.  [default: label]")
 @click.option("--id-column", default=None, help="CSV column of sample IDs (default: row numbers).")
 @click.option("--format", "format", type=click.Choice(["npy", "hdf5"]), default="npy", show_default=True,
               help="Storage: one .npy file per sample, or HDF5 shards.")
@@ -348,12 +348,13 @@ def _check_n_jobs(value: int) -> None:
 @click.option("--dtype", type=click.Choice(["auto", "uint8", "uint16", "float32"]), default="auto", show_default=True,
               help="Image dtype; auto: uint16 for 16-bit images, float32 for float images, else uint8. Never "
                    "scaled per image: 16->8 bits is v >> 8, 8->16 bits v * 257.")
-@click.option("--background", type=click.Choice(["white", "black"]), default="white", show_default=True,
-              help="What transparent pixels are composited onto for rgb and grayscale (rgba keeps alpha).")
-@click.option("--missing", default="auto", show_default=True, metavar="auto|drop-rows|drop-columns|fill=VALUE",
+@click.option("--background", type=click.Choice(["white", "black"]), default=None,
+              help="What transparent pixels are composited onto for rgb and grayscale (rgba keeps alpha).  "
+                   "[default: white]")
+@click.option("--missing", default=None, metavar="auto|drop-rows|drop-columns|fill=VALUE",
               callback=lambda ctx, param, value: _parse_missing_option(value),
               help="CSV missing values (empty, NA, ?...): auto drops the columns more than half empty, then the "
-                   "rows still missing a value.")
+                   "rows still missing a value.  [default: auto]")
 @click.option("--nonfinite", type=click.Choice(["skip", "error"]), default="skip", show_default=True,
               help="A sample holding NaN or Inf: skip it (listed in the manifest) or stop.")
 @click.option("--duplicates", type=click.Choice(["group", "drop", "error"]), default="group", show_default=True,
@@ -395,10 +396,12 @@ def prepare(raw: Path, out: Path, as_json: bool, **options) -> None:
     _echo_json(result.to_dict()) if as_json else click.echo(result.summary())
 
 
-def _parse_missing_option(value: str) -> str:
+def _parse_missing_option(value: str | None) -> str | None:
     from kpipe.errors import InputError
     from kpipe.ingest import parse_missing
 
+    if value is None:
+        return None
     try:
         parse_missing(value)
     except InputError as e:

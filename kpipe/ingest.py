@@ -399,18 +399,21 @@ def _detect(raw: Path) -> tuple[str, list[tuple[Path, list[tuple[str, Path]]]], 
     return ("images" if n_img >= n_npy else "npy"), walked, skipped
 
 
-def scan(raw: str | os.PathLike, layout: str = "auto", *, label_column: str = "label",
-         id_column: str | None = None, weight_column: str | None = None, missing: str = "auto") -> ScanResult:
+def scan(raw: str | os.PathLike, layout: str = "auto", *, label_column: str | None = None,
+         id_column: str | None = None, weight_column: str | None = None, missing: str | None = None) -> ScanResult:
     """List the samples of ``raw`` without loading them (CSV rows are parsed).
+
+    The CSV options (``label_column``, ``id_column``, ``weight_column``, ``missing``) are refused for a folder
+    of images or ``.npy`` files rather than ignored: each one given there is a mistake about the input.
 
     Args:
         raw: A folder of class sub-folders, or a ``.csv`` file.
         layout: ``"auto"`` (see `detect_layout`), ``"images"``, ``"npy"`` or ``"csv"``.
-        label_column: CSV column holding the class. Defaults to ``"label"``.
+        label_column: CSV column holding the class; `None` (default) means ``"label"``.
         id_column: CSV column holding sample IDs (unique); row numbers if `None`.
         weight_column: CSV column holding per-sample weights (finite, >= 0),
             kept out of the features; `None` for no weights.
-        missing: CSV missing-value policy, see `parse_missing`. Defaults to ``"auto"``.
+        missing: CSV missing-value policy, see `parse_missing`; `None` (default) means ``"auto"``.
 
     Returns:
         A `ScanResult`; samples in a deterministic order (class, then relative
@@ -418,8 +421,9 @@ def scan(raw: str | os.PathLike, layout: str = "auto", *, label_column: str = "l
 
     Raises:
         InputError: If the input is missing or empty, ``layout`` is unknown,
-            a CSV ID repeats, the label column looks continuous, or a weight
-            is not a finite number >= 0 (file and line named).
+            a CSV ID repeats, the label column looks continuous, a weight
+            is not a finite number >= 0 (file and line named), or a CSV
+            option is given for a folder.
     """
     raw = Path(raw)
     if layout not in ("auto", *LAYOUTS):
@@ -438,6 +442,15 @@ def scan(raw: str | os.PathLike, layout: str = "auto", *, label_column: str = "l
         raise InputError(
             f"`weight_column` applies to CSV input; {raw} is a {layout} folder. Pass per-sample weights "
             f"with --weights FILE (rows ID,weight). Received: weight_column={weight_column!r}"
+        )
+    given = {name: value for name, value in (("label_column", label_column), ("id_column", id_column),
+                                              ("missing", missing)) if value is not None}
+    if given:
+        raise InputError(
+            f"{', '.join(f'`{name}`' for name in given)} appl{'y' if len(given) != 1 else 'ies'} to CSV input; {raw} "
+            f"is a {layout} folder (classes are its sub-folders, IDs their file paths). Leave "
+            f"{'them' if len(given) != 1 else 'it'} out. Received: "
+            + ", ".join(f"{name}={value!r}" for name, value in given.items())
         )
     return _scan_folders(raw, layout, walked, skipped)
 
@@ -875,15 +888,16 @@ def _csv_classes(raw: Path, label_column: str, labels: Sequence[str]) -> list[st
     return sorted(set(labels), key=_class_sort_key(labels))
 
 
-def _scan_csv(raw: Path, *, label_column: str, id_column: str | None,
-              weight_column: str | None = None, missing: str = "auto") -> ScanResult:
+def _scan_csv(raw: Path, *, label_column: str | None, id_column: str | None,
+              weight_column: str | None = None, missing: str | None = None) -> ScanResult:
     """`scan` of a CSV table: a sample per usable row, its numeric feature columns as a float32 vector.
 
     In order: the header's columns (`_resolve_columns`), the rows usable whatever the features (`_usable_rows`),
     the feature columns under the ``missing`` policy (`_feature_columns`), each row's values (`_parse_rows`),
     then the classes (`_csv_classes`).
     """
-    policy, fill = parse_missing(missing)
+    label_column = "label" if label_column is None else label_column
+    policy, fill = parse_missing("auto" if missing is None else missing)
     numbered = _read_csv(raw)
     cols = _resolve_columns(raw, numbered[0][1], label_column, id_column, weight_column)
     skipped: list[dict[str, str]] = []

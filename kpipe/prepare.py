@@ -205,12 +205,12 @@ def prepare(
     image_size: str | Sequence[int] | None = None,
     color_mode: str | None = None,
     dtype: str = "auto",
-    background: str = "white",
-    label_column: str = "label",
+    background: str | None = None,
+    label_column: str | None = None,
     id_column: str | None = None,
     weight_column: str | None = None,
     weights: str | os.PathLike | None = None,
-    missing: str = "auto",
+    missing: str | None = None,
     nonfinite: str = "skip",
     duplicates: str = "group",
     small_classes: str = "error",
@@ -256,16 +256,19 @@ def prepare(
             ``"uint16"`` or ``"float32"``. Never a per-image scaling: 16 -> 8
             bits is ``v >> 8``, 8 -> 16 bits ``v * 257`` (see
             `kpipe.ingest.ImageOptions`).
-        background: ``"white"`` (default) or ``"black"``: what transparent
+        background: ``"white"`` (`None`, the default, means it) or ``"black"``: what transparent
             pixels are composited onto for ``rgb`` and ``grayscale``.
-        label_column: CSV column of the class. Defaults to ``"label"``.
+        label_column: CSV column of the class; `None` (default) means ``"label"``. The CSV options
+            (``label_column``, ``id_column``, ``weight_column``, ``missing``) are refused for a folder, the
+            image options (``image_size``, ``color_mode``, ``dtype``, ``background``) for input that is not
+            images: never ignored.
         id_column: CSV column of sample IDs (must be unique); row numbers if `None`.
         weight_column: CSV column of per-sample weights (finite, >= 0), kept
             out of the features and stored as ``manifest.sample_weights``.
         weights: A file of per-sample weights, CSV rows ``ID,weight``
             (header optional) or a JSON object; every sample needs one.
         missing: CSV missing values (empty, ``NA``, ``?``...): ``"auto"``
-            (default: drop the columns more than half empty, then the rows
+            (`None`, the default, means it: drop the columns more than half empty, then the rows
             still missing a value), ``"drop-rows"``, ``"drop-columns"`` or
             ``"fill=VALUE"`` (see `kpipe.ingest.parse_missing`).
         nonfinite: A sample holding NaN or Inf: ``"skip"`` (default; listed
@@ -342,7 +345,9 @@ def prepare(
 
     found = scan(raw, layout, label_column=label_column, id_column=id_column, weight_column=weight_column,
                  missing=missing)
-    _check_image_only_options(raw, found.layout, dtype=dtype, image_size=image_size, color_mode=color_mode)
+    _check_image_only_options(raw, found.layout, dtype=dtype, image_size=image_size, color_mode=color_mode,
+                              background=background)
+    background = "white" if background is None else background
     file_weights = _read_weights(weights, found)
     skipped = list(found.skipped)
     samples = found.samples
@@ -406,7 +411,7 @@ def prepare(
 
 
 def _check_options(
-    *, split, seed, image_size, color_mode, dtype: str, background: str, missing: str, nonfinite: str,
+    *, split, seed, image_size, color_mode, dtype: str, background: str | None, missing: str | None, nonfinite: str,
     duplicates: str, small_classes: str, format: str, shard_size, compression, n_jobs, backend: str,
     scheduler: str | None, executor,
 ) -> _Options:
@@ -431,11 +436,13 @@ def _check_options(
     if color_mode is not None:
         check_choice(color_mode, "color_mode", COLOR_MODES, error=InputError)
     check_choice(dtype, "dtype", IMAGE_DTYPES, error=InputError)
-    check_choice(background, "background", BACKGROUNDS, error=InputError)
+    if background is not None:
+        check_choice(background, "background", BACKGROUNDS, error=InputError)
     check_choice(nonfinite, "nonfinite", NONFINITE_POLICIES, error=InputError)
     check_choice(duplicates, "duplicates", DUPLICATE_POLICIES, error=InputError)
     check_choice(small_classes, "small_classes", SMALL_CLASS_POLICIES, error=InputError)
-    parse_missing(missing)
+    if missing is not None:
+        parse_missing(missing)
     shard_size = check_int(shard_size, "shard_size", minimum=1, allow_none=True)
     compression = check_storage_options(format, shard_size, compression)
     n_jobs = check_n_jobs(n_jobs, error=InputError)
@@ -459,12 +466,18 @@ class _Options:
     scheduler: str | None
 
 
-def _check_image_only_options(raw: Path, layout: str, *, dtype: str, image_size, color_mode: str | None) -> None:
-    """Refuse ``dtype``, ``image_size`` and ``color_mode`` for input that is not images (it is stored as it is)."""
-    if layout != "images" and (dtype != "auto" or color_mode is not None or image_size is not None):
+def _check_image_only_options(raw: Path, layout: str, *, dtype: str, image_size, color_mode: str | None,
+                              background: str | None) -> None:
+    """Refuse ``dtype``, ``image_size``, ``color_mode`` and ``background`` for input that is not images (it is
+    stored as it is)."""
+    given = {name: value for name, value in (("dtype", None if dtype == "auto" else dtype), ("image_size", image_size),
+                                              ("color_mode", color_mode), ("background", background))
+             if value is not None}
+    if layout != "images" and given:
         raise InputError(
-            f"`dtype`, `image_size` and `color_mode` apply to images; {raw} is {layout} input, stored as it "
-            f"is. Received: dtype={dtype!r}, image_size={image_size!r}, color_mode={color_mode!r}"
+            f"{', '.join(f'`{name}`' for name in given)} appl{'y' if len(given) != 1 else 'ies'} to images; {raw} is "
+            f"{layout} input, stored as it is. Leave {'them' if len(given) != 1 else 'it'} out. Received: "
+            + ", ".join(f"{name}={value!r}" for name, value in given.items())
         )
 
 

@@ -233,3 +233,32 @@ def test_load_npy_keeps_a_0d_array_0d(tmp_path: Path):
     np.save(tmp_path / "s.npy", np.float32(7))
     arr = load_npy(tmp_path / "s.npy")
     assert arr.shape == () and arr.dtype == np.float32 and arr == 7
+
+
+# ------------------------------------------------ 5: an option of one layout given for another is refused
+def _npy_folder(raw: Path) -> Path:
+    for c in "ab":
+        (raw / c).mkdir(parents=True)
+        for k in range(4):
+            np.save(raw / c / f"s{k}.npy", np.full(2, k + 10 * (c == "b"), np.float32))
+    return raw
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"label_column": "label"}, r"`label_column` applies to CSV input; .* is a npy folder .* Received: "
+                                r"label_column='label'$"),
+    ({"id_column": "id", "missing": "drop-rows"}, r"`id_column`, `missing` apply to CSV input"),
+    ({"background": "black"}, r"`background` applies to images; .* is npy input"),
+])
+def test_options_of_another_layout_are_refused_not_ignored(tmp_path: Path, options, message):
+    with pytest.raises(InputError, match=message):
+        prepare(_npy_folder(tmp_path / "raw"), tmp_path / "out", n_jobs=1, **options)
+
+
+def test_cli_label_column_with_npy_input_is_one_line(tmp_path: Path):
+    raw = _npy_folder(tmp_path / "raw")
+    result = CliRunner().invoke(main, ["prepare", str(raw), "--out", str(tmp_path / "out"), "--label-column", "y"])
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert "`--label-column` applies to CSV input" in result.output and "Received: --label-column y" in result.output
+    result = CliRunner().invoke(main, ["prepare", str(raw), "--out", str(tmp_path / "out"), "--n-jobs", "1"])
+    assert result.exit_code == 0, result.output  # the defaults of the CSV and image options are not "given"
