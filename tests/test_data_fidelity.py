@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from kpipe.cli import main
 from kpipe.convert import convert
-from kpipe.errors import ArgumentError, InputError, ManifestError, SplitError
+from kpipe.errors import ArgumentError, InputError, ManifestError, OutputExistsError, SplitError
 from kpipe.ingest import load_npy, scan
 from kpipe.manifest import Manifest
 from kpipe.prepare import prepare
@@ -262,3 +262,38 @@ def test_cli_label_column_with_npy_input_is_one_line(tmp_path: Path):
     assert "`--label-column` applies to CSV input" in result.output and "Received: --label-column y" in result.output
     result = CliRunner().invoke(main, ["prepare", str(raw), "--out", str(tmp_path / "out"), "--n-jobs", "1"])
     assert result.exit_code == 0, result.output  # the defaults of the CSV and image options are not "given"
+
+
+# ------------------------------------------------ 5: --overwrite never deletes a user's file inside kpipe's folders
+@pytest.mark.parametrize("format, folder, name", [
+    ("npy", "data", "notes.txt"), ("npy", "data", "mine.npy"), ("npy", "data", "sub"),
+    ("hdf5", "shards", "extra.h5"), ("npy", "shards", "shard-00009.h5"),
+])
+def test_overwrite_refuses_files_kpipe_did_not_write_inside_its_folders(tmp_path: Path, format, folder, name):
+    raw = _npy_folder(tmp_path / "raw")
+    out = tmp_path / "out"
+    prepare(raw, out, n_jobs=1, format=format)
+    prepare(raw, out, n_jobs=1, format=format, overwrite=True)  # kpipe's own dataset: replaced
+    (out / folder).mkdir(exist_ok=True)
+    if name == "sub":
+        (out / folder / name).mkdir()
+    else:
+        (out / folder / name).write_text("mine")
+    with pytest.raises(OutputExistsError, match=rf"not a dataset written by kpipe \(it holds {folder}/{name}, which "
+                                                r"kpipe did not write\)"):
+        prepare(raw, out, n_jobs=1, format=format, overwrite=True)
+    assert (out / folder / name).exists()
+    result = CliRunner().invoke(main, ["prepare", str(raw), "--out", str(out), "--format", format, "--overwrite"])
+    assert result.exit_code == 1 and f"{folder}/{name}" in result.output and result.output.count("\n") == 1
+
+
+def test_overwrite_with_an_unreadable_manifest_tells_files_by_name(tmp_path: Path):
+    raw = _npy_folder(tmp_path / "raw")
+    out = tmp_path / "out"
+    prepare(raw, out, n_jobs=1)
+    (out / "manifest.json").write_text("{not json")
+    prepare(raw, out, n_jobs=1, overwrite=True)  # only kpipe's names in data/
+    (out / "manifest.json").write_text("{not json")
+    (out / "data" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="data/notes.txt"):
+        prepare(raw, out, n_jobs=1, overwrite=True)
