@@ -55,7 +55,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = Fa
 def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     """Save one array as ``.npy`` (``allow_pickle=False``) atomically."""
     buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    np.save(buf, np.asarray(array, order="C"), allow_pickle=False)  # a 0-d array stays 0-d
     atomic_write_bytes(path, buf.getvalue())
 
 

@@ -41,7 +41,7 @@ import numpy as np
 from kpipe._io import output_write_error
 from kpipe._paths import check_sample_id
 from kpipe.errors import StoreError
-from kpipe.ingest import ImageOptions, SampleError, count_nonfinite, decode_image, load_npy
+from kpipe.ingest import ImageOptions, SampleError, count_nonfinite, decode_image, describe_array, load_npy
 from kpipe.storage.hdf5 import ShardBuilder
 from kpipe.storage.npy import expected_header
 from kpipe.verify import sample_digest
@@ -191,8 +191,9 @@ def _load_checked(task: ChunkTask, k: int, fast, shape: tuple[int, ...], want: n
     try:
         arr, notes = _load(task, k, fast)
         if arr.shape != shape or arr.dtype != want:
-            raise SampleError("shape", f"array is {arr.dtype}{list(arr.shape)}, the dataset's (most common) "
-                                       f"is {task.dtype}{list(shape)}")
+            kind = "shape" if arr.shape != shape else "dtype"
+            raise SampleError(kind, f"array is {describe_array(arr.dtype, arr.shape)}, the dataset's (most common) "
+                                    f"is {describe_array(want, shape)}")
         bad = count_nonfinite(arr)
         if bad:
             raise SampleError("nonfinite", f"{bad} NaN/Inf value{'s' if bad != 1 else ''} among {arr.size}")

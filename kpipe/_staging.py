@@ -8,7 +8,8 @@ written. This module owns every step of that, once:
   a home folder, a folder above either, the input or a folder above it; an
   existing, non-empty ``OUT`` needs ``overwrite``, and ``overwrite`` replaces
   only a dataset kpipe wrote (the `MARKER_NAME` file and ``manifest.json``,
-  nothing else but kpipe's own entries);
+  nothing else but kpipe's own entries, at the top and in its sample folders
+  ``data/`` and ``shards/``: only the files the manifest names);
 * `staged_dataset`: a context manager that makes the staging folder (with
   the marker, which records the writing process), yields it, and on success
   moves it into place; on any error it removes the staging folder, leaves
@@ -129,8 +130,17 @@ def _write_marker(folder: Path, token: str) -> None:
 
 
 # -------------------------------------------------------------- output checks
+STORAGE_FOLDERS = {"data": "npy", "shards": "hdf5"}
+"""Folders of a dataset that hold its samples -> the storage format that writes them (`kpipe.storage.STORAGE_ROOTS`
+reversed): ``data/<ID>.npy`` files, or ``shards/shard-NNNNN.h5`` files."""
+
+
 def _foreign_entry(out: Path) -> str | None:
-    """Why ``out`` is not a dataset kpipe wrote (`None` if it is one)."""
+    """Why ``out`` is not a dataset kpipe wrote (`None` if it is one).
+
+    The same rule at the top and inside kpipe's sample folders: every entry must be one kpipe writes (or a
+    ``*.partial`` file of an interrupted write); in ``data/`` and ``shards/`` that is a file the manifest names.
+    """
     if read_marker(out) is None:
         return f"it has no {MARKER_NAME} marker"
     if not (out / MANIFEST_NAME).is_file():
@@ -138,6 +148,57 @@ def _foreign_entry(out: Path) -> str | None:
     for entry in sorted(out.iterdir()):
         if entry.name not in KPIPE_ENTRIES and not entry.name.endswith(".partial"):
             return f"it holds {entry.name!r}, which kpipe did not write"
+    storage = _manifest_storage(out)
+    for folder, format in STORAGE_FOLDERS.items():
+        reason = _foreign_in_folder(out / folder, folder, storage, format)
+        if reason is not None:
+            return reason
+    return None
+
+
+def _manifest_storage(out: Path) -> dict[str, Any] | None:
+    """``{"format", "root", "names"}`` from ``out``'s manifest: the file names its sample folder holds (`None`
+    if the manifest cannot be read: then files are told by name, see `_foreign_in_folder`)."""
+    try:
+        d = json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8"))
+        storage, labels = d["storage"], d["labels"]
+        if storage.get("format") == "hdf5":
+            names = {str(shard["file"]) for shard in storage.get("shards", [])}
+        else:
+            names = {f"{sid}.npy" for sid in labels}
+        return {"format": storage.get("format"), "root": storage.get("root", "data"), "names": names}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def _foreign_in_folder(path: Path, folder: str, storage: dict[str, Any] | None, format: str) -> str | None:
+    """Why the sample folder ``path`` holds something kpipe did not write, or `None`.
+
+    With a readable manifest, its files must be those the manifest names (another format's folder must be
+    empty); without one, ``*.npy`` files in ``data/`` and ``shard-*.h5`` files in ``shards/``. Sub-folders,
+    links and other names are not kpipe's.
+    """
+    if not os.path.lexists(path):
+        return None
+    if path.is_symlink() or not path.is_dir():
+        return f"its {folder!r} is not a folder kpipe wrote"
+    if storage is None:
+        names = None
+    elif storage["format"] == format and storage["root"] == folder:
+        names = storage["names"]
+    else:
+        names = set()
+    with os.scandir(path) as it:
+        for e in sorted(it, key=lambda e: e.name):
+            if e.name.endswith(".partial"):
+                continue
+            if names is None:
+                ours = e.name.endswith(".npy") if format == "npy" else (e.name.startswith("shard-")
+                                                                         and e.name.endswith(".h5"))
+            else:
+                ours = e.name in names
+            if not ours or not e.is_file(follow_symlinks=False):
+                return f"it holds {folder}/{e.name}, which kpipe did not write"
     return None
 
 
@@ -158,7 +219,8 @@ def check_output_folder(out: str | os.PathLike, source: str | os.PathLike | None
         OutputExistsError: If ``out`` exists, is not an empty folder, and
             ``overwrite`` is False; or ``overwrite`` is True but ``out`` is not
             a dataset kpipe wrote (a file, or a folder without kpipe's marker
-            and manifest, or with entries kpipe did not write).
+            and manifest, or with entries kpipe did not write, at its top or
+            in ``data/`` / ``shards/``: a file there the manifest does not name).
     """
     out = Path(out)
     real = Path(os.path.realpath(out))

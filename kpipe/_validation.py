@@ -35,6 +35,7 @@ __all__ = [
     "check_class_labels",
     "check_int",
     "check_json_object",
+    "check_n_jobs",
     "check_name_list",
     "check_number",
     "check_optional_bool",
@@ -396,3 +397,18 @@ def check_name_list(value: Any, name: str, choices: Iterable[str], *,
         raise error(f"`{name}` takes names from: {', '.join(choices)}; {unknown[0]!r} is not one of them. "
                     f"Received: {name}={value!r}")
     return tuple(dict.fromkeys(items))
+
+
+def check_n_jobs(value: Any, name: str = "n_jobs", *, error: type[KpipeError] = ArgumentError) -> int:
+    """Workers as joblib counts them: a non-zero integer (``-1`` all cores, ``-2`` all but one, ...).
+
+    Raises:
+        ArgumentError: (or ``error``) If ``value`` is not a non-zero integer (`bool` is refused).
+
+    Example:
+        >>> check_n_jobs(-1)
+        -1
+    """
+    if not _is_int(value) or value == 0:
+        raise error(f"`{name}` must be a non-zero integer (-1 for all cores). Received: {name}={value!r}")
+    return int(value)

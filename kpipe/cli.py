@@ -278,20 +278,62 @@ def main() -> None:
 
 
 # ----------------------------------------------------------------- prepare
+def _checked(check):
+    """A click callback running the library's own check of an option (``check(value)``), so that a bad value
+    is a usage error (exit 2) named as typed, before any work; the value is passed on as given."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value):
+        if value is None:
+            return value
+        try:
+            check(value)
+        except KpipeError as e:
+            flags = {param.name: ((param.opts[0] if param.opts else param.name), False)}
+            raise click.BadParameter(cli_names(str(e), flags), ctx=ctx, param=param) from None
+        return value
+
+    return callback
+
+
+def _check_split(value: str) -> None:
+    from kpipe.split import parse_split
+
+    parse_split(value)
+
+
+def _check_image_size(value: str) -> None:
+    from kpipe.prepare import parse_image_size
+
+    parse_image_size(value)
+
+
+def _check_seed(value: int) -> None:
+    from kpipe._validation import check_seed
+
+    check_seed(value)
+
+
+def _check_n_jobs(value: int) -> None:
+    from kpipe._validation import check_n_jobs
+
+    check_n_jobs(value)
+
+
 @main.command()
 @click.argument("raw", type=click.Path(exists=True, path_type=Path))
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
               help="Output folder for data/ and manifest.json.")
 @click.option("--layout", type=click.Choice(["auto", "images", "npy", "csv"]), default="auto", show_default=True,
               help="Input layout; auto detects it.")
-@click.option("--split", default="0.8,0.1,0.1", show_default=True,
+@click.option("--split", default="0.8,0.1,0.1", show_default=True, callback=_checked(_check_split),
               help="Train,validation,test fractions (stratified).")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the split.")
-@click.option("--image-size", default=None, metavar="HxW",
+@click.option("--seed", default=0, show_default=True, type=int, callback=_checked(_check_seed),
+              help="Seed of the split (an integer in [0, 2**64)).")
+@click.option("--image-size", default=None, metavar="HxW", callback=_checked(_check_image_size),
               help="Resize images to HEIGHTxWIDTH pixels (default: keep the size of the first image).")
 @click.option("--color-mode", type=click.Choice(["grayscale", "rgb", "rgba"]), default=None,
               help="Image channels (default: from the first image).")
-@click.option("--label-column", default="label", show_default=True, help="CSV column of the class.")
+@click.option("--label-column", default=None, help="CSV column of the class.  [default: label]")
 @click.option("--id-column", default=None, help="CSV column of sample IDs (default: row numbers).")
 @click.option("--format", "format", type=click.Choice(["npy", "hdf5"]), default="npy", show_default=True,
               help="Storage: one .npy file per sample, or HDF5 shards.")
@@ -306,19 +348,20 @@ def main() -> None:
 @click.option("--dtype", type=click.Choice(["auto", "uint8", "uint16", "float32"]), default="auto", show_default=True,
               help="Image dtype; auto: uint16 for 16-bit images, float32 for float images, else uint8. Never "
                    "scaled per image: 16->8 bits is v >> 8, 8->16 bits v * 257.")
-@click.option("--background", type=click.Choice(["white", "black"]), default="white", show_default=True,
-              help="What transparent pixels are composited onto for rgb and grayscale (rgba keeps alpha).")
-@click.option("--missing", default="auto", show_default=True, metavar="auto|drop-rows|drop-columns|fill=VALUE",
+@click.option("--background", type=click.Choice(["white", "black"]), default=None,
+              help="What transparent pixels are composited onto for rgb and grayscale (rgba keeps alpha).  "
+                   "[default: white]")
+@click.option("--missing", default=None, metavar="auto|drop-rows|drop-columns|fill=VALUE",
               callback=lambda ctx, param, value: _parse_missing_option(value),
               help="CSV missing values (empty, NA, ?...): auto drops the columns more than half empty, then the "
-                   "rows still missing a value.")
+                   "rows still missing a value.  [default: auto]")
 @click.option("--nonfinite", type=click.Choice(["skip", "error"]), default="skip", show_default=True,
               help="A sample holding NaN or Inf: skip it (listed in the manifest) or stop.")
 @click.option("--duplicates", type=click.Choice(["group", "drop", "error"]), default="group", show_default=True,
               help="Samples of equal content: keep each group in one partition, keep the first only, or stop.")
 @click.option("--small-classes", type=click.Choice(["error", "warn"]), default="error", show_default=True,
               help="A class too small for a sample in every partition: stop, or warn and fill train first.")
-@click.option("--n-jobs", default=-1, show_default=True, type=int,
+@click.option("--n-jobs", default=-1, show_default=True, type=int, callback=_checked(_check_n_jobs),
               help="Parallel workers on this machine, as joblib (-1: all cores; 1: this process only).")
 @click.option("--backend", type=click.Choice(["auto", "threads", "loky", "dask"]), default="auto", show_default=True,
               help="Where the work runs: auto picks this process, threads or loky processes from the measured cost "
@@ -353,10 +396,12 @@ def prepare(raw: Path, out: Path, as_json: bool, **options) -> None:
     _echo_json(result.to_dict()) if as_json else click.echo(result.summary())
 
 
-def _parse_missing_option(value: str) -> str:
+def _parse_missing_option(value: str | None) -> str | None:
     from kpipe.errors import InputError
     from kpipe.ingest import parse_missing
 
+    if value is None:
+        return None
     try:
         parse_missing(value)
     except InputError as e:

@@ -12,6 +12,7 @@ from pathlib import Path
 from kpipe._staging import check_output_folder, staged_dataset
 from kpipe.errors import InputError
 from kpipe.manifest import MANIFEST_NAME, Manifest, load_manifest
+from kpipe._validation import check_int
 from kpipe.storage import check_storage_options, open_store
 
 _BLOCK_BYTES = 32 << 20  # samples read and written per step
@@ -94,8 +95,9 @@ def convert(
         Converted 1797 samples from npy to hdf5 (1 shard, compression none) in 0.4s -> ...
     """
     start = time.perf_counter()
-    source = load_manifest(manifest)
+    shard_size = check_int(shard_size, "shard_size", minimum=1, allow_none=True)
     compression = check_storage_options(to, shard_size, compression)
+    source = load_manifest(manifest)
     out = Path(out)
     if source.path is None:
         raise InputError("`convert` needs a manifest loaded from (or saved to) a file.")

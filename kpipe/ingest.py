@@ -75,8 +75,8 @@ SKIP_KINDS = {
     "empty-class": "class folder without sample files",
     "unreadable": "unreadable or corrupt",
     "size": "image of another size",
-    "shape": "array of another shape or dtype",
-    "dtype": "values kpipe cannot store as they are",
+    "shape": "array of another shape",
+    "dtype": "values kpipe cannot store as they are (or another dtype than the dataset's)",
     "nonfinite": "NaN or Inf values",
     "duplicate": "exact duplicate of another sample",
     "missing-value": "CSV row with a missing value",
@@ -399,18 +399,21 @@ def _detect(raw: Path) -> tuple[str, list[tuple[Path, list[tuple[str, Path]]]], 
     return ("images" if n_img >= n_npy else "npy"), walked, skipped
 
 
-def scan(raw: str | os.PathLike, layout: str = "auto", *, label_column: str = "label",
-         id_column: str | None = None, weight_column: str | None = None, missing: str = "auto") -> ScanResult:
+def scan(raw: str | os.PathLike, layout: str = "auto", *, label_column: str | None = None,
+         id_column: str | None = None, weight_column: str | None = None, missing: str | None = None) -> ScanResult:
     """List the samples of ``raw`` without loading them (CSV rows are parsed).
+
+    The CSV options (``label_column``, ``id_column``, ``weight_column``, ``missing``) are refused for a folder
+    of images or ``.npy`` files rather than ignored: each one given there is a mistake about the input.
 
     Args:
         raw: A folder of class sub-folders, or a ``.csv`` file.
         layout: ``"auto"`` (see `detect_layout`), ``"images"``, ``"npy"`` or ``"csv"``.
-        label_column: CSV column holding the class. Defaults to ``"label"``.
+        label_column: CSV column holding the class; `None` (default) means ``"label"``.
         id_column: CSV column holding sample IDs (unique); row numbers if `None`.
         weight_column: CSV column holding per-sample weights (finite, >= 0),
             kept out of the features; `None` for no weights.
-        missing: CSV missing-value policy, see `parse_missing`. Defaults to ``"auto"``.
+        missing: CSV missing-value policy, see `parse_missing`; `None` (default) means ``"auto"``.
 
     Returns:
         A `ScanResult`; samples in a deterministic order (class, then relative
@@ -418,8 +421,9 @@ def scan(raw: str | os.PathLike, layout: str = "auto", *, label_column: str = "l
 
     Raises:
         InputError: If the input is missing or empty, ``layout`` is unknown,
-            a CSV ID repeats, the label column looks continuous, or a weight
-            is not a finite number >= 0 (file and line named).
+            a CSV ID repeats, the label column looks continuous, a weight
+            is not a finite number >= 0 (file and line named), or a CSV
+            option is given for a folder.
     """
     raw = Path(raw)
     if layout not in ("auto", *LAYOUTS):
@@ -438,6 +442,15 @@ def scan(raw: str | os.PathLike, layout: str = "auto", *, label_column: str = "l
         raise InputError(
             f"`weight_column` applies to CSV input; {raw} is a {layout} folder. Pass per-sample weights "
             f"with --weights FILE (rows ID,weight). Received: weight_column={weight_column!r}"
+        )
+    given = {name: value for name, value in (("label_column", label_column), ("id_column", id_column),
+                                              ("missing", missing)) if value is not None}
+    if given:
+        raise InputError(
+            f"{', '.join(f'`{name}`' for name in given)} appl{'y' if len(given) != 1 else 'ies'} to CSV input; {raw} "
+            f"is a {layout} folder (classes are its sub-folders, IDs their file paths). Leave "
+            f"{'them' if len(given) != 1 else 'it'} out. Received: "
+            + ", ".join(f"{name}={value!r}" for name, value in given.items())
         )
     return _scan_folders(raw, layout, walked, skipped)
 
@@ -592,40 +605,134 @@ class _CsvColumns:
 def _read_csv(raw: Path) -> list[tuple[int, list[str]]]:
     """The non-blank rows of ``raw``, numbered from 1 (the ``N`` of ``file.csv:N``); the first is the header.
 
+    A quote left open swallows the lines after it into one cell (the `csv` module reads on to the closing
+    quote, or to the end of the file): a row holding a line break is checked by `_check_open_quote`.
+
     Raises:
-        InputError: If the file cannot be read, or has no data row after the header.
+        InputError: If the file cannot be read, has no data row after the header, or a quote opened on some
+            line is never closed (the line is named).
     """
+    rows: list[list[str]] = []
+    starts: list[int] = []  # the physical line each row starts on
     try:
         with open_regular(raw) as fb, io.TextIOWrapper(fb, encoding="utf-8-sig", newline="") as f:
-            rows = list(csv.reader(f))
+            reader = csv.reader(f)
+            last = 0
+            for row in reader:
+                rows.append(row)
+                starts.append(last + 1)
+                last = reader.line_num
     except SampleError as e:
         raise InputError(f"Cannot read CSV {raw}: {e}") from None
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise InputError(f"Cannot read CSV {raw}: {e}") from e
+    spanning = [k for k, r in enumerate(rows) if any("\n" in c or "\r" in c for c in r)]
+    if spanning:
+        _check_open_quote(raw, rows[spanning[-1]], starts[spanning[-1]], last_row=spanning[-1] == len(rows) - 1)
     numbered = [(n, r) for n, r in enumerate(rows, start=1) if any(cell.strip() for cell in r)]
     if len(numbered) < 2:
         raise InputError(f"CSV {raw} has no data rows (it needs a header row and one row per sample).")
     return numbered
 
 
+def _quote_line(row: Sequence[str], start: int) -> int:
+    """The physical line where the first cell of ``row`` holding a line break opened its quote."""
+    line = start
+    for cell in row:
+        if "\n" in cell or "\r" in cell:
+            return line
+        line += cell.count("\n")
+    return line
+
+
+def _check_open_quote(raw: Path, row: Sequence[str], start: int, *, last_row: bool) -> None:
+    """Refuse a quote that is never closed: the last row spanning lines runs to the end of the file.
+
+    The `csv` module (``strict=False``) returns such a row without a word; read again from its first line with
+    ``strict=True``, it ends in "unexpected end of data".
+
+    Raises:
+        InputError: Naming the line where the quote opened and the lines it swallowed.
+    """
+    if not last_row:
+        return
+    try:
+        with open_regular(raw) as fb, io.TextIOWrapper(fb, encoding="utf-8-sig", newline="") as f:
+            for _ in range(start - 1):
+                f.readline()
+            list(csv.reader(f, strict=True))
+    except csv.Error as e:
+        if "unexpected end of data" not in str(e):
+            return  # another oddity of the row; the row's own checks report it
+        line = _quote_line(row, start)
+        end = start + sum(c.count("\n") for c in row[:-1]) + row[-1].rstrip("\r\n").count("\n")
+        raise InputError(
+            f"CSV {raw}: the quote opened on line {line} is never closed, so lines {line}-{end} (the rest of the "
+            "file) would be read as one cell. Close the quote (or remove the stray \" character) and run again."
+        ) from None
+    except (OSError, UnicodeDecodeError):
+        return
+
+
 def _resolve_columns(raw: Path, header_row: Sequence[str], label_column: str, id_column: str | None,
                      weight_column: str | None) -> _CsvColumns:
     """Find the label, ID and weight columns in the header (names compared after stripping blanks).
 
+    Every column is read by its name later (``prepare.feature_columns``, ``kpipe predict``), so each name must
+    name exactly one column.
+
     Raises:
-        InputError: If a named column is not in the header.
+        InputError: If a header name is given to two columns, a named column is not in the header, or one
+            column is named for two roles (label, ID, weight).
     """
     header = [h.strip() for h in header_row]
+    seen: dict[str, int] = {}
+    for j, h in enumerate(header):
+        if h in seen and h:  # unnamed columns: `_check_unnamed_columns`
+            raise InputError(
+                f"CSV {raw}: the header names two columns {h!r} (columns {seen[h] + 1} and {j + 1}); every column "
+                "is read by its name, so names must be unique. Rename one of them."
+            )
+        seen[h] = j
     for name, what in ((label_column, "label"), (id_column, "ID"), (weight_column, "weight")):
         if name is not None and name not in header:
             hint = " Pass --label-column NAME." if what == "label" else ""
             raise InputError(f"CSV {raw} has no {what} column {name!r}. Its columns are: {', '.join(header)}.{hint}")
+    roles = [(name, what) for name, what in ((label_column, "label_column"), (id_column, "id_column"),
+                                             (weight_column, "weight_column")) if name is not None]
+    for k, (name, what) in enumerate(roles):
+        other = next((w for n, w in roles[:k] if n == name), None)
+        if other is not None:
+            raise InputError(
+                f"CSV {raw}: column {name!r} is given as both `{other}` and `{what}`; a column plays one role. "
+                f"Received: {other}={name!r}, {what}={name!r}"
+            )
     return _CsvColumns(
         header=header, label_column=label_column, id_column=id_column, weight_column=weight_column,
-        label=header.index(label_column),
-        id=header.index(id_column) if id_column is not None else None,
-        weight=header.index(weight_column) if weight_column is not None else None,
+        label=seen[label_column],
+        id=seen[id_column] if id_column is not None else None,
+        weight=seen[weight_column] if weight_column is not None else None,
     )
+
+
+def _check_unnamed_columns(raw: Path, rows: Sequence[tuple[int, list[str]]], cols: _CsvColumns) -> None:
+    """Refuse a column without a header name that holds a value (an empty one, e.g. from a trailing comma, is
+    dropped as ``"empty"`` like any empty column).
+
+    Raises:
+        InputError: Naming the file, the columns' positions and a row holding a value.
+    """
+    unnamed = [j for j, h in enumerate(cols.header) if not h]
+    used = [(j, next((n for n, r in rows if not _is_missing(r[j])), None)) for j in unnamed]
+    used = [(j, n) for j, n in used if n is not None]
+    if used:
+        positions = ", ".join(str(j + 1) for j, _ in used)
+        raise InputError(
+            f"CSV {raw}: column{'s' if len(used) != 1 else ''} {positions} of the header "
+            f"{'have' if len(used) != 1 else 'has'} no name but hold{'' if len(used) != 1 else 's'} values (e.g. "
+            f"line {used[0][1]}); every column is read by its name, so each needs one (pandas: save with "
+            "index=False, or name the index). Received: header " + ", ".join(repr(h) for h in cols.header)
+        )
 
 
 def _usable_rows(raw: Path, data: Sequence[tuple[int, list[str]]], cols: _CsvColumns,
@@ -641,7 +748,10 @@ def _usable_rows(raw: Path, data: Sequence[tuple[int, list[str]]], cols: _CsvCol
     for n, r in data:
         where = f"{raw}:{n}"
         if len(r) != len(cols.header):
-            skipped.append(skip(where, "bad-row", f"row has {len(r)} cells, the header has {len(cols.header)}"))
+            breaks = sum(c.count("\n") for c in r)
+            quote = (f": a quote opened in this row runs over {breaks} line break{'s' if breaks != 1 else ''} before "
+                     "it closes, so those lines were read as one cell") if breaks else ""
+            skipped.append(skip(where, "bad-row", f"row has {len(r)} cells, the header has {len(cols.header)}{quote}"))
         elif _is_missing(r[cols.label]):
             skipped.append(skip(where, "missing-label", f"missing label in column {cols.label_column!r}"))
         elif cols.id is not None and _is_missing(r[cols.id]):
@@ -778,19 +888,21 @@ def _csv_classes(raw: Path, label_column: str, labels: Sequence[str]) -> list[st
     return sorted(set(labels), key=_class_sort_key(labels))
 
 
-def _scan_csv(raw: Path, *, label_column: str, id_column: str | None,
-              weight_column: str | None = None, missing: str = "auto") -> ScanResult:
+def _scan_csv(raw: Path, *, label_column: str | None, id_column: str | None,
+              weight_column: str | None = None, missing: str | None = None) -> ScanResult:
     """`scan` of a CSV table: a sample per usable row, its numeric feature columns as a float32 vector.
 
     In order: the header's columns (`_resolve_columns`), the rows usable whatever the features (`_usable_rows`),
     the feature columns under the ``missing`` policy (`_feature_columns`), each row's values (`_parse_rows`),
     then the classes (`_csv_classes`).
     """
-    policy, fill = parse_missing(missing)
+    label_column = "label" if label_column is None else label_column
+    policy, fill = parse_missing("auto" if missing is None else missing)
     numbered = _read_csv(raw)
     cols = _resolve_columns(raw, numbered[0][1], label_column, id_column, weight_column)
     skipped: list[dict[str, str]] = []
     rows = _usable_rows(raw, numbered[1:], cols, skipped)
+    _check_unnamed_columns(raw, rows, cols)
     _check_unique_ids(raw, rows, cols)
     features, dropped = _feature_columns(raw, rows, cols, policy)
     kept, row_weight, dropped_rows = _parse_rows(raw, rows, cols, features, policy, fill, skipped)
@@ -1105,7 +1217,12 @@ def load_npy(path: Path) -> np.ndarray:
         raise SampleError("dtype", f"dtype {arr.dtype} is not numeric; kpipe stores bool, integer and float arrays")
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
-    return np.ascontiguousarray(arr)
+    return np.asarray(arr, order="C")  # not ascontiguousarray: it turns a 0-d array into shape (1,)
+
+
+def describe_array(dtype: Any, shape: Sequence[int]) -> str:
+    """``"float32 of shape (8, 8, 1)"``: an array's dtype and shape for messages (a 0-d one: ``shape ()``)."""
+    return f"{np.dtype(dtype).name} of shape {tuple(int(d) for d in shape)}"
 
 
 def load_sample(sample: RawSample, layout: str, image_options: ImageOptions | None = None) -> np.ndarray:

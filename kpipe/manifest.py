@@ -431,8 +431,12 @@ class Manifest:
     def from_dict(cls, d: Mapping[str, Any], path: Path | None = None) -> Manifest:
         """Build a manifest from the dict of ``manifest.json``.
 
+        Besides `validate`, the keys that repeat what the rest says (``num_classes``, ``num_samples``,
+        ``counts``, ``storage.num_shards``, each shard's ``num_samples``) must agree with it.
+
         Raises:
-            ManifestError: If a required key is missing or the content is invalid.
+            ManifestError: If a required key is missing, the content is invalid, or a repeated key disagrees
+                with the rest (the key is named).
         """
         where = f" {path}" if path else ""
         required = ("format_version", "classes", "labels", "partition", "sample", "storage")
@@ -444,7 +448,7 @@ class Manifest:
             )
         validate_manifest_dict(dict(d) if isinstance(d, Mapping) else d, where)
         try:
-            return cls(
+            manifest = cls(
                 classes=list(d["classes"]),
                 labels={str(k): int(v) for k, v in d["labels"].items()},
                 partition={str(p): [str(i) for i in ids] for p, ids in d["partition"].items()},
@@ -468,6 +472,8 @@ class Manifest:
             raise
         except (TypeError, ValueError, KeyError, AttributeError) as e:
             raise ManifestError(f"Manifest{where} is malformed: {e!r}") from e
+        _check_derived(d, manifest, where)
+        return manifest
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Manifest:
@@ -530,6 +536,49 @@ class Manifest:
         self.path = target.resolve()
         self.file_identity = stat_identity(os.stat(self.path))
         return self.path
+
+
+def _check_derived(d: Mapping[str, Any], m: Manifest, where: str) -> None:
+    """The keys of ``manifest.json`` that repeat what the rest says must agree with it.
+
+    ``num_classes`` (``len(classes)``), ``num_samples`` (``len(labels)``), ``counts`` (per partition and class,
+    from ``partition`` and ``labels``), ``storage.num_shards`` (``len(storage.shards)``) and each shard's
+    ``num_samples`` (``len(ids)``). `Manifest.to_dict` writes them from the rest, so a difference means the file
+    was edited; which one is right cannot be told, so the manifest is refused.
+
+    Raises:
+        ManifestError: Naming the key, its value and what the rest of the manifest gives.
+    """
+    def refuse(key: str, value: Any, rule: str, expected: Any) -> None:
+        raise ManifestError(
+            f"Manifest{where} is inconsistent: `{key}` is {value!r} but {rule} {expected!r}. It was edited after "
+            "`kpipe prepare` wrote it; prepare the dataset again (or fix the key)."
+        )
+
+    if "num_classes" in d and d["num_classes"] != m.num_classes:
+        refuse("num_classes", d["num_classes"], "`classes` lists", m.num_classes)
+    if "num_samples" in d and d["num_samples"] != m.num_samples:
+        refuse("num_samples", d["num_samples"], "`labels` holds", m.num_samples)
+    counts = d.get("counts")
+    if counts is not None:
+        actual = {p: m.class_counts(p) for p in m.partition}
+        if counts != actual:
+            if not isinstance(counts, dict) or set(counts) != set(actual):
+                given = sorted(counts) if isinstance(counts, dict) else counts
+                refuse("counts", given, "the partitions are", sorted(actual))
+            part = next(p for p in actual if counts[p] != actual[p])
+            given = counts[part]
+            if not isinstance(given, dict) or set(given) != set(actual[part]):
+                refuse(f"counts.{part}", given, "its classes are", list(actual[part]))
+            name = next(c for c in actual[part] if given[c] != actual[part][c])
+            refuse(f"counts.{part}[{name!r}]", given[name], "partition and labels give", actual[part][name])
+    shards = m.storage.get("shards")
+    if isinstance(shards, list):
+        if "num_shards" in m.storage and m.storage["num_shards"] != len(shards):
+            refuse("storage.num_shards", m.storage["num_shards"], "`storage.shards` lists", len(shards))
+        for k, shard in enumerate(shards):
+            if "num_samples" in shard and shard["num_samples"] != len(shard["ids"]):
+                refuse(f"storage.shards[{k}].num_samples", shard["num_samples"], "its `ids` list", len(shard["ids"]))
 
 
 def _refuse_constant(name: str) -> float:

@@ -20,8 +20,8 @@ from kpipe._execution import BACKENDS, Pool, check_backend, dask_pool, effective
 from kpipe._io import PARTIAL_SUFFIX
 from kpipe._prepare_tasks import ChunkResult, ChunkTask, convert_chunk, rebuild_shard_task
 from kpipe._staging import check_output_folder, staged_dataset
-from kpipe._validation import check_choice
-from kpipe.errors import InputError, SplitError, StoreError
+from kpipe._validation import check_choice, check_int, check_n_jobs, check_number, check_seed
+from kpipe.errors import ArgumentError, InputError, SplitError, StoreError
 from kpipe.ingest import (
     BACKGROUNDS,
     COLOR_MODES,
@@ -155,20 +155,32 @@ class PrepareResult:
 
 
 def parse_image_size(text: str | Sequence[int] | None) -> tuple[int, int] | None:
-    """Parse ``"64x48"`` (height x width) into ``(64, 48)``; `None` stays `None`.
+    """Parse ``"64x48"`` (height x width) or ``(64, 48)`` into ``(64, 48)``; `None` stays `None`.
 
     Raises:
-        InputError: If the text is not two positive integers joined by ``x``.
+        InputError: If it is not two positive integers (joined by ``x`` in text); ``(1.5, 2)`` and
+            ``(True, 2)`` are refused, never rounded.
     """
     if text is None:
         return None
-    try:
-        parts = [int(p) for p in text.lower().split("x")] if isinstance(text, str) else [int(p) for p in text]
-    except ValueError:
-        parts = []
-    if len(parts) != 2 or min(parts) <= 0:
+    parts: list = []
+    if isinstance(text, str):
+        try:
+            parts = [int(p) for p in text.lower().split("x")]
+        except ValueError:
+            parts = []
+    elif isinstance(text, Sequence):
+        parts = list(text)
+    if len(parts) != 2 or not all(_is_positive_int(p) for p in parts):
         raise InputError(f"`image_size` must be HEIGHTxWIDTH in pixels, e.g. 64x64. Received: image_size={text!r}")
-    return parts[0], parts[1]
+    return int(parts[0]), int(parts[1])
+
+
+def _is_positive_int(value: Any) -> bool:
+    try:
+        return check_int(value, "size", minimum=1) is not None
+    except ArgumentError:
+        return False
 
 
 def _failure_note(skipped: Sequence[dict[str, str]], sizes: Counter | None = None) -> str:
@@ -193,12 +205,12 @@ def prepare(
     image_size: str | Sequence[int] | None = None,
     color_mode: str | None = None,
     dtype: str = "auto",
-    background: str = "white",
-    label_column: str = "label",
+    background: str | None = None,
+    label_column: str | None = None,
     id_column: str | None = None,
     weight_column: str | None = None,
     weights: str | os.PathLike | None = None,
-    missing: str = "auto",
+    missing: str | None = None,
     nonfinite: str = "skip",
     duplicates: str = "group",
     small_classes: str = "error",
@@ -244,16 +256,19 @@ def prepare(
             ``"uint16"`` or ``"float32"``. Never a per-image scaling: 16 -> 8
             bits is ``v >> 8``, 8 -> 16 bits ``v * 257`` (see
             `kpipe.ingest.ImageOptions`).
-        background: ``"white"`` (default) or ``"black"``: what transparent
+        background: ``"white"`` (`None`, the default, means it) or ``"black"``: what transparent
             pixels are composited onto for ``rgb`` and ``grayscale``.
-        label_column: CSV column of the class. Defaults to ``"label"``.
+        label_column: CSV column of the class; `None` (default) means ``"label"``. The CSV options
+            (``label_column``, ``id_column``, ``weight_column``, ``missing``) are refused for a folder, the
+            image options (``image_size``, ``color_mode``, ``dtype``, ``background``) for input that is not
+            images: never ignored.
         id_column: CSV column of sample IDs (must be unique); row numbers if `None`.
         weight_column: CSV column of per-sample weights (finite, >= 0), kept
             out of the features and stored as ``manifest.sample_weights``.
         weights: A file of per-sample weights, CSV rows ``ID,weight``
             (header optional) or a JSON object; every sample needs one.
         missing: CSV missing values (empty, ``NA``, ``?``...): ``"auto"``
-            (default: drop the columns more than half empty, then the rows
+            (`None`, the default, means it: drop the columns more than half empty, then the rows
             still missing a value), ``"drop-rows"``, ``"drop-columns"`` or
             ``"fill=VALUE"`` (see `kpipe.ingest.parse_missing`).
         nonfinite: A sample holding NaN or Inf: ``"skip"`` (default; listed
@@ -318,16 +333,21 @@ def prepare(
         Prepared 1797 samples in 10 classes: train 1438, validation 180, test 179; per class ...
     """
     raw, out = Path(raw), Path(out)
-    fractions, size, compression, backend, scheduler = _check_options(
-        split=split, image_size=image_size, color_mode=color_mode, dtype=dtype, background=background,
+    options = _check_options(
+        split=split, seed=seed, image_size=image_size, color_mode=color_mode, dtype=dtype, background=background,
         missing=missing, nonfinite=nonfinite, duplicates=duplicates, small_classes=small_classes, format=format,
         shard_size=shard_size, compression=compression, n_jobs=n_jobs, backend=backend, scheduler=scheduler,
         executor=executor)
+    fractions, size, compression = options.fractions, options.image_size, options.compression
+    seed, shard_size, n_jobs, backend, scheduler = (options.seed, options.shard_size, options.n_jobs,
+                                                    options.backend, options.scheduler)
     check_output_folder(out, raw, overwrite=overwrite, what="input")
 
     found = scan(raw, layout, label_column=label_column, id_column=id_column, weight_column=weight_column,
                  missing=missing)
-    _check_image_only_options(raw, found.layout, dtype=dtype, image_size=image_size, color_mode=color_mode)
+    _check_image_only_options(raw, found.layout, dtype=dtype, image_size=image_size, color_mode=color_mode,
+                              background=background)
+    background = "white" if background is None else background
     file_weights = _read_weights(weights, found)
     skipped = list(found.skipped)
     samples = found.samples
@@ -391,43 +411,73 @@ def prepare(
 
 
 def _check_options(
-    *, split, image_size, color_mode, dtype: str, background: str, missing: str, nonfinite: str, duplicates: str,
-    small_classes: str, format: str, shard_size, compression, n_jobs, backend: str, scheduler: str | None, executor,
-) -> tuple[tuple[float, float, float], tuple[int, int] | None, str, str, str | None]:
+    *, split, seed, image_size, color_mode, dtype: str, background: str | None, missing: str | None, nonfinite: str,
+    duplicates: str, small_classes: str, format: str, shard_size, compression, n_jobs, backend: str,
+    scheduler: str | None, executor,
+) -> _Options:
     """Check `prepare`'s options before anything is read; returns the parsed ones.
 
     Returns:
-        ``(fractions, image size, compression, backend, scheduler)``, normalized.
+        `_Options`: the split fractions, seed, image size, shard size, compression, n_jobs, backend and
+        scheduler, normalized.
 
     Raises:
         InputError, SplitError, ArgumentError: On the first invalid option, in the order of `prepare`'s arguments
             (the split first).
     """
+    if not isinstance(split, str):
+        if not isinstance(split, Sequence):
+            raise SplitError(f"`split` must be three fractions such as 0.8,0.1,0.1 (train, validation, test). "
+                             f"Received: split={split!r}")
+        split = tuple(check_number(f, "split", error=SplitError) for f in split)
     fractions = parse_split(split)
+    seed = check_seed(seed)
     size = parse_image_size(image_size)
     if color_mode is not None:
         check_choice(color_mode, "color_mode", COLOR_MODES, error=InputError)
     check_choice(dtype, "dtype", IMAGE_DTYPES, error=InputError)
-    check_choice(background, "background", BACKGROUNDS, error=InputError)
+    if background is not None:
+        check_choice(background, "background", BACKGROUNDS, error=InputError)
     check_choice(nonfinite, "nonfinite", NONFINITE_POLICIES, error=InputError)
     check_choice(duplicates, "duplicates", DUPLICATE_POLICIES, error=InputError)
     check_choice(small_classes, "small_classes", SMALL_CLASS_POLICIES, error=InputError)
-    parse_missing(missing)
+    if missing is not None:
+        parse_missing(missing)
+    shard_size = check_int(shard_size, "shard_size", minimum=1, allow_none=True)
     compression = check_storage_options(format, shard_size, compression)
-    if not isinstance(n_jobs, int) or isinstance(n_jobs, bool) or n_jobs == 0:
-        raise InputError(f"`n_jobs` must be a non-zero integer (-1 for all cores). Received: n_jobs={n_jobs!r}")
+    n_jobs = check_n_jobs(n_jobs, error=InputError)
     backend, scheduler = check_backend(backend, scheduler)
     if executor is not None and not isinstance(executor, cf.Executor):
         raise InputError(f"`executor` must be a concurrent.futures.Executor. Received: executor={executor!r}")
-    return fractions, size, compression, backend, scheduler
+    return _Options(fractions, seed, size, shard_size, compression, n_jobs, backend, scheduler)
 
 
-def _check_image_only_options(raw: Path, layout: str, *, dtype: str, image_size, color_mode: str | None) -> None:
-    """Refuse ``dtype``, ``image_size`` and ``color_mode`` for input that is not images (it is stored as it is)."""
-    if layout != "images" and (dtype != "auto" or color_mode is not None or image_size is not None):
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    """`prepare`'s options that `_check_options` normalizes."""
+
+    fractions: tuple[float, float, float]
+    seed: int
+    image_size: tuple[int, int] | None
+    shard_size: int | None
+    compression: str
+    n_jobs: int
+    backend: str
+    scheduler: str | None
+
+
+def _check_image_only_options(raw: Path, layout: str, *, dtype: str, image_size, color_mode: str | None,
+                              background: str | None) -> None:
+    """Refuse ``dtype``, ``image_size``, ``color_mode`` and ``background`` for input that is not images (it is
+    stored as it is)."""
+    given = {name: value for name, value in (("dtype", None if dtype == "auto" else dtype), ("image_size", image_size),
+                                              ("color_mode", color_mode), ("background", background))
+             if value is not None}
+    if layout != "images" and given:
         raise InputError(
-            f"`dtype`, `image_size` and `color_mode` apply to images; {raw} is {layout} input, stored as it "
-            f"is. Received: dtype={dtype!r}, image_size={image_size!r}, color_mode={color_mode!r}"
+            f"{', '.join(f'`{name}`' for name in given)} appl{'y' if len(given) != 1 else 'ies'} to images; {raw} is "
+            f"{layout} input, stored as it is. Leave {'them' if len(given) != 1 else 'it'} out. Received: "
+            + ", ".join(f"{name}={value!r}" for name, value in given.items())
         )
 
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from kpipe._validation import check_seed
 from kpipe.errors import SplitError
 from kpipe.manifest import PARTITIONS
 
@@ -134,7 +135,7 @@ def stratified_split(
     Args:
         labels: Class index of each sample, int array of shape ``(n,)``.
         fractions: Train, validation, test fractions (see `parse_split`).
-        seed: Seed of the shuffle (any integer >= 0).
+        seed: Seed of the shuffle, an integer in ``[0, 2**64)`` (`kpipe._validation.check_seed`).
         class_names: Names for messages; ``str(index)`` if `None`.
         groups: Optional group ID of each sample, int array of shape ``(n,)``;
             samples of one group end up in one partition.
@@ -151,6 +152,7 @@ def stratified_split(
 
     Raises:
         SplitError: If a class is too small (with ``small_classes_policy="error"``).
+        ArgumentError: If ``seed`` is not an integer in ``[0, 2**64)`` (``1.7`` is never truncated).
 
     Example:
         >>> parts = stratified_split(np.array([0] * 10 + [1] * 10), (0.6, 0.2, 0.2))
@@ -203,7 +205,7 @@ def stratified_split(
                       stacklevel=2)
 
     sizes = class_sizes(class_total, fr)
-    rng = np.random.default_rng(np.random.SeedSequence(int(seed)))
+    rng = np.random.default_rng(np.random.SeedSequence(check_seed(seed)))
     part_of_unit = np.full(len(uniq), -1, dtype=np.int64)
     active = [p for p in range(3) if fr[p] > 1e-12]
     for c in range(num_classes):

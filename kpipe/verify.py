@@ -364,7 +364,10 @@ def verify(manifest, *, content: bool = True, progress: Callable[[int], None] | 
     Checks, in order (a failed step does not hide the others):
 
     1. the manifest: labels are integers in ``[0, num_classes)``; every ID is
-       in exactly one partition, once; partitions name only labelled IDs;
+       in exactly one partition, once; partitions name only labelled IDs; the
+       keys that repeat the rest agree with it (``num_classes``, ``num_samples``,
+       ``counts``, shard counts: see `kpipe.manifest.Manifest.from_dict`); every
+       class has a sample and the train partition is not empty;
     2. files: every sample file (npy) or shard (hdf5) exists, is a regular
        file and has the expected size; shard sha256 match the manifest;
        each shard's ``x`` shape and dtype, ``ids`` and ``y`` agree with it;
@@ -423,10 +426,33 @@ def verify(manifest, *, content: bool = True, progress: Callable[[int], None] | 
         if report.checksum_algorithm != CHECKSUM_ALGORITHM:
             report.add("manifest", f"unknown sample checksum algorithm {report.checksum_algorithm!r} (this kpipe "
                                    f"computes {CHECKSUM_ALGORITHM}); checksums not compared")
+    _check_coverage(m, report)
     readable = _check_all_files(m, report)
     if content:
         _check_content(m, readable, report, progress, on_start)
     return report
+
+
+def _check_coverage(m, report: VerifyReport) -> None:
+    """A class without any sample, and a missing or empty train partition, are problems.
+
+    Neither is in a dataset kpipe wrote: prepare drops a class left without samples (``class-dropped``) and
+    gives every class at least one train sample (train's fraction is > 0); convert copies classes and
+    partitions. A model trained on such a manifest has an output no sample teaches (and ``class_weight
+    balanced`` divides by its zero count), or nothing to train on.
+    """
+    totals = np.bincount(np.fromiter(m.labels.values(), dtype=np.int64, count=len(m.labels)),
+                         minlength=m.num_classes)
+    empty = [name for name, n in zip(m.classes, totals) if n == 0]
+    if empty:
+        shown = ", ".join(repr(c) for c in empty[:5]) + (", ..." if len(empty) > 5 else "")
+        report.add("label", f"{len(empty)} class{'es have' if len(empty) != 1 else ' has'} no sample in any "
+                            f"partition ({shown}); kpipe prepare never writes such a class. Remove it from `classes` "
+                            "(renumbering the labels) or prepare the dataset again")
+    if not m.partition.get("train"):
+        what = "empty" if "train" in m.partition else "missing"
+        report.add("partition", f"the train partition is {what}; kpipe prepare always puts samples in train. "
+                                "Prepare the dataset again")
 
 
 def _check_all_files(m, report: VerifyReport) -> list[str]:

@@ -62,7 +62,7 @@ def test_cli_errors_are_plain_messages(tmp_path: Path):
 
     raw = make_image_folder(tmp_path / "raw", {"a": 10, "b": 10})
     result = runner.invoke(main, ["prepare", str(raw), "--out", str(tmp_path / "o"), "--split", "0.5,0.6"])
-    assert result.exit_code == 1 and "`--split` must be three" in result.output, result.output
+    assert result.exit_code == 2 and "`--split` must be three" in result.output, result.output  # a bad option value
 
     result = runner.invoke(main, ["prepare", str(raw), "--out", str(tmp_path / "o2"), "--n-jobs", "1"])
     assert result.exit_code == 0, result.output

@@ -68,7 +68,7 @@ def test_prepare_npy_and_mismatched_shape_skipped(tmp_path: Path):
     m = prepare(raw, tmp_path / "out", split="0.5,0.25,0.25", n_jobs=1).manifest
     assert m.num_samples == 12 and m.sample_dtype == "float32"
     reasons = {Path(s["path"]).name: s["reason"] for s in m.skipped}
-    assert "float32[3]" in reasons["wrong.npy"]
+    assert "float32 of shape (3,)" in reasons["wrong.npy"]
     assert "pickle" in reasons["pickled.npy"].lower()
 
 
@@ -138,7 +138,7 @@ def test_most_common_shape_wins_over_an_odd_first_file(tmp_path: Path):
     m = prepare(raw, tmp_path / "out", split="0.5,0.25,0.25", n_jobs=1).manifest
     assert m.sample_shape == (5, 4) and m.sample_dtype == "float32" and m.num_samples == 12
     reasons = {Path(s["path"]).name: s["reason"] for s in m.skipped}
-    assert "the dataset's (most common) is float32[5, 4]" in reasons["0_odd.npy"]
+    assert "the dataset's (most common) is float32 of shape (5, 4)" in reasons["0_odd.npy"]
 
 
 def test_one_class_is_an_error_and_split_error_mentions_skipped(tmp_path: Path):
@@ -244,7 +244,8 @@ def test_nothing_convertible_names_a_file_and_its_reason(tmp_path: Path):
             np.save(raw / c / f"o{k}.npy", np.array([{"k": k}], dtype=object), allow_pickle=True)
             np.save(raw / c / f"s{k}.npy", np.array(["text"]))
     with pytest.raises(InputError, match=r"None of the 8 inputs .* could be read\. Skipped 8 inputs: 8 values kpipe "
-                                         r"cannot store as they are \(e\.g\. .*\.npy: "):
+                                         r"cannot store as they are \(or another dtype than the dataset's\) "
+                                         r"\(e\.g\. .*\.npy: "):
         prepare(raw, tmp_path / "out", n_jobs=1)
 
 

@@ -229,7 +229,7 @@ def test_cli_prepare_policy_options(tmp_path: Path):
     result = runner.invoke(main, ["prepare", str(raw), "--out", str(tmp_path / "o2"), "--missing", "fill=x"])
     assert result.exit_code == 2 and "`missing` must be" in result.output
     result = runner.invoke(main, ["prepare", str(raw), "--out", str(tmp_path / "o3"), "--dtype", "uint8"])
-    assert result.exit_code == 1 and "`--color-mode` apply to images; " in result.output
+    assert result.exit_code == 1 and "`--dtype` applies to images; " in result.output
 
 
 def test_in_memory_manifest_without_path_is_a_problem():
