@@ -204,9 +204,10 @@ def parse_json_value(value: Any, name: str, *, example: str = '{"cat": 2.0}',
     """
     if isinstance(value, str):
         try:
-            return json.loads(value)
-        except json.JSONDecodeError as e:
-            raise error(f"`{name}` must be JSON such as '{example}'. Received: {name}={value!r} ({e.msg})") from None
+            return loads_json(value)
+        except ValueError as e:
+            why = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
+            raise error(f"`{name}` must be JSON such as '{example}'. Received: {name}={value!r} ({why})") from None
     return value
 
 
@@ -412,3 +413,26 @@ def check_n_jobs(value: Any, name: str = "n_jobs", *, error: type[KpipeError] = 
     if not _is_int(value) or value == 0:
         raise error(f"`{name}` must be a non-zero integer (-1 for all cores). Received: {name}={value!r}")
     return int(value)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"the key {key!r} appears twice in one JSON object (which one is meant cannot be told)")
+        seen[key] = value
+    return seen
+
+
+def loads_json(text: str | bytes, **kwargs: Any) -> Any:
+    """`json.loads`, refusing an object that names a key twice (Python's `json` keeps the last one silently).
+
+    Raises:
+        ValueError: On a repeated key (`json.JSONDecodeError`, a `ValueError`, on invalid JSON).
+
+    Example:
+        >>> loads_json('{"a": 1, "a": 2}')
+        Traceback (most recent call last):
+        ValueError: the key 'a' appears twice in one JSON object (which one is meant cannot be told)
+    """
+    return json.loads(text, object_pairs_hook=_unique_keys, **kwargs)

@@ -25,6 +25,7 @@ import numpy as np
 
 from kpipe._io import atomic_write_json, stat_identity
 from kpipe._paths import check_sample_id, confined, is_safe_name, name_problem, open_regular
+from kpipe._validation import loads_json
 from kpipe.errors import ManifestError
 
 FORMAT_VERSION = 1
@@ -506,7 +507,7 @@ class Manifest:
         try:
             with os.fdopen(open_regular(path, what="manifest"), "rb") as f:
                 identity = stat_identity(os.fstat(f.fileno()))
-                d = json.loads(f.read().decode("utf-8"), parse_constant=_refuse_constant)
+                d = loads_json(f.read().decode("utf-8"), parse_constant=_refuse_constant)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
             raise ManifestError(f"Cannot read manifest {path}: {e}") from e
         if not isinstance(d, dict):

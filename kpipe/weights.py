@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import math
 import os
 import warnings
@@ -45,7 +44,14 @@ from typing import Any
 
 import numpy as np
 
-from kpipe._validation import check_bool, check_class_index, check_class_labels, check_weight, parse_json_value
+from kpipe._validation import (
+    check_bool,
+    check_class_index,
+    check_class_labels,
+    check_weight,
+    loads_json,
+    parse_json_value,
+)
 from kpipe.errors import ArgumentError, InputError, WeightError
 
 DEFAULT_KEY = "*"
@@ -425,8 +431,8 @@ def read_weights_file(path: str | os.PathLike) -> dict[str, float]:
         raise InputError(f"Cannot read the weights file {path}: {e}. Pass a CSV of ID,weight rows.") from e
     if path.suffix.lower() == ".json":
         try:
-            rows = list(json.loads(text).items())
-        except (json.JSONDecodeError, AttributeError) as e:
+            rows = list(loads_json(text).items())
+        except (ValueError, AttributeError) as e:
             raise InputError(f"Weights file {path} must hold a JSON object {{ID: weight}}: {e}") from e
         numbered = [(1, str(k), v) for k, v in rows]
     else:

@@ -297,3 +297,29 @@ def test_overwrite_with_an_unreadable_manifest_tells_files_by_name(tmp_path: Pat
     (out / "data" / "notes.txt").write_text("mine")
     with pytest.raises(OutputExistsError, match="data/notes.txt"):
         prepare(raw, out, n_jobs=1, overwrite=True)
+
+
+# ------------------------------------------------ a JSON object naming a key twice: refused, never "the last wins"
+def test_json_files_naming_a_key_twice_are_refused(tmp_path: Path):
+    from kpipe.training.config import load_config_file
+    from kpipe.weights import read_weights_file
+
+    raw = tmp_path / "raw"
+    for c in ("a", "b"):
+        (raw / c).mkdir(parents=True)
+        for i in range(5):
+            np.save(raw / c / f"{c}{i}.npy", np.full(3, i, np.float32))
+    m = prepare(raw, tmp_path / "p", n_jobs=1).manifest
+    text = m.path.read_text()
+    first = next(iter(m.labels))
+    edited = text.replace(f'"{first}": {m.labels[first]}', f'"{first}": 0, "{first}": 1', 1)
+    assert edited != text
+    m.path.write_text(edited)
+    with pytest.raises(ManifestError, match=f"the key '{first}' appears twice"):
+        Manifest.load(m.path)
+    (tmp_path / "w.json").write_text('{"a0": 1.0, "a0": 2.0}')
+    with pytest.raises(InputError, match="the key 'a0' appears twice"):
+        read_weights_file(tmp_path / "w.json")
+    (tmp_path / "c.json").write_text('{"epochs": 1, "epochs": 50}')
+    with pytest.raises(ArgumentError, match="the key 'epochs' appears twice"):
+        load_config_file(tmp_path / "c.json")

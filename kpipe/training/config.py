@@ -54,6 +54,7 @@ from kpipe._validation import (
     check_seed,
     check_text,
     check_text_choice,
+    loads_json,
 )
 from kpipe.errors import ArgumentError, KpipeError
 from kpipe.training.loading import is_object_spec
@@ -342,8 +343,8 @@ def _read(path: Path) -> dict[str, Any]:
     text = path.read_bytes()
     if path.suffix.lower() == ".json":
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
+            data = loads_json(text)
+        except ValueError as e:
             raise ArgumentError(f"{path} is not valid JSON: {e}") from None
     else:
         try:
