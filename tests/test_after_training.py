@@ -224,6 +224,14 @@ def test_predict_rgba_images_and_csv_rows(tmp_path):
     expected = keras.saving.load_model(run.run_dir / "model.keras").predict(store.read_many([cells[0]]), verbose=0)
     store.close()
     np.testing.assert_allclose(first.probabilities, expected[0], atol=1e-5)
+    # a column the model reads, named twice in the new file: that file's error, never the first one read silently
+    twice = tmp_path / "twice.csv"
+    twice.write_text("\n".join([shuffled[0].replace("extra", "f5"), shuffled[1]]) + "\n")
+    unclosed = tmp_path / "unclosed.csv"
+    unclosed.write_text("\n".join([shuffled[0], '"' + shuffled[1], shuffled[1]]) + "\n")
+    (bad_twice,), (bad_quote,) = (predict(run.run_dir, [f]).predictions for f in (twice, unclosed))
+    assert "names two columns 'f5'" in bad_twice.error and bad_twice.probabilities is None
+    assert "the quote opened on line 2 is never closed" in bad_quote.error
 
 
 # ------------------------------------------------------------------ inspect

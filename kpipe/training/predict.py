@@ -39,7 +39,6 @@ from kpipe.ingest import (
     decode_image,
     is_hidden,
     load_npy,
-    open_regular,
 )
 
 
@@ -109,19 +108,24 @@ def _npy_inputs(path: Path, rules: InputRules) -> Iterator[tuple[str, np.ndarray
 
 
 def _csv_rows(path: Path, rules: InputRules) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
-    from kpipe.ingest import _is_missing, _parse_float, parse_missing  # the rules prepare read the rows with
+    from kpipe.errors import InputError
+    from kpipe.ingest import _is_missing, _parse_float, _read_csv, parse_missing  # prepare's rules for the rows
 
     features = list(rules.prepare.get("feature_columns") or [])
     _, fill = parse_missing(rules.prepare.get("missing", "auto"))
-    with open_regular(path) as fb, io.TextIOWrapper(fb, encoding="utf-8-sig", newline="") as f:
-        rows = [(n, r) for n, r in enumerate(csv.reader(f), start=1) if any(c.strip() for c in r)]
-    if not rows:
-        raise SampleError("bad-row", "the CSV file is empty")
+    try:
+        rows = _read_csv(path)  # a quote never closed is refused, as prepare refuses it
+    except InputError as e:
+        raise SampleError("bad-row", str(e)) from None
     header = [h.strip() for h in rows[0][1]]
     missing = [c for c in features if c not in header]
     if missing:
         raise SampleError("bad-row", f"the CSV file has no column {missing[0]!r}; the model reads the columns "
                                      f"{', '.join(features)}")
+    twice = next((c for c in features if header.count(c) > 1), None)
+    if twice is not None:
+        raise SampleError("bad-row", f"the CSV file names two columns {twice!r}; the model reads each column by its "
+                                     "name, so which one is meant cannot be told. Rename one of them.")
     columns = [header.index(c) for c in features]
     id_column = rules.prepare.get("id_column")
     id_index = header.index(id_column) if id_column in header else None
