@@ -17,9 +17,10 @@ import keras
 import tensorflow as tf
 
 from kpipe.errors import ArgumentError
+from kpipe.training.loops.eager_test_step import EagerTestStep
 
 
-class StepMixin:
+class StepMixin(EagerTestStep):
     """`KpipeModel`'s steps on TensorFlow: the loss under a `tf.GradientTape`, ``tape.gradient``, then the update.
 
     The steps call the model's extension points (``compute_loss`` with
@@ -47,14 +48,6 @@ class StepMixin:
         grads = self.transform_gradients(grads)
         self.apply_update(grads)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-
-    def test_step(self, data: Any) -> dict[str, Any]:
-        """One evaluation step: forward pass with ``training=False``, loss and metrics updated."""
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        y_pred = self(x, training=False)
-        loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False)
-        self._update_loss_metric(loss, x)
-        return self._test_results(x, y, y_pred, sample_weight)
 
 
 class TapeSteps:
