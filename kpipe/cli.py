@@ -127,9 +127,12 @@ def _tf_noise_filtered():
     """Filter TensorFlow's C++ log lines out of file descriptor 2 while the block runs; pass everything else.
 
     Set ``TF_CPP_MIN_LOG_LEVEL`` (e.g. 0) to see every line: then nothing is filtered.
+
+    Yields:
+        The file descriptor of the real stderr, for what must reach it without Python's help (`faulthandler`).
     """
     if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
-        yield
+        yield 2
         return
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"  # TensorFlow reads it at import; info and warnings off
     sys.stderr.flush()
@@ -146,7 +149,7 @@ def _tf_noise_filtered():
     os.dup2(write_end, 2)
     os.close(write_end)
     try:
-        yield
+        yield saved
     finally:
         sys.stderr.flush()
         os.dup2(saved, 2)  # closes the pipe's last write end: the thread drains it and stops
@@ -606,12 +609,13 @@ def train(manifest: Path | None, config_file: Path | None, as_json: bool, **opti
     with warnings.catch_warnings():  # its warnings come once, from train()'s own check_run
         warnings.simplefilter("ignore")
         check_run(loaded, config)  # errors before TensorFlow's start-up
-    with _tf_noise_filtered(), _kpipe_info_to_stderr(), contextlib.redirect_stdout(
+    with _tf_noise_filtered() as stderr_fd, _kpipe_info_to_stderr(), contextlib.redirect_stdout(
             sys.stderr if as_json else sys.stdout):
         from kpipe.training.distribute import keep_tensorflow_unloaded
+        from kpipe.training.rendezvous import reporting_to
         from kpipe.training.run import train as run_train
 
-        with keep_tensorflow_unloaded():  # on JAX / PyTorch this command never imports TensorFlow
+        with keep_tensorflow_unloaded(), reporting_to(stderr_fd):  # on JAX / PyTorch TensorFlow is never imported
             result = run_train(loaded, config)
     _echo_json(result.to_dict()) if as_json else click.echo(result.summary())
 

@@ -4,7 +4,8 @@ The two-process run trains the digits exactly as one process does: the tape loop
 MultiWorkerMirroredStrategy, each worker reading its slice of every global batch (batch 27, so every slice is
 padded), interrupted after epoch 1 and resumed, by the two workers and by one process (another number of
 workers on resume); final weights within 1e-5 of the one-process run. ``--loop fit`` and ``--loop step``
-exit 1 with one line naming the upstream Keras issue, before any worker waits for another.
+exit 1 with one line naming the upstream Keras issue, before any worker waits for another. A job whose other
+worker never starts ends within ``--distribute-timeout`` in one line naming it, leaving no folder.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import numpy as np
 import pytest
 
 from kpipe.errors import ArgumentError
+from kpipe.training import TrainConfig
 from kpipe.training.distribute import KERAS_MULTI_WORKER_ISSUE, check_multi_worker
+from kpipe.training.rendezvous import ClusterTimeoutError, wait_for_peers
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "sample_data" / "digits"
@@ -150,3 +153,36 @@ def test_multi_worker_refusals(monkeypatch):
     monkeypatch.delenv("TF_CONFIG")
     with pytest.raises(ArgumentError, match="needs TF_CONFIG"):
         check_multi_worker("multi-worker", "tape")
+
+
+@pytest.mark.timeout(60)
+def test_missing_worker_ends_the_wait_in_one_line(digits: Path, tmp_path: Path):
+    # only worker 1 of 2 starts: it names worker 0, exits 1, and its temporary run folder is gone
+    ports = _free_ports(2)
+    config = json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                         "task": {"type": "worker", "index": 1}})
+    (tmp_path / "tmp").mkdir()
+    worker = _start([str(digits), *OPTIONS, "--distribute", "multi-worker", "--distribute-timeout", "5", "--out",
+                     str(tmp_path / "run")], TF_CONFIG=config, TMPDIR=str(tmp_path / "tmp"))
+    [(code, output)] = _finish([worker], timeout=45)
+    assert code == 1 and output.count("\n") == 1, output
+    assert output.startswith("Error: The multi-worker job did not form within `--distribute-timeout` 5 seconds: "
+                             f"no answer from worker 0 at 127.0.0.1:{ports[0]}. Start every worker"), output
+    assert not (tmp_path / "run").exists() and not any((tmp_path / "tmp").iterdir())
+
+
+def test_wait_for_peers_and_its_option():
+    with socket.create_server(("127.0.0.1", 0)) as peer:  # a task that answers: no wait
+        port = peer.getsockname()[1]
+        wait_for_peers(5, json.dumps({"cluster": {"worker": ["127.0.0.1:1", f"127.0.0.1:{port}"]},
+                                      "task": {"type": "worker", "index": 0}}))
+    config = json.dumps({"cluster": {"chief": ["127.0.0.1:1"], "worker": [f"127.0.0.1:{port}"]},
+                         "task": {"type": "chief", "index": 0}})
+    with pytest.raises(ClusterTimeoutError, match=rf"within `distribute_timeout` 0.3 seconds: no answer from "
+                                                  rf"worker 0 at 127.0.0.1:{port}\. Start every worker"):
+        wait_for_peers(0.3, config)
+    assert TrainConfig().distribute_timeout == 300.0
+    assert TrainConfig(distribute_timeout=2).distribute_timeout == 2.0
+    for bad in (0, -1, float("inf"), "5", True):
+        with pytest.raises(ArgumentError, match="`distribute_timeout` must be a positive number"):
+            TrainConfig(distribute_timeout=bad)

@@ -217,6 +217,11 @@ class TrainConfig:
                               "data-parallel (JAX, --loop fit: keras.distribution.DataParallel over one process's "
                               "devices).", ("auto", "none", "mirrored", "multi-worker", "data-parallel"),
                               "optimisation")
+    distribute_timeout: float = _field(300.0, "With --distribute multi-worker: seconds to wait for every worker "
+                                       "of TF_CONFIG to join (until the first step ends); then this worker names the "
+                                       "ones it cannot reach and ends with exit 1 (the Python process too).",
+                                       lambda v, n: check_number(v, n, minimum=0, exclusive_minimum=True),
+                                       "optimisation", kind="float", minimum=0, min_open=True, metavar="SECONDS")
     monitor: str = _text("val_loss", "Logged value that picks the best model and drives --patience "
                          "(val_loss is minimized, val_accuracy maximized).", "optimisation")
     patience: int | None = _field(None, "Stop after N epochs without improvement of --monitor (default: never).",

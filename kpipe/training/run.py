@@ -16,7 +16,7 @@ from kpipe._io import atomic_save
 from kpipe.errors import KpipeError
 from kpipe.generator import DataGenerator
 from kpipe.manifest import Manifest, load_manifest
-from kpipe.training import distribute, preflight
+from kpipe.training import distribute, preflight, rendezvous
 from kpipe.training.callbacks import RunCheckpoint, monitor_mode, restore_checkpoint, run_callbacks_for
 from kpipe.training.config import TrainConfig
 from kpipe.training.data import make_generators, probe_generator
@@ -122,11 +122,8 @@ def _resume(run: RunFolder, setup: _Setup, state: dict[str, Any], source: RunFol
 
 def _generator_error(setup: _Setup) -> KpipeError | None:
     """The kpipe error a generator met inside Keras / TensorFlow (which re-raise it wrapped), if any."""
-    for data in (setup.train, setup.validation):
-        error = getattr(data, "last_error", None)
-        if isinstance(error, KpipeError):
-            return error
-    return None
+    errors = (getattr(data, "last_error", None) for data in (setup.train, setup.validation))
+    return next((error for error in errors if isinstance(error, KpipeError)), None)
 
 
 def _fit(run: RunFolder, setup: _Setup, config: TrainConfig, callbacks: list[keras.callbacks.Callback],
@@ -206,6 +203,7 @@ def train(
     The loop is ``config.loop`` (`kpipe.training.loops.LOOPS`: ``fit``, ``step``, ``tape``); all loops
     read the same generators, use the same loss and callbacks and write the same run folder (see
     `RunFolder`: ``model.keras``, ``metrics.json``, ``checkpoint/``, ``config.json``...).
+    A multi-worker job waits ``distribute_timeout`` seconds for its workers (`kpipe.training.rendezvous`).
 
     Args:
         manifest: A `Manifest` or the path of ``manifest.json``.
@@ -233,14 +231,15 @@ def train(
     config = config or TrainConfig()
     overrides = {"out": None if out is None else str(out), "resume": None if resume is None else str(resume)}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    with run_folders(manifest, config) as (run, state, run_of_job):  # another worker: not the chief's folder
+    with run_folders(manifest, config) as (run, state, run_of_job), rendezvous.bounded_startup(config) as first_step:
         distribute.set_random_seed(config.seed)  # backend's own: on JAX / PyTorch, TensorFlow is not imported
         with dtype_policy(config.mixed_precision) as policy:
             setup = _build(manifest, config, model=model, loss=loss, strategy=strategy, policy=policy)
             run.create(replace=state is None and config.overwrite and run is run_of_job)
             initial_epoch = _resume(run, setup, state, run_of_job) if state is not None else 0
             run.write_config(config, manifest=manifest, resolved=setup.resolved)  # after a resume was accepted
-            run_callbacks, checkpoint = run_callbacks_for(run, config, setup.train, setup.resolved, state, callbacks)
+            run_callbacks, checkpoint = run_callbacks_for(run, config, setup.train, setup.resolved, state,
+                                                          [first_step, *(callbacks or ())])
             _fit(run, setup, config, run_callbacks, initial_epoch, manifest)
             export, metrics = _finish(run, setup, config, manifest, checkpoint)
         seconds = time.perf_counter() - started
