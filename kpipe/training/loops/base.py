@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -48,7 +49,7 @@ def with_options(optimizer: keras.optimizers.Optimizer, **options: Any) -> keras
     return type(optimizer).from_config(config | changes)
 
 
-class Loop:
+class Loop(abc.ABC):
     """One way of training: it makes the trainable model from the network, then runs the epochs.
 
     A loop owns the optimizer, the compiling and the iteration; the run folder,
@@ -83,15 +84,15 @@ class Loop:
         return make_optimizer(self.config.optimizer, self.config.learning_rate,
                               gradient_accumulation_steps=self.config.accumulation_steps, **options)
 
+    @abc.abstractmethod
     def prepare(self, net: keras.Model, loss: keras.losses.Loss) -> keras.Model:
         """Make (under the strategy scope) the compiled model this loop trains; its weights are the checkpoint's."""
-        raise NotImplementedError
 
     def logged(self) -> list[str]:
         """Names logged per epoch besides ``loss`` and ``accuracy`` (and their ``val_`` forms)."""
         return []
 
+    @abc.abstractmethod
     def fit(self, model: keras.Model, train: Any, *, validation: Any, epochs: int, initial_epoch: int,
             callbacks: list[keras.callbacks.Callback], verbose: int | str) -> None:
         """Train ``model`` from ``initial_epoch`` to ``epochs`` (as `keras.Model.fit`), calling ``callbacks``."""
-        raise NotImplementedError
