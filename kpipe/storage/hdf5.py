@@ -473,10 +473,12 @@ class Hdf5Store(Store):
             )
         return st
 
-    def _check_sha256(self, s: int, st: os.stat_result, where: str) -> None:
-        """Hash the shard as ``verify`` says (``"once"``: unless a marker vouches for this file version)."""
+    def _check_sha256(self, s: int, st: os.stat_result, where: str, mode: str | None = None) -> None:
+        """Hash the shard as ``mode`` (default: the store's ``verify``) says: ``"never"``, ``"once"`` (unless a
+        marker vouches for this file version) or ``"always"``; a match is marked for ``"once"``."""
+        mode = mode or self.verify_mode
         sha = self.shards[s].get("sha256")
-        if not sha or self.verify_mode == "never" or (self.verify_mode == "once" and _is_verified(st, sha)):
+        if not sha or mode == "never" or (mode == "once" and _is_verified(st, sha)):
             return
         path = self._shard_path(s)
         try:
@@ -492,8 +494,7 @@ class Hdf5Store(Store):
                 f"{where}: the file's sha256 is {digest}, the manifest says {sha}; it is corrupt (checksum "
                 "mismatch). Run `kpipe prepare` (or `kpipe convert` from a good copy) again."
             )
-        if self.verify_mode == "once":
-            mark_verified(path, sha)
+        mark_verified(path, sha)
 
     def _open_h5py(self, s: int, st: os.stat_result, where: str) -> _Reader:
         """Open shard ``s`` with h5py: check ``x`` and ``ids``, learn the layout, then map it or keep h5py."""
@@ -711,19 +712,7 @@ class Hdf5Store(Store):
             path = self._shard_path(s)
             first = shard["ids"][0] if shard["ids"] else "?"
             where = f"Shard {path} (first sample {first!r})"
-            st = self._stat_shard(s, where)
-            sha = shard.get("sha256")
-            if not sha or (not recheck and _is_verified(st, sha)):
-                continue
-            try:
-                digest = file_sha256(path)
-            except StoreError as e:
-                raise StoreError(f"{where}: {e}") from None
-            except OSError as e:
-                raise StoreError(f"{where}: cannot read it: {describe_os_error(e)}.") from None
-            if digest != sha:
-                raise StoreError(f"{where} does not match its sha256 in the manifest; it is corrupt.")
-            mark_verified(path, sha)
+            self._check_sha256(s, self._stat_shard(s, where), where, mode="always" if recheck else "once")
 
     def close(self) -> None:
         if self._pid == os.getpid():
