@@ -60,3 +60,21 @@ def test_config_file_keys_take_the_option_spellings(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('[train]\nlr = 0.01\nbatch-size = 8\nsample-weights = true\n')
     assert load_config_file(path) == {"learning_rate": 0.01, "batch_size": 8, "use_sample_weights": True}
+
+
+def test_config_file_top_level_and_train_table_merge_and_a_key_is_set_once(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('epochs = 1\n[train]\nbatch_size = 8\n')  # the top level used to be dropped silently
+    assert load_config_file(path) == {"epochs": 1, "batch_size": 8}
+    path.write_text('epochs = 1\n[other]\nx = 1\n')
+    with pytest.raises(ArgumentError, match="Unknown key 'other'"):
+        load_config_file(path)
+    path.write_text('epochs = 1\n[train]\nepochs = 2\n')
+    with pytest.raises(ArgumentError, match="sets 'epochs' both at the top level and under"):
+        load_config_file(path)
+    path.write_text('batch-size = 8\nbatch_size = 16\n')  # two spellings of one option: not "the last wins"
+    with pytest.raises(ArgumentError, match="sets 'batch_size' twice \\(as 'batch-size' and 'batch_size'\\)"):
+        load_config_file(path)
+    path.write_text('lr = 0.1\nlearning_rate = 0.2\n')
+    with pytest.raises(ArgumentError, match="sets 'learning_rate' twice"):
+        load_config_file(path)

@@ -362,8 +362,12 @@ def _read(path: Path) -> dict[str, Any]:
             raise ArgumentError(f"{path} is not valid TOML: {e}") from None
     if not isinstance(data, dict):
         raise ArgumentError(f"{path} must hold a table of options (key = value). Received: {type(data).__name__}")
-    if isinstance(data.get("train"), dict):
-        data = data["train"]
+    if isinstance(data.get("train"), dict):  # `[train]`: merged with the top level, never in place of it
+        top = {k: v for k, v in data.items() if k != "train"}
+        both = sorted(set(top) & set(data["train"]))
+        if both:
+            raise ArgumentError(f"{path} sets {both[0]!r} both at the top level and under [train]; set it once.")
+        data = top | data["train"]
     return data
 
 
@@ -385,8 +389,14 @@ def load_config_file(path: str | os.PathLike, fields: set[str] | frozenset[str] 
     """
     path = Path(path)
     aliases, fields = key_aliases(), field_names() if fields is None else frozenset(fields)
-    data = {str(k).replace("-", "_"): v for k, v in _read(path).items()}
-    data = {aliases.get(k, k): v for k, v in data.items()}
+    data: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
+    for key, value in _read(path).items():
+        name = str(key).replace("-", "_")
+        name = aliases.get(name, name)
+        if name in data:
+            raise ArgumentError(f"{path} sets {name!r} twice (as {spelled[name]!r} and {str(key)!r}); set it once.")
+        data[name], spelled[name] = value, str(key)
     unknown = sorted(k for k in data if k not in fields and k not in INFORMATIONAL_KEYS)
     if unknown:
         raise ArgumentError(
