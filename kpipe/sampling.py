@@ -174,10 +174,11 @@ def check_target_distribution(target_distribution: Any, classes: Sequence[str]) 
             "`target_distribution` must map classes to shares, e.g. {'cat': 0.5, 'dog': 0.25, 'bird': 0.25}. "
             f"Received: target_distribution={value!r}"
         )
-    if p.sum() <= 0:
+    if p.max() <= 0:
         raise SamplingError(
             f"`target_distribution` gives every class a share of 0. Received: target_distribution={value!r}"
         )
+    p = p / p.max()  # first: shares near the float maximum would sum to infinity
     return p / p.sum()
 
 
@@ -450,11 +451,12 @@ class BalancedSampler(Sampler):
             p = np.full(k, 1.0 / k)
         elif isinstance(self.target_distribution, np.ndarray):
             p = np.asarray(self.target_distribution, dtype=np.float64)
-            if p.shape != (k,) or not np.all(np.isfinite(p)) or p.min() < 0 or p.sum() <= 0:
+            if p.shape != (k,) or not np.all(np.isfinite(p)) or p.min() < 0 or p.max() <= 0:
                 raise SamplingError(
                     f"`target_distribution` must hold {k} finite shares >= 0 with a positive sum. "
                     f"Received: target_distribution={p.tolist()!r}"
                 )
+            p = p / p.max()
             p = p / p.sum()
         else:
             names = self.class_names if self.class_names is not None else tuple(str(c) for c in range(k))

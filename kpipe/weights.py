@@ -325,7 +325,17 @@ def compute_sample_weights(
             f"Every one of the {len(w)} sample weights is 0, so training would learn nothing. Check the "
             "weight column / file and the class and condition weights."
         )
-    return w.astype(np.float32), details
+    with np.errstate(over="ignore"):
+        w32 = w.astype(np.float32)
+    over = np.flatnonzero(~np.isfinite(w32))
+    if over.size:
+        i = int(over[0])
+        raise WeightError(
+            f"The sample weight of position {i} (class {classes[labels[i]]!r}) is {w[i]:.3g} (class weight x "
+            f"condition weight x per-sample weight), more than float32 holds ({float(np.finfo(np.float32).max):.3g}): "
+            "the loss would be infinite. Use smaller weights (their ratios are what matters)."
+        )
+    return w32, details
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

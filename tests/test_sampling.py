@@ -143,6 +143,12 @@ def test_target_distribution():
     s0 = BalancedSampler(labels=np.array([0, 0, 1, 1]), num_classes=3, batch_size=2,
                          target_distribution=np.array([0.5, 0.5, 0.0]))
     assert s0.epoch_size == 4
+    # shares near the float maximum: their sum overflows, their ratios do not
+    np.testing.assert_allclose(check_target_distribution({"cat": 1e308, "dog": 1e308}, ["cat", "dog", "bird"]),
+                               [0.5, 0.5, 0])
+    s1 = BalancedSampler(labels=np.array([0, 0, 1, 1]), num_classes=2, batch_size=2,
+                         target_distribution=np.array([1e308, 1e308]))
+    np.testing.assert_allclose(s1.target_distribution, [0.5, 0.5])
 
 
 def test_balanced_names_a_class_without_samples():

@@ -219,3 +219,13 @@ def test_sample_weights_object_groups_the_options():
         SampleWeights(use_sample_weights=1)
     with pytest.raises(WeightError, match=r"`condition_weights` must be JSON"):
         SampleWeights(condition_weights="{nope")
+
+
+def test_a_weight_float32_cannot_hold_is_refused():
+    from kpipe.errors import WeightError
+
+    labels = np.array([0, 0, 1])
+    with pytest.raises(WeightError, match=r"position 2 \(class 'b'\) is 1e\+300 .* more than float32 holds"):
+        compute_sample_weights(labels, ["a", "b"], class_weight={"a": 1, "b": 1e300})
+    with pytest.raises(WeightError, match="more than float32 holds"):  # each factor finite, the product not
+        compute_sample_weights(labels, ["a", "b"], class_weight={"a": 1e30, "b": 1}, condition_weights={"a": 1e10})
