@@ -132,16 +132,19 @@ def test_predict_reads_inputs_as_prepare_did(image_run, tmp_path):
     np.save(tmp_path / "one.npy", sample)
     np.save(tmp_path / "stack.npy", np.stack([sample, sample]))
     np.save(tmp_path / "floats.npy", sample.astype(np.float32) / 255)  # another dtype: refused, not rescaled
+    np.save(tmp_path / "empty.npy", np.zeros((0, *sample.shape), sample.dtype))  # a row with its error
     Image.fromarray(np.zeros((10, 12), np.uint8)).save(tmp_path / "big.png")
     (tmp_path / "bad.png").write_bytes(b"not a png")
     source = raw / "c0" / "s_000.png"
     out = invoke("predict", result.run_dir, source, tmp_path / "one.npy", tmp_path / "stack.npy", raw / "c1",
-                 tmp_path / "floats.npy", tmp_path / "big.png", tmp_path / "bad.png", tmp_path / "missing.png")
+                 tmp_path / "floats.npy", tmp_path / "big.png", tmp_path / "bad.png", tmp_path / "missing.png",
+                 tmp_path / "empty.npy")
     assert out.exit_code == 0, out.output
     lines = out.stdout.splitlines()
     assert lines[0] == "input,class,probability,prob_c0,prob_c1,prob_c2,error"
     rows = {row[0]: row for row in csv.reader(lines[1:])}
-    assert len(lines) == 1 + 1 + 1 + 2 + 30 + 4
+    assert len(lines) == 1 + 1 + 1 + 2 + 30 + 5
+    assert rows[str(tmp_path / "empty.npy")][-1].startswith("the array is an empty stack (shape (0, 8, 8, 1))")
     model = keras.saving.load_model(result.run_dir / "model.keras")
     expected = model.predict(sample[None], verbose=0)[0]
     for name in (str(tmp_path / "one.npy"), f"{tmp_path / 'stack.npy'}[1]"):
@@ -151,7 +154,7 @@ def test_predict_reads_inputs_as_prepare_did(image_run, tmp_path):
     assert rows[str(tmp_path / "big.png")][-1].startswith("image is 10x12; the model takes 8x8 images")
     assert rows[str(tmp_path / "missing.png")][-1] == "no such file"
     assert rows[str(tmp_path / "bad.png")][-1].startswith("cannot read")
-    assert "4 of 38 inputs could not be read" in out.stderr
+    assert "5 of 39 inputs could not be read" in out.stderr
     # the raw PNG gives what the prepared sample gives
     prepared_id = "c0_s_000"
     store = open_store(m)

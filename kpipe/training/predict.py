@@ -8,7 +8,8 @@ columns and missing-value policy) or, for an older run, from its manifest:
   size (an image of another size is resized only if the dataset resized, else reported), colour mode,
   bit depth rule and background;
 * a ``.npy`` file: one sample of the dataset's shape, or a stack ``(n, *shape)`` (one input per row, named
-  ``file.npy[i]``); its dtype must be the dataset's or cast to it without change (``np.can_cast(..., "safe")``);
+  ``file.npy[i]``); its dtype must be the dataset's or one that casts to it safely by type
+  (``np.can_cast(..., "safe")``, whatever the values);
 * a CSV file (CSV datasets): one input per row, the dataset's feature columns by name (other columns are
   ignored, the label column too), missing values as ``--missing`` decided (``fill=VALUE`` fills, otherwise the
   row is reported); rows are named by the ID column when the file has it, else ``file.csv:LINE``;
@@ -101,6 +102,8 @@ def _as_sample(arr: np.ndarray, rules: InputRules, what: str) -> np.ndarray:
 def _npy_inputs(path: Path, rules: InputRules) -> Iterator[tuple[str, np.ndarray]]:
     arr = load_npy(path)
     if arr.ndim == len(rules.shape) + 1 and tuple(arr.shape[1:]) == rules.shape:
+        if arr.shape[0] == 0:  # a row of its own, as any input that gives no sample
+            raise SampleError("shape", f"the array is an empty stack (shape {tuple(arr.shape)}): no sample in it")
         for i in range(arr.shape[0]):
             yield f"{path}[{i}]", _as_sample(arr[i], rules, "the array")
         return
