@@ -631,6 +631,9 @@ def _train_manifest(manifest: Path | None, resume: str | None) -> Path:
     recorded = RunFolder(resume).read_config().get("manifest")
     if not recorded:
         raise click.UsageError(f"The run {resume} does not record its manifest: give MANIFEST.")
+    if not Path(recorded).is_file():
+        raise click.UsageError(f"The run {resume} was trained on {recorded}, which is not there any more (moved or "
+                               "deleted): give the dataset's manifest as MANIFEST.")
     return Path(recorded)
 
 

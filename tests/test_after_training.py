@@ -100,6 +100,13 @@ def test_evaluate_other_partitions_and_datasets(image_run, tmp_path):
 
     moved = tmp_path / "moved"  # the same dataset elsewhere: the run's own evaluation
     shutil.copytree(manifest.parent, moved)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps(config | {"manifest": str(tmp_path / "gone" / "manifest.json")}))
+    out = invoke("evaluate", run)  # the recorded dataset moved: say so, and how to name it
+    assert out.exit_code == 1 and "which is not there any more" in out.output and "--manifest" in out.output
+    out = invoke("train", "--resume", run, "--epochs", "99")
+    assert out.exit_code == 2 and "which is not there any more" in out.output and "as MANIFEST" in out.output
+    (run / "config.json").write_text(json.dumps(config))
     out = invoke("evaluate", run, "--manifest", moved / "manifest.json", "--partition", "train")
     assert out.exit_code == 0, out.output
     assert json.loads((run / "metrics-train.json").read_text())["num_samples"] == 54

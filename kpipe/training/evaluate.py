@@ -324,6 +324,9 @@ def evaluate_run(run_dir: str | os.PathLike, *, manifest: str | os.PathLike | No
     source = manifest if manifest is not None else config.get("manifest")
     if not source:
         raise ArgumentError(f"The run {run.path} does not record its manifest; pass --manifest.")
+    if manifest is None and not Path(source).is_file():
+        raise ArgumentError(f"The run {run.path} was trained on {source}, which is not there any more (moved or "
+                            "deleted); pass the dataset's manifest with --manifest.")
     data_manifest = load_manifest(source)
     _check_classes(run, config, data_manifest)
     own = dataset_fingerprint(data_manifest) == config.get("dataset_fingerprint")
