@@ -399,6 +399,10 @@ def _detect(raw: Path) -> tuple[str, list[tuple[Path, list[tuple[str, Path]]]], 
     return ("images" if n_img >= n_npy else "npy"), walked, skipped
 
 
+_FOLDER_WORDS = {"images": "a folder of images", "npy": "a folder of .npy files"}
+"""A folder layout in words, for messages."""
+
+
 def scan(raw: str | os.PathLike, layout: str = "auto", *, label_column: str | None = None,
          id_column: str | None = None, weight_column: str | None = None, missing: str | None = None) -> ScanResult:
     """List the samples of ``raw`` without loading them (CSV rows are parsed).
@@ -438,9 +442,10 @@ def scan(raw: str | os.PathLike, layout: str = "auto", *, label_column: str | No
         return _scan_csv(raw, label_column=label_column, id_column=id_column, weight_column=weight_column,
                          missing=missing)
     layout = detected if layout == "auto" else layout
+    folder_words = _FOLDER_WORDS.get(layout, f"a {layout} folder")
     if weight_column is not None:
         raise InputError(
-            f"`weight_column` applies to CSV input; {raw} is a {layout} folder. Pass per-sample weights "
+            f"`weight_column` applies to CSV input; {raw} is {folder_words}. Pass per-sample weights "
             f"with --weights FILE (rows ID,weight). Received: weight_column={weight_column!r}"
         )
     given = {name: value for name, value in (("label_column", label_column), ("id_column", id_column),
@@ -448,7 +453,7 @@ def scan(raw: str | os.PathLike, layout: str = "auto", *, label_column: str | No
     if given:
         raise InputError(
             f"{', '.join(f'`{name}`' for name in given)} appl{'y' if len(given) != 1 else 'ies'} to CSV input; {raw} "
-            f"is a {layout} folder (classes are its sub-folders, IDs their file paths). Leave "
+            f"is {folder_words} (classes are its sub-folders, IDs their file paths). Leave "
             f"{'them' if len(given) != 1 else 'it'} out. Received: "
             + ", ".join(f"{name}={value!r}" for name, value in given.items())
         )

@@ -245,7 +245,7 @@ def _npy_folder(raw: Path) -> Path:
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"label_column": "label"}, r"`label_column` applies to CSV input; .* is a npy folder .* Received: "
+    ({"label_column": "label"}, r"`label_column` applies to CSV input; .* is a folder of .npy files .* Received: "
                                 r"label_column='label'$"),
     ({"id_column": "id", "missing": "drop-rows"}, r"`id_column`, `missing` apply to CSV input"),
     ({"background": "black"}, r"`background` applies to images; .* is npy input"),

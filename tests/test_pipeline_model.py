@@ -161,6 +161,9 @@ def test_training_facts_say_which_epoch_was_kept_and_why_training_stopped():
                                     "without improvement of val_loss).")
     facts = training_facts(history, monitor="val_loss", mode="min", epochs=5, patience=None, stopped=False)
     assert stop_sentence(facts) == "Kept epoch 2 (best val_loss 0.5000); trained all 5 epochs."
+    one = training_facts({"loss": [1.0], "val_loss": [0.9]}, monitor="val_loss", mode="min", epochs=1,
+                         patience=None, stopped=False)
+    assert stop_sentence(one) == "Kept epoch 1 (best val_loss 0.9000); trained its 1 epoch."
     assert kept_epoch({"val_accuracy": [0.5, float("nan"), 0.9, 0.9]}, "val_accuracy", "max") == 3
     facts = training_facts({"loss": [1.0, 2.0], "val_loss": [float("nan")] * 2}, monitor="val_loss", mode="min",
                            epochs=2, patience=None, stopped=False, kept_best=False)

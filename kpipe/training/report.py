@@ -75,7 +75,8 @@ def stop_sentence(facts: dict[str, Any]) -> str:
     elif stop.get("reason") == "callback":
         tail = f"stopped by a callback at epoch {stop['epoch']}"
     else:
-        tail = f"trained all {stop.get('epoch', facts.get('epochs_trained'))} epochs"
+        n = stop.get("epoch", facts.get("epochs_trained"))
+        tail = f"trained all {n} epochs" if n != 1 else "trained its 1 epoch"
     return f"{head}; {tail}."
 
 
