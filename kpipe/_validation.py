@@ -235,7 +235,7 @@ def check_class_index(key: Any, classes: Sequence[str], *, argument: str,
     shown = ", ".join(repr(c) for c in list(classes)[:20]) + (", ..." if len(classes) > 20 else "")
     raise error(
         f"`{argument}` has a key that is not a class: {key!r}. Use class names ({shown}) or "
-        f"class indices 0..{len(classes) - 1}. Received: {argument} key={key!r}"
+        f"class indices 0..{len(classes) - 1}. Received: {argument}={{{key!r}: ...}}"
     )
 
 

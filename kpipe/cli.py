@@ -84,7 +84,14 @@ def _option_flags() -> dict[str, tuple[str, bool]]:
         if isinstance(param, click.Option) and param.name:
             long = [o for o in param.opts if o.startswith("--")]
             flags[param.name] = ((long or param.opts)[0], bool(param.is_flag))
+    for library, param in _LIBRARY_SPELLINGS.items():  # the library's argument under another option's name
+        if param in flags and library not in flags:
+            flags[library] = flags[param]
     return flags
+
+
+_LIBRARY_SPELLINGS = {"format": "to"}
+"""Library arguments whose option has another name: ``convert(format=...)`` is ``kpipe convert --to``."""
 
 
 _ASSIGNMENT = re.compile(r"(?<![\w.-])([a-z_][a-z0-9_]*)=('(?:[^'\\]|\\.)*'|\"[^\"]*\"|[^\s,;)`]+)")

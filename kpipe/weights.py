@@ -247,7 +247,7 @@ def manifest_sample_weights(manifest: Any, ids: Sequence[str]) -> np.ndarray:
         raise WeightError(
             f"The manifest {manifest.path or ''} has no per-sample weights. Prepare with "
             "`kpipe prepare RAW.csv --weight-column NAME` or `kpipe prepare RAW --weights FILE` (ID,weight), "
-            "or leave use_sample_weights off."
+            "or leave `use_sample_weights` off."
         )
     missing = [i for i in ids if i not in stored]
     if missing:

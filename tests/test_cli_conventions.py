@@ -232,3 +232,11 @@ def test_the_readme_balanced_sampling_example_runs(tmp_path, monkeypatch):
     scope: dict = {"model": type("Model", (), {"fit": lambda self, *a, **k: None})()}
     exec(compile(code, "README.md", "exec"), scope)  # the README's own example
     assert scope["w"].dtype == np.float32 and scope["w"].shape == (32,) and len(scope["balanced"][0]) == 2
+
+
+def test_errors_name_the_options_of_the_command(prepared, tmp_path):
+    out = invoke("convert", prepared, "--to", "npy", "--shard-size", "10", "--out", tmp_path / "c")
+    assert out.exit_code != 0 and "format=" not in out.output, out.output
+    assert "--to npy" in out.output and "--shard-size 10" in out.output
+    out = invoke("train", prepared, "--class-weight", '{"zz": 1}', "--out", tmp_path / "r", "--epochs", "1")
+    assert out.exit_code == 1 and "Received: --class-weight {'zz': ...}" in out.output, out.output
