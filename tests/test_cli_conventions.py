@@ -240,3 +240,12 @@ def test_errors_name_the_options_of_the_command(prepared, tmp_path):
     assert "--to npy" in out.output and "--shard-size 10" in out.output
     out = invoke("train", prepared, "--class-weight", '{"zz": 1}', "--out", tmp_path / "r", "--epochs", "1")
     assert out.exit_code == 1 and "Received: --class-weight {'zz': ...}" in out.output, out.output
+    # options naming classes are checked with the dataset before TensorFlow starts (NumPy only)
+    from kpipe.errors import KpipeError
+    from kpipe.manifest import Manifest
+    from kpipe.training.preflight import check_run
+
+    for options in ({"class_weight": {"zz": 1}}, {"condition_weights": {"zz": 2}},
+                    {"sampling": "balanced", "target_distribution": {"zz": 1}}):
+        with pytest.raises(KpipeError, match="'zz'"):
+            check_run(Manifest.load(prepared), TrainConfig(out=str(tmp_path / "r2"), **options))

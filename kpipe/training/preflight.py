@@ -77,8 +77,24 @@ def check_dataset(manifest: Manifest, config: TrainConfig) -> None:
     if config.label_mode == "binary" and manifest.num_classes != 2:
         raise ArgumentError(f"`label_mode='binary'` needs exactly 2 classes; this dataset has "
                             f"{manifest.num_classes}. Use --label-mode int or categorical.")
+    _check_class_options(manifest, config)
     if manifest.path is not None:  # an in-memory manifest (classic list_IDs form) has no files to list
         check_files(manifest, [p for p in ("train", "validation", "test") if manifest.partition.get(p)])
+
+
+def _check_class_options(manifest: Manifest, config: TrainConfig) -> None:
+    """Options naming classes (class and condition weights, target distribution), against the dataset's classes:
+    NumPy only, so an unknown class is said before TensorFlow starts."""
+    from kpipe.sampling import check_target_distribution
+    from kpipe.weights import check_class_weight, check_condition_weights
+
+    classes = list(manifest.classes)
+    if config.class_weight is not None:
+        labels = manifest.label_array(manifest.partition["train"])
+        check_class_weight(config.class_weight, classes, labels, partition="train")
+    check_condition_weights(config.condition_weights, classes)
+    if config.target_distribution is not None:
+        check_target_distribution(config.target_distribution, classes)
 
 
 def check_run(manifest: Manifest, config: TrainConfig) -> tuple[RunFolder, dict[str, Any] | None]:
