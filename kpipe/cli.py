@@ -57,7 +57,10 @@ def _handle_errors(fn):
                 click.echo(f"Interrupted{': ' + text if text else ' (Ctrl-C).'}", err=True)
                 raise click.exceptions.Exit(130) from None
             except KpipeError as e:
-                raise click.ClickException(cli_names(str(e), _option_flags())) from None
+                text = cli_names(str(e), _option_flags())
+                if kwargs.get("as_json"):  # --json: scripts read the error on stdout too (the line goes to stderr)
+                    _echo_json({"error": text, "error_type": type(e).__name__, "exit_code": 1})
+                raise click.ClickException(text) from None
             except ImportError as e:
                 if (e.name or "").split(".")[0] not in _BACKEND_MODULES:
                     raise
@@ -254,7 +257,8 @@ def _echo_json(value) -> None:
     click.echo(json.dumps(value, indent=1, default=str))
 
 
-_JSON_HELP = "Print one JSON object on stdout (nothing else), for scripts."
+_JSON_HELP = ("Print one JSON object on stdout (nothing else), for scripts; on an error, "
+              '{"error": ..., "error_type": ..., "exit_code": 1}.')
 
 
 class _Group(click.Group):

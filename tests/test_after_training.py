@@ -341,6 +341,12 @@ def test_every_summary_command_takes_json(image_run, tmp_path):
         values[command] = json.loads(out.stdout)  # the whole of stdout is one JSON object
         assert isinstance(values[command], dict), command
     assert values["prepare"]["imbalance"]["ratio"] == 1.0 and values["prepare"]["num_samples"] == 90
+    (tmp_path / "empty").mkdir()
+    for args in (["prepare", tmp_path / "empty", "--out", tmp_path / "p2"], ["evaluate", tmp_path],
+                 ["inspect", tmp_path / "nope.json"]):  # an error under --json: JSON on stdout, the line on stderr
+        out = invoke(*args, "--json")
+        error = json.loads(out.stdout)
+        assert out.exit_code == 1 and error["exit_code"] == 1 and error["error"] in out.stderr, out.output
     assert values["convert"]["format"] == "hdf5" and values["verify"]["ok"] is True
     assert values["train"]["run_dir"] == str((tmp_path / "run").resolve()) and "macro_f1" in values["train"]
     assert values["evaluate"]["partition"] == "test" and values["inspect"]["num_classes"] == 3
