@@ -427,9 +427,12 @@ def verify(manifest, *, content: bool = True, progress: Callable[[int], None] | 
             report.add("manifest", f"unknown sample checksum algorithm {report.checksum_algorithm!r} (this kpipe "
                                    f"computes {CHECKSUM_ALGORITHM}); checksums not compared")
     _check_coverage(m, report)
-    readable = _check_all_files(m, report)
-    if content:
-        _check_content(m, readable, report, progress, on_start)
+    try:
+        readable = _check_all_files(m, report)
+        if content:
+            _check_content(m, readable, report, progress, on_start)
+    except ManifestError as e:  # e.g. a storage root that leaves the dataset folder: a problem, as the others
+        report.add("manifest", str(e), file=str(path))
     return report
 
 

@@ -237,3 +237,14 @@ def test_in_memory_manifest_without_path_is_a_problem():
                  sample_dtype="uint8")
     report = verify(m)
     assert not report.ok and "no path" in report.problems[0].message
+
+
+def test_a_storage_root_linked_out_of_the_dataset_is_a_problem_not_an_error(dataset: Manifest, tmp_path: Path):
+    root = dataset.path.parent
+    (root / "data").rename(tmp_path / "outside")
+    (root / "data").symlink_to(tmp_path / "outside")
+    report = verify(dataset.path)
+    assert not report.ok and [p.kind for p in report.problems] == ["manifest"]
+    assert "outside the dataset folder" in report.problems[0].message
+    out = CliRunner().invoke(main, ["verify", str(dataset.path)])
+    assert out.exit_code == 1 and out.output.startswith("Problem (manifest): ") and "FAILED: 1 problem" in out.output
