@@ -194,8 +194,12 @@ class Store(abc.ABC):
         try:
             return np.fromiter(map(index.__getitem__, ids), dtype=np.int64, count=len(ids))
         except KeyError as e:
-            raise SampleNotFoundError(f"Sample {e.args[0]!r} is not in this {self.format or 'store'} store "
-                                      "(not among its `ids`). Check the ID against the manifest's `labels`.") from None
+            raise self._id_not_found(e.args[0]) from None
+
+    def _id_not_found(self, sample_id: str) -> SampleNotFoundError:
+        """The error of `rows` for an ID the store does not hold (stores word where they looked)."""
+        return SampleNotFoundError(f"Sample {sample_id!r} is not in this {self.format or 'store'} store (not among "
+                                   "its `ids`). Check the ID against the manifest's `labels`.")
 
     def read_rows_into(self, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
         """Read ``rows`` into ``out[: len(rows)]``, in order, duplicates allowed.

@@ -316,7 +316,7 @@ class Hdf5Store(Store):
         return self.verify_mode != "never"
 
     def _init_process_state(self) -> None:
-        self._index: dict[str, int] | None = None
+        self._row_index: dict[str, int] | None = None  # ID -> row (`rows`): its position, shards end to end
         self._all_ids: list[str] | None = None
         self._readers: OrderedDict[int, _Reader] = OrderedDict()
         self._pid = os.getpid()
@@ -325,7 +325,7 @@ class Hdf5Store(Store):
     # -------------------------------------------------------------- pickling
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for key in ("_index", "_all_ids", "_readers", "_pid", "_lock"):
+        for key in ("_row_index", "_all_ids", "_readers", "_pid", "_lock"):
             state.pop(key)
         return state
 
@@ -345,30 +345,13 @@ class Hdf5Store(Store):
         """Number of samples over all shards."""
         return int(self._starts[-1])
 
-    def _positions(self, ids: Sequence[str]) -> np.ndarray:
-        index = self._index
-        if index is None:
-            index = {sid: g for g, sid in enumerate(self.ids)}
-            self._index = index
-        try:
-            return np.fromiter(map(index.__getitem__, ids), dtype=np.int64, count=len(ids))
-        except KeyError as e:
-            raise SampleNotFoundError(
-                f"Sample {e.args[0]!r} is in none of the {len(self.shards)} shards under {self.root}. "
-                "Check the ID against the manifest's `labels`."
-            ) from None
+    def _id_not_found(self, sample_id: str) -> SampleNotFoundError:
+        return SampleNotFoundError(f"Sample {sample_id!r} is in none of the {len(self.shards)} shards under "
+                                   f"{self.root}. Check the ID against the manifest's `labels`.")
 
     @property
     def num_rows(self) -> int:
         return int(self._starts[-1])
-
-    def rows(self, ids: Sequence[str]) -> np.ndarray:
-        """Rows of ``ids``: their positions in the shards laid end to end (`ids`).
-
-        Raises:
-            SampleNotFoundError: If an ID is in no shard.
-        """
-        return self._positions(ids)
 
     def locate(self, sample_id: str) -> tuple[str, int]:
         """``(shard file name, row)`` of one sample.
@@ -376,7 +359,7 @@ class Hdf5Store(Store):
         Raises:
             SampleNotFoundError: If the ID is in no shard.
         """
-        g = int(self._positions([sample_id])[0])
+        g = int(self.rows([sample_id])[0])
         s = int(np.searchsorted(self._starts, g, side="right")) - 1
         return self.shards[s]["file"], g - int(self._starts[s])
 
@@ -586,7 +569,7 @@ class Hdf5Store(Store):
     def read_into(self, ids: Sequence[str], out: np.ndarray) -> np.ndarray:
         self._check_out(len(ids), out)
         if len(ids):
-            self._read_positions(self._positions(ids), out)
+            self._read_positions(self.rows(ids), out)
         return out
 
     def read_rows(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
